@@ -161,7 +161,8 @@ def _explain(exc: BaseException, model_id: str) -> str:
     return f"could not load {model_id!r}: {first}"
 
 
-def _load_pretrained(path_or_id: str, device: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_pretrained(path_or_id: str, device: str,
+                     dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
     if device.startswith("cuda"):
         kwargs["device_map"] = device if ":" in device else "auto"

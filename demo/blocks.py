@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from core.config import AppConfig
 from core.lab import Lab
 from demo.chat_tab import build_chat_tab
 from demo.embeddings_tab import build_embeddings_tab
@@ -25,8 +26,9 @@ def header_markdown(lab: Lab) -> str:
             f"{note}\n\n<small>{lab.status}</small>")
 
 
-def build_demo(lab: Lab) -> gr.Blocks:
-    """Build the whole app around `lab` (which may still be loading)."""
+def build_demo(lab: Lab, config: AppConfig | None = None) -> gr.Blocks:
+    """Build the whole app around `lab` (which may still be loading), with its queue configured."""
+    config = config or lab.config
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         header = gr.Markdown(header_markdown(lab), elem_id="model-header")
@@ -40,4 +42,6 @@ def build_demo(lab: Lab) -> gr.Blocks:
         build_chat_tab(lab)
         build_tokens_tab(lab)
         build_embeddings_tab(lab)
+    # Bounded waiting line: beyond it gradio answers "queue full" instead of letting requests wait forever.
+    demo.queue(max_size=config.max_queue * 4, default_concurrency_limit=1)
     return demo

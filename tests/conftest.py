@@ -78,7 +78,7 @@ def app_url(bundled_lab) -> Iterator[str]:
 
     demo = build_demo(bundled_lab)
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

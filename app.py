@@ -1,0 +1,34 @@
+"""Token Lab entry point: `python app.py [flags]`, `gradio app.py`, or a Hugging Face Space.
+
+The UI comes up at once while the model loads in the background (progress in the console and the header).
+A model asked for explicitly that cannot be loaded ends the program with exit status 2 and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from core.config import AppConfig
+from core.lab import Lab
+from demo import build_demo
+
+config = AppConfig.from_args()
+lab = Lab(config).start()
+demo = build_demo(lab, config)
+
+
+def main() -> int:
+    demo.launch(server_name=config.host, server_port=config.port, share=config.share, prevent_thread_lock=True)
+    lab.wait()
+    if lab.error is not None and config.model_explicit:
+        print(f"error: {lab.error}", file=sys.stderr, flush=True)
+        demo.close()
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        demo.block_thread()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Chat tab: a streaming chat through the model's own chat template, with stats and a prompt inspector.
+
+gr.ChatInterface provides retry, undo, edit, clear, Stop and examples; the handler below streams from the shared
+ChatEngine and cancels its request when the user stops or disconnects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import gradio as gr
+
+from core.chat import ChatStream, GenerationSettings
+from core.lab import Lab
+from core.tokens import tokens_for_ids
+from demo.errors import user_errors
+from demo.token_view import token_highlights
+
+INTRO = ("Talk to the model. Each message goes through the model's own chat template; the answer streams in and "
+         "stops at the model's end-of-turn token. Open **What the model receives** to see the exact tokens of the "
+         "prompt, control tokens included.")
+EXAMPLES = ["What is the capital of France?", "Explain tokenization to a ten-year-old.",
+            "Write a haiku about embeddings.", "Translate 'good morning' into French, Spanish and German."]
+UI_INTERVAL = 0.1  # seconds between UI updates while streaming
+
+
+def _settings(temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int,
+              seed: float | int | None) -> GenerationSettings:
+    return GenerationSettings(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                              repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
+                              seed=None if seed in (None, "", -1) else int(seed))
+
+
+def _stats_message(stream: ChatStream) -> dict[str, Any]:
+    return {"role": "assistant", "content": stream.stats.summary(),
+            "metadata": {"title": "📊 Stats", "status": "done" if stream.done else "pending"}}
+
+
+def build_chat_tab(lab: Lab) -> None:
+    def prompt_tokens(message: str, history: list[dict], system_prompt: str, max_new_tokens: int) -> list:
+        parts = lab.require()
+        prompt = parts.engine.prompt(message, history, system_prompt, int(max_new_tokens))
+        return token_highlights(tokens_for_ids(parts.loaded.tokenizer, prompt.ids))
+
+    @user_errors
+    async def respond(message: str, history: list[dict], system_prompt: str, temperature: float, top_p: float,
+                      top_k: int, repetition_penalty: float, max_new_tokens: int,
+                      seed: float | None) -> AsyncIterator[tuple[list[dict[str, Any]], list]]:
+        parts = lab.require()
+        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+        prompt = parts.engine.prompt(message, history, system_prompt, settings.max_new_tokens)
+        inspector = token_highlights(tokens_for_ids(parts.loaded.tokenizer, prompt.ids))
+        if prompt.dropped_turns:
+            gr.Info(f"Dropped the {prompt.dropped_turns} oldest messages so the conversation fits the context.")
+        stream = parts.engine.submit(prompt, settings)
+        stream.interval = UI_INTERVAL
+        async for text in stream:
+            yield [{"role": "assistant", "content": text}, _stats_message(stream)], inspector
+        if not stream.text.strip():
+            gr.Warning(f"The model returned an empty answer (stop: {stream.stop_reason}).")
+
+    with gr.Tab("Chat", id="chat"):
+        gr.Markdown(INTRO)
+        system_prompt = gr.Textbox(label="System prompt", placeholder="Optional: instructions for the model",
+                                   lines=1, render=False)
+        with gr.Accordion("Generation settings", open=False, render=False) as settings_box:
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
+            repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
+            max_new_tokens = gr.Slider(1, lab.config.max_new_tokens_limit, value=256, step=1,
+                                       label="Max new tokens")
+            seed = gr.Number(value=None, precision=0, label="Seed (empty = random)")
+        inspector = gr.HighlightedText(label="Prompt tokens (last message)", combine_adjacent=False,
+                                       show_legend=True, elem_id="prompt-inspector", render=False)
+        system_prompt.render()
+        chatbot = gr.Chatbot(height=460, elem_id="chatbot", label="Conversation")
+        interface = gr.ChatInterface(
+            respond, chatbot=chatbot, editable=True, autofocus=False,
+            additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed],
+            additional_inputs_accordion=settings_box, additional_outputs=[inspector],
+            examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
+            concurrency_limit=lab.config.max_queue, fill_height=False,
+        )
+        with gr.Accordion("What the model receives", open=False):
+            inspector.render()
+            preview = gr.Button("Preview the prompt for the text in the box", size="sm")
+
+    preview.click(user_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
+                  inspector, api_visibility="private")
+
+    @user_errors
+    async def chat(message: str, history: list[dict], system_prompt: str = "", temperature: float = 0.7,
+                   top_p: float = 0.95, max_new_tokens: int = 256, seed: int | None = None, top_k: int = 50,
+                   repetition_penalty: float = 1.0) -> AsyncIterator[str]:
+        """Stream the model's answer to `message` after `history`, as the cumulative text so far.
+
+        Args:
+            message: the new user message.
+            history: earlier turns as [{"role": "user" | "assistant" | "system", "content": str}].
+            system_prompt: optional instructions placed first in the prompt.
+            temperature: 0 for greedy decoding; higher is more random.
+            top_p: nucleus sampling probability mass.
+            max_new_tokens: the most tokens to generate.
+            seed: a seed for reproducible sampling (same seed and settings, same answer).
+            top_k: sample among the k most likely tokens (0 = off).
+            repetition_penalty: > 1 discourages repeating tokens.
+        """
+        parts = lab.require()
+        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
+        stream = parts.engine.chat(message, history, system_prompt, settings)
+        async for text in stream:
+            yield text
+
+    @user_errors
+    def prompt(message: str, history: list[dict], system_prompt: str = "") -> dict[str, Any]:
+        """The exact token ids the model would receive for `message` after `history`, via its chat template.
+
+        Args:
+            message: the new user message.
+            history: earlier turns as [{"role": ..., "content": ...}].
+            system_prompt: optional system prompt.
+        Returns:
+            {"text": rendered prompt, "ids": token ids, "count": number of ids, "dropped_turns": int}
+        """
+        p = lab.require().engine.prompt(message, history, system_prompt)
+        return {"text": p.text, "ids": p.ids, "count": len(p.ids), "dropped_turns": p.dropped_turns}
+
+    gr.api(chat, api_name="chat", concurrency_limit=lab.config.max_queue, concurrency_id="chat")
+    gr.api(prompt, api_name="prompt", concurrency_limit=None)
