@@ -30,7 +30,7 @@ PHI3_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 END_ID, ENDOFTEXT_ID, ASSISTANT_ID = 32007, 32000, 32001
-NEWLINE_ID, HELLO_ID, WORLD_ID = 13, 15043, 3186  # <0x0A>, ▁Hello, ▁world
+NEWLINE_ID, HELLO_ID, WORLD_ID = 13, 10994, 3186  # <0x0A>, Hello, ▁world (as Phi-3 writes after "\n")
 
 
 def fixture_available() -> bool:
@@ -56,7 +56,7 @@ def build_phi3_tokenizer(folder: Path) -> Path:
 
 
 def _script_bigram(model: torch.nn.Module) -> None:
-    """Make the model a bigram chain: \\n → ▁Hello → ▁world → <|end|>, and anything else → <|end|>."""
+    """Make the model a bigram chain: \\n → Hello → ▁world → <|end|>, and anything else → <|end|>."""
     hidden = model.config.hidden_size
     with torch.no_grad():
         for layer in model.model.layers:
