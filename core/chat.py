@@ -2,8 +2,8 @@
 
 Why one worker thread: all torch work then happens on a single long-lived thread with one warm OpenMP team, and
 the web server's threads only wait on events; a request never creates threads. (The common Spaces pattern starts
-a new thread per request and polls a TextIteratorStreamer from gradio's thread pool.) One queue in front of the
-worker also gives the bounded "busy" behaviour and is the place where batching plugs in.
+a new thread per request and polls a TextIteratorStreamer from gradio's thread pool.) One bounded queue in front of
+the worker gives the "busy" behaviour, and the worker decodes all running requests together (core/batching.py).
 
     >>> engine = ChatEngine(loaded)                                       # doctest: +SKIP
     >>> stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
+from core.batching import BatchDecoder, SamplingParams, Slot
 from core.errors import BusyError, GenerationError, InvalidInputError
 from core.models import LoadedModel
 from core.prompt import Prompt, PromptBuilder
@@ -62,14 +61,9 @@ class GenerationSettings:
                 raise InvalidInputError(message)
         return self
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
-                                  "repetition_penalty": self.repetition_penalty}
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              repetition_penalty=self.repetition_penalty, seed=self.seed)
 
 
 @dataclass
@@ -231,44 +225,19 @@ class ChatStream:
         return self._done.wait(timeout)
 
 
-class _CancelCriteria(StoppingCriteria):
-    """Read before every decoding step: stops generation as soon as the request is cancelled."""
-
-    def __init__(self, stream: ChatStream) -> None:
-        self.stream = stream
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.stream.cancelled, dtype=torch.bool, device=input_ids.device)
-
-
-class _TokenSink(BaseStreamer):
-    """Receives generated token ids from `model.generate` (the first call carries the prompt and is skipped)."""
-
-    def __init__(self, stream: ChatStream) -> None:
-        self.stream = stream
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.stream._push(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass
-
-
 class ChatEngine:
     """Owns the model's generation: prompts, a bounded request queue and the worker thread."""
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000) -> None:
+                 max_input_chars: int = 50_000, max_batch: int = 8) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.prompts = PromptBuilder(loaded.tokenizer)
         self.max_queue = max_queue
         self.max_new_tokens_limit = max_new_tokens_limit
         self.max_input_chars = max_input_chars
+        self.max_batch = max_batch
+        self.peak_batch = 0  # the most requests decoded together so far (shown in stats and benchmarks)
         self.stop_ids = self._stop_ids(loaded)
         self._queue: queue.Queue[ChatStream | None] = queue.Queue()
         self._pending = 0
@@ -326,47 +295,67 @@ class ChatEngine:
         self._queue.put(None)
 
     # -- worker ------------------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            stream = self._queue.get()
-            if stream is None:
-                return
-            try:
-                if stream.cancelled:
-                    stream.started = time.perf_counter()
-                    stream._finish(STOPPED)
-                else:
-                    self._generate(stream)
-            except Exception as exc:  # surfaced to the caller by the stream, never swallowed
-                log.exception("generation failed")
-                stream._finish(ERROR, exc)
-            finally:
-                with self._lock:
-                    self._pending -= 1
+    def _finish(self, stream: ChatStream, reason: str, error: BaseException | None = None) -> None:
+        stream._finish(reason, error)
+        with self._lock:
+            self._pending -= 1
 
-    def _generate(self, stream: ChatStream) -> None:
-        model = self.loaded.model
-        device = model.device
-        input_ids = torch.tensor([stream.prompt.ids], dtype=torch.long, device=device)
-        if stream.settings.seed is not None:
-            torch.manual_seed(stream.settings.seed)
+    def _admit(self, decoder: BatchDecoder, stream: ChatStream) -> Slot | None:
+        """Prefill a new request and sample its first token; None when it ended already (or failed)."""
         stream.started = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
-                streamer=_TokenSink(stream),
-                stopping_criteria=StoppingCriteriaList([_CancelCriteria(stream)]),
-                **stream.settings.generate_kwargs(),
-            )
-        tokens = stream.token_ids
         if stream.cancelled:
-            reason = STOPPED
-        elif tokens and tokens[-1] in self.stop_ids:
-            reason = END_OF_TURN
-        else:
-            reason = LENGTH
-        stream._finish(reason)
+            self._finish(stream, STOPPED)
+            return None
+        slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings.sampling(),
+                    max_new_tokens=stream.settings.max_new_tokens, emit=lambda token: stream._push([token]))
+        try:
+            with torch.inference_mode():
+                decoder.admit(slot)
+        except Exception as exc:  # surfaced to the caller by the stream, never swallowed
+            log.exception("prefill failed")
+            self._finish(stream, ERROR, exc)
+            return None
+        return slot
 
+    def _settle(self, decoder: BatchDecoder, active: list[tuple[ChatStream, Slot]]) -> list[tuple[ChatStream, Slot]]:
+        """Finish the streams whose rows ended; returns the rows still running."""
+        running = []
+        for stream, slot in active:
+            if slot.finish_reason is None:
+                running.append((stream, slot))
+            else:
+                self._finish(stream, slot.finish_reason)
+        decoder.prune()
+        return running
+
+    def _run(self) -> None:
+        decoder = BatchDecoder(self.loaded.model, self.stop_ids)
+        active: list[tuple[ChatStream, Slot]] = []
+        while True:
+            while len(active) < self.max_batch:  # admit waiting requests; block only when idle
+                try:
+                    stream = self._queue.get(block=not active)
+                except queue.Empty:
+                    break
+                if stream is None:
+                    return
+                slot = self._admit(decoder, stream)
+                if slot is not None:
+                    active = self._settle(decoder, [*active, (stream, slot)])
+            if not active:
+                continue
+            self.peak_batch = max(self.peak_batch, len(active))
+            for stream, slot in active:
+                if stream.cancelled and slot.finish_reason is None:
+                    slot.finish_reason = STOPPED
+            try:
+                with torch.inference_mode():
+                    decoder.step()
+            except Exception as exc:
+                log.exception("decoding step failed")
+                for stream, _slot in active:
+                    self._finish(stream, ERROR, exc)
+                active = []
+                decoder.reset()
+                continue
+            active = self._settle(decoder, active)

@@ -10,6 +10,7 @@ from core.prompt import Prompt, PromptBuilder
 from tests import phi3
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=48)
+LONG_PROMPT = "Write a long story about a dragon who learns to read."
 BENIGN = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": " Hello there\n\nfriend 🎵 鸟\t!"},
@@ -93,14 +94,14 @@ def test_phi3_stops_at_end_token_and_hides_special_text(phi3_engine):
 
 
 def test_length_stop_reason(engine):
-    stream = engine.chat("Write a long poem about the sea.", [], "", GenerationSettings(temperature=0,
+    stream = engine.chat(LONG_PROMPT, [], "", GenerationSettings(temperature=0,
                                                                                           max_new_tokens=5))
     run(stream)
     assert stream.stats.stop_reason == LENGTH and stream.stats.generated_tokens == 5
 
 
 def test_cancel_stops_within_a_step(engine):
-    stream = engine.chat("Count from one to one thousand in words.", [], "",
+    stream = engine.chat(LONG_PROMPT, [], "",
                          GenerationSettings(temperature=0, max_new_tokens=1000))
     for text in stream:
         if len(stream.token_ids) >= 3:
@@ -114,7 +115,7 @@ def test_cancel_stops_within_a_step(engine):
 
 
 def test_consumer_leaving_cancels_generation(engine):
-    stream = engine.chat("Count from one to one thousand in words.", [], "",
+    stream = engine.chat(LONG_PROMPT, [], "",
                          GenerationSettings(temperature=0, max_new_tokens=1000))
     iterator = iter(stream)
     next(iterator)
@@ -140,7 +141,7 @@ def test_same_seed_same_answer(engine):
 
 def test_queue_overflow_is_busy(bundled):
     small = ChatEngine(bundled, max_queue=1)
-    long = small.chat("Count to a thousand.", [], "", GenerationSettings(temperature=0, max_new_tokens=500))
+    long = small.chat(LONG_PROMPT, [], "", GenerationSettings(temperature=0, max_new_tokens=500))
     with pytest.raises(BusyError, match="busy"):
         small.chat("Hi", [], "", GREEDY)
     long.cancel()

@@ -1,0 +1,88 @@
+"""Streaming speed: tokens/s of `/chat` through gradio_client ÷ tokens/s of a plain `model.generate` on the same
+prompt and settings (greedy, 128 new tokens), alternating in one run; plus time to first token.
+
+The app runs as a real server process (`python app.py --model bundled`); the plain generate runs here, in this
+process's main thread, while the server is idle.
+
+    python -m bench.bench_chat [--runs 3] [--tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench.app_process import start_app
+from bench.results_io import write_results
+from core.config import default_cache_dir
+from core.models import load_model
+from core.prompt import PromptBuilder
+
+PROMPT = "Write a long story about a dragon who learns to read."
+
+
+def plain_generate(loaded, ids: list[int], tokens: int) -> tuple[float, int]:
+    input_ids = torch.tensor([ids])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                    max_new_tokens=tokens, do_sample=False, eos_token_id=loaded.tokenizer.eos_token_id,
+                                    pad_token_id=loaded.tokenizer.pad_token_id)
+    generated = out.shape[1] - input_ids.shape[1]
+    return generated / (time.perf_counter() - start), generated
+
+
+def api_chat(client, tokenizer, tokens: int) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    job = client.submit(PROMPT, [], "", 0.0, 1.0, tokens, None, api_name="/chat")
+    first = None
+    for _ in job:
+        if first is None:
+            first = time.perf_counter() - start
+    text = job.outputs()[-1]
+    elapsed = time.perf_counter() - start
+    generated = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return generated / elapsed, first or elapsed, generated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+    from gradio_client import Client
+
+    loaded = load_model("bundled", device="cpu", cache_dir=default_cache_dir())
+    ids = PromptBuilder(loaded.tokenizer).build(PROMPT, [], "", args.tokens, loaded.context_length).ids
+    app = start_app("--model", "bundled")
+    try:
+        app.wait_ready()
+        client = Client(app.url, verbose=False)
+        api_chat(client, loaded.tokenizer, 8)  # warm-up
+        plain_generate(loaded, ids, 8)
+        plain, api, ttft, counts = [], [], [], []
+        for _ in range(args.runs):
+            rate, n_plain = plain_generate(loaded, ids, args.tokens)
+            plain.append(rate)
+            rate, first, n_api = api_chat(client, loaded.tokenizer, args.tokens)
+            api.append(rate)
+            ttft.append(first)
+            counts.append((n_plain, n_api))
+    finally:
+        app.stop()
+    p, a = statistics.median(plain), statistics.median(api)
+    data = {"plain_generate_tok_s": plain, "api_chat_tok_s": api, "api_ttft_s": ttft, "tokens": counts,
+            "ratio": a / p, "target_ratio": 0.93}
+    write_results("chat_stream", data, [
+        (f"plain model.generate, greedy, {args.tokens} tokens (median)", f"{p:.1f} tok/s"),
+        ("/chat through gradio_client, same prompt (median)", f"{a:.1f} tok/s"),
+        ("ratio /chat ÷ plain (target ≥ 0.93)", f"{a / p:.2f}"),
+        ("/chat time to first token (median)", f"{statistics.median(ttft) * 1000:.0f} ms"),
+    ])
+
+
+if __name__ == "__main__":
+    main()

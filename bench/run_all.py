@@ -1,0 +1,28 @@
+"""`make bench`: every benchmark, one after another (each writes bench/results/NAME.{json,md})."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ["bench.bench_startup", "bench.bench_chat", "bench.bench_index"]
+
+
+def main() -> int:
+    failed = []
+    for name in BENCHMARKS:
+        print(f"\n=== {name}", flush=True)
+        saved = sys.argv
+        sys.argv = [name]
+        try:
+            importlib.import_module(name).main()
+        except Exception as exc:  # keep going: one broken benchmark should not hide the others' numbers
+            print(f"{name} failed: {exc!r}", flush=True)
+            failed.append(name)
+        finally:
+            sys.argv = saved
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Continuous batching for chat: many requests decode together, one forward pass per step for all of them.
+
+Batch-1 decoding reads every weight once per token, so it is memory-bound; decoding 8 sequences in one forward pass
+reads the weights once for all 8. A new request is prefilled alone between two decoding steps (so its first token
+comes quickly) and then joins the running batch; a finished or cancelled request leaves it at once.
+
+The batch keeps one KV cache, left-padded: every row's cache holds the same number of slots, the attention mask marks
+which are real, and each row has its own position ids. Invariant: the cache holds every token of a row except the
+row's last sampled token (`pending`), which is fed at the next step.
+
+    >>> decoder = BatchDecoder(model, stop_ids=[2])                    # doctest: +SKIP
+    >>> decoder.admit(slot); decoder.step()                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Slot:
+    """One request inside the batch. `emit` receives each new token id; setting `finish_reason` ends the row."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    emit: Callable[[int], None]
+    generated: list[int] = field(default_factory=list)
+    pending: int | None = None
+    finish_reason: str | None = None
+    generator: torch.Generator | None = None
+
+    def sampler_setup(self, device: torch.device) -> None:
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(self.params.seed if self.params.seed is not None else random.getrandbits(63))
+
+
+class BatchDecoder:
+    """Owns the running batch. Not thread-safe: exactly one thread (the engine's worker) calls it."""
+
+    def __init__(self, model: PreTrainedModel, stop_ids: list[int]) -> None:
+        self.model = model
+        self.device = model.device
+        self.stop_ids = set(stop_ids)
+        self.slots: list[Slot] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [batch, cache length], 1 = real token
+
+    # -- sampling ----------------------------------------------------------------------------------------------
+    def _pick(self, logits: torch.Tensor, slot: Slot) -> int:
+        """The next token for one row from its last logits [vocab], with the row's own settings and RNG."""
+        p = slot.params
+        scores = logits.float().unsqueeze(0)
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor([slot.prompt_ids + slot.generated], device=scores.device)
+            scores = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(seen, scores)
+        if p.temperature <= 0:
+            return int(scores.argmax(-1))
+        scores = TemperatureLogitsWarper(p.temperature)(None, scores)
+        if p.top_k > 0:
+            scores = TopKLogitsWarper(p.top_k)(None, scores)
+        if p.top_p < 1.0:
+            scores = TopPLogitsWarper(p.top_p)(None, scores)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=slot.generator))
+
+    def _accept(self, slot: Slot, token: int) -> None:
+        """Record and emit a sampled token; decide whether the row is finished."""
+        slot.generated.append(token)
+        slot.emit(token)
+        if token in self.stop_ids:
+            slot.finish_reason = "end of turn"
+        elif len(slot.generated) >= slot.max_new_tokens:
+            slot.finish_reason = "length"
+        slot.pending = token
+
+    # -- membership --------------------------------------------------------------------------------------------
+    def admit(self, slot: Slot) -> None:
+        """Prefill `slot` alone, sample its first token, and merge it into the batch (unless already finished)."""
+        slot.sampler_setup(self.device)
+        ids = torch.tensor([slot.prompt_ids], dtype=torch.long, device=self.device)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        self._accept(slot, self._pick(out.logits[0, -1], slot))
+        if slot.finish_reason is None:
+            self._merge(slot, cache, torch.ones_like(ids))
+
+    def _merge(self, slot: Slot, cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self.cache is None:
+            self.slots, self.cache, self.mask = [slot], cache, mask
+            return
+        old_len, new_len = self.mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
+            mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
+        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(mask, width, dim=1)])
+        self.slots.append(slot)
+
+    def _drop(self, keep: list[int]) -> None:
+        """Keep only rows `keep`, then cut the leading columns that no remaining row uses."""
+        if not keep:
+            self.slots, self.cache, self.mask = [], None, None
+            return
+        if len(keep) < len(self.slots):
+            index = torch.tensor(keep, device=self.device)
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask[index]
+            self.slots = [self.slots[i] for i in keep]
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start > 0:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, start:]
+                layer.values = layer.values[:, :, start:]
+            self.mask = self.mask[:, start:]
+
+    # -- decoding ----------------------------------------------------------------------------------------------
+    def prune(self) -> None:
+        """Drop the rows that have finished (end of turn, length, or stopped by the engine)."""
+        keep = [i for i, slot in enumerate(self.slots) if slot.finish_reason is None]
+        if len(keep) < len(self.slots):
+            self._drop(keep)
+
+    def step(self) -> None:
+        """Decode one token for every unfinished row, in one forward pass."""
+        self.prune()
+        if not self.slots:
+            return
+        pending = torch.tensor([[s.pending] for s in self.slots], dtype=torch.long, device=self.device)
+        positions = self.mask.sum(dim=1, keepdim=True)  # each row's real length = the new token's position
+        self.mask = torch.cat([self.mask, torch.ones_like(pending)], dim=1)
+        out = self.model(input_ids=pending, attention_mask=self.mask, position_ids=positions,
+                         past_key_values=self.cache, use_cache=True)
+        logits = out.logits[:, -1]
+        for row, slot in enumerate(self.slots):
+            self._accept(slot, self._pick(logits[row], slot))
+
+    def reset(self) -> None:
+        """Forget every row (after an error in a batched step; the engine reports it to each request)."""
+        self._drop([])
+
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    """Pad `t` with zeros on the left of `dim` to `width` (keys/values: [batch, heads, length, head_dim])."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
