@@ -1,15 +1,16 @@
 """Continuous batching for chat: many requests decode together, one forward pass per step for all of them.
 
 Batch-1 decoding reads every weight once per token, so it is memory-bound; decoding 8 sequences in one forward pass
-reads the weights once for all 8. A new request is prefilled alone between two decoding steps (so its first token
-comes quickly) and then joins the running batch; a finished or cancelled request leaves it at once.
+reads the weights once for all 8. New requests are prefilled between two decoding steps (all that are waiting, in
+one forward pass, so their first tokens come quickly) and then join the running batch; a finished or cancelled
+request leaves it at once.
 
 The batch keeps one KV cache, left-padded: every row's cache holds the same number of slots, the attention mask marks
 which are real, and each row has its own position ids. Invariant: the cache holds every token of a row except the
 row's last sampled token (`pending`), which is fed at the next step.
 
     >>> decoder = BatchDecoder(model, stop_ids=[2])                    # doctest: +SKIP
-    >>> decoder.admit(slot); decoder.step()                            # doctest: +SKIP
+    >>> decoder.admit([slot]); decoder.step()                          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -95,20 +96,29 @@ class BatchDecoder:
         slot.pending = token
 
     # -- membership --------------------------------------------------------------------------------------------
-    def admit(self, slot: Slot) -> None:
-        """Prefill `slot` alone, sample its first token, and merge it into the batch (unless already finished)."""
-        slot.sampler_setup(self.device)
-        ids = torch.tensor([slot.prompt_ids], dtype=torch.long, device=self.device)
+    def admit(self, slots: list[Slot]) -> None:
+        """Prefill new requests together (left-padded, one forward pass), sample each one's first token, and merge
+        the unfinished ones into the running batch."""
+        for slot in slots:
+            slot.sampler_setup(self.device)
+        width = max(len(s.prompt_ids) for s in slots)
+        ids = torch.zeros((len(slots), width), dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for row, slot in enumerate(slots):
+            ids[row, width - len(slot.prompt_ids):] = torch.tensor(slot.prompt_ids)
+            mask[row, width - len(slot.prompt_ids):] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
-        self._accept(slot, self._pick(out.logits[0, -1], slot))
-        if slot.finish_reason is None:
-            self._merge(slot, cache, torch.ones_like(ids))
+        for row, slot in enumerate(slots):
+            self._accept(slot, self._pick(out.logits[row, -1], slot))
+        self._merge(slots, cache, mask)
+        self.prune()
 
-    def _merge(self, slot: Slot, cache: DynamicCache, mask: torch.Tensor) -> None:
+    def _merge(self, slots: list[Slot], cache: DynamicCache, mask: torch.Tensor) -> None:
         if self.cache is None:
-            self.slots, self.cache, self.mask = [slot], cache, mask
+            self.slots, self.cache, self.mask = list(slots), cache, mask
             return
         old_len, new_len = self.mask.shape[1], mask.shape[1]
         width = max(old_len, new_len)
@@ -116,7 +126,7 @@ class BatchDecoder:
             mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
             mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)])
         self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(mask, width, dim=1)])
-        self.slots.append(slot)
+        self.slots.extend(slots)
 
     def _drop(self, keep: list[int]) -> None:
         """Keep only rows `keep`, then cut the leading columns that no remaining row uses."""

@@ -300,22 +300,30 @@ class ChatEngine:
         with self._lock:
             self._pending -= 1
 
-    def _admit(self, decoder: BatchDecoder, stream: ChatStream) -> Slot | None:
-        """Prefill a new request and sample its first token; None when it ended already (or failed)."""
-        stream.started = time.perf_counter()
-        if stream.cancelled:
-            self._finish(stream, STOPPED)
-            return None
-        slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings.sampling(),
-                    max_new_tokens=stream.settings.max_new_tokens, emit=lambda token: stream._push([token]))
+    def _admit(self, decoder: BatchDecoder, streams: list[ChatStream]) -> list[tuple[ChatStream, Slot]]:
+        """Prefill new requests together and sample their first tokens; returns the (stream, row) pairs."""
+        now = time.perf_counter()
+        admitted = []
+        for stream in streams:
+            stream.started = now
+            if stream.cancelled:
+                self._finish(stream, STOPPED)
+                continue
+            slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings.sampling(),
+                        max_new_tokens=stream.settings.max_new_tokens, emit=lambda token, s=stream: s._push([token]))
+            admitted.append((stream, slot))
+        if not admitted:
+            return []
         try:
             with torch.inference_mode():
-                decoder.admit(slot)
-        except Exception as exc:  # surfaced to the caller by the stream, never swallowed
+                decoder.admit([slot for _, slot in admitted])
+        except Exception as exc:
+            if len(admitted) > 1:  # find the culprit: prefill each alone
+                return [pair for one in admitted for pair in self._admit(decoder, [one[0]])]
             log.exception("prefill failed")
-            self._finish(stream, ERROR, exc)
-            return None
-        return slot
+            self._finish(admitted[0][0], ERROR, exc)  # surfaced to the caller by the stream, never swallowed
+            return []
+        return admitted
 
     def _settle(self, decoder: BatchDecoder, active: list[tuple[ChatStream, Slot]]) -> list[tuple[ChatStream, Slot]]:
         """Finish the streams whose rows ended; returns the rows still running."""
@@ -328,20 +336,25 @@ class ChatEngine:
         decoder.prune()
         return running
 
+    def _take_waiting(self, block: bool, room: int) -> list[ChatStream | None]:
+        """Up to `room` queued requests; waits for the first one only when `block`."""
+        taken: list[ChatStream | None] = []
+        while len(taken) < room:
+            try:
+                taken.append(self._queue.get(block=block and not taken))
+            except queue.Empty:
+                break
+        return taken
+
     def _run(self) -> None:
         decoder = BatchDecoder(self.loaded.model, self.stop_ids)
         active: list[tuple[ChatStream, Slot]] = []
         while True:
-            while len(active) < self.max_batch:  # admit waiting requests; block only when idle
-                try:
-                    stream = self._queue.get(block=not active)
-                except queue.Empty:
-                    break
-                if stream is None:
-                    return
-                slot = self._admit(decoder, stream)
-                if slot is not None:
-                    active = self._settle(decoder, [*active, (stream, slot)])
+            waiting = self._take_waiting(block=not active, room=self.max_batch - len(active))
+            if None in waiting:
+                return
+            if waiting:
+                active = self._settle(decoder, active + self._admit(decoder, waiting))
             if not active:
                 continue
             self.peak_batch = max(self.peak_batch, len(active))
