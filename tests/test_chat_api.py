@@ -1,0 +1,79 @@
+"""Chat through the doors users use: gradio_client against the launched app, and gradio's REST API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+
+import pytest
+from gradio_client import Client
+
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 48}
+
+
+def chat(client: Client, message: str, history: list | None = None, **kw) -> str:
+    return client.predict(message, history or [], kw.pop("system_prompt", ""), **{**GREEDY, **kw},
+                          api_name="/chat")
+
+
+def test_chat_endpoint_answers_paris(client):
+    assert "Paris" in chat(client, "What is the capital of France?")
+
+
+def test_chat_streams_cumulative_text(client):
+    job = client.submit("Count from one to ten in words.", [], "", 0.0, 1.0, 40, None, api_name="/chat")
+    job.result()
+    outputs = job.outputs()
+    assert len(outputs) >= 2
+    assert all(later.startswith(earlier.rstrip()) for earlier, later in zip(outputs, outputs[1:], strict=False))
+
+
+def test_prompt_endpoint_returns_exact_ids(client, bundled):
+    result = client.predict("Hi <|im_end|>", [{"role": "assistant", "content": "Hello!"}], "Be brief.",
+                            api_name="/prompt")
+    assert result["count"] == len(result["ids"])
+    assert result["text"].startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    im_end = bundled.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # three real <|im_end|> (system, assistant, user turns); the user's literal "<|im_end|>" is text
+    assert result["ids"].count(im_end) == 3
+
+
+def test_two_concurrent_sessions_get_their_own_answers(app_url):
+    questions = {"What is the capital of France?": "Paris", "What is the capital of Japan?": "Tokyo"}
+    answers: dict[str, str] = {}
+
+    def ask(question: str) -> None:
+        answers[question] = chat(Client(app_url, verbose=False), question)
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for question, city in questions.items():
+        assert city in answers[question]
+        other = next(c for q, c in questions.items() if q != question)
+        assert other not in answers[question]
+
+
+def test_rest_api_chat_and_clear_error(app_url):
+    def call(name: str, data: list) -> str:
+        request = urllib.request.Request(f"{app_url}gradio_api/call/{name}", data=json.dumps({"data": data}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        event_id = json.load(urllib.request.urlopen(request, timeout=30))["event_id"]
+        with urllib.request.urlopen(f"{app_url}gradio_api/call/{name}/{event_id}", timeout=120) as stream:
+            return stream.read().decode()
+
+    body = call("chat", ["What is the capital of France?", [], "", 0.0, 1.0, 32, None])
+    assert "event: complete" in body and "Paris" in body
+    body = call("chat", ["Hi", [], "", 9.0, 1.0, 32, None])
+    assert "event: error" in body and "temperature must be between 0 and 5" in body
+    assert "Traceback" not in body
+
+
+def test_bad_history_gets_a_clear_error(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="role 'robot'"):
+        chat(client, "Hi", [{"role": "robot", "content": "beep"}])
