@@ -39,9 +39,10 @@ def build_demo(lab: Lab, config: AppConfig | None = None) -> gr.Blocks:
 
         timer.tick(refresh_header, outputs=[header, timer], show_progress="hidden", api_visibility="private")
         demo.load(refresh_header, outputs=[header, timer], show_progress="hidden", api_visibility="private")
-        build_chat_tab(lab)
-        build_tokens_tab(lab)
-        build_embeddings_tab(lab)
+        with gr.Tabs():
+            build_chat_tab(lab)
+            build_tokens_tab(lab)
+            build_embeddings_tab(lab)
     # Bounded waiting line: beyond it gradio answers "queue full" instead of letting requests wait forever.
     demo.queue(max_size=config.max_queue * 4, default_concurrency_limit=1)
     return demo

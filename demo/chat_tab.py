@@ -34,7 +34,18 @@ def _settings(temperature: float, top_p: float, top_k: int, repetition_penalty: 
 
 def _stats_message(stream: ChatStream) -> dict[str, Any]:
     return {"role": "assistant", "content": stream.stats.summary(),
-            "metadata": {"title": "📊 Stats", "status": "done" if stream.done else "pending"}}
+            "metadata": {"title": "Stats", "status": "done" if stream.done else "pending"}}
+
+
+def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """After Stop, the cancelled handler cannot update its stats line; say so in the last one."""
+    for message in reversed(history):
+        meta = message.get("metadata") or {}
+        if message.get("role") == "assistant" and meta.get("title") == "Stats":
+            message["content"] = str(message["content"]).replace("stop: running", "stop: stopped")
+            message["metadata"] = {**meta, "status": "done"}
+            break
+    return history
 
 
 def build_chat_tab(lab: Lab) -> None:
@@ -59,36 +70,6 @@ def build_chat_tab(lab: Lab) -> None:
             yield [{"role": "assistant", "content": text}, _stats_message(stream)], inspector
         if not stream.text.strip():
             gr.Warning(f"The model returned an empty answer (stop: {stream.stop_reason}).")
-
-    with gr.Tab("Chat", id="chat"):
-        gr.Markdown(INTRO)
-        system_prompt = gr.Textbox(label="System prompt", placeholder="Optional: instructions for the model",
-                                   lines=1, render=False)
-        with gr.Accordion("Generation settings", open=False, render=False) as settings_box:
-            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
-            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
-            repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
-            max_new_tokens = gr.Slider(1, lab.config.max_new_tokens_limit, value=256, step=1,
-                                       label="Max new tokens")
-            seed = gr.Number(value=None, precision=0, label="Seed (empty = random)")
-        inspector = gr.HighlightedText(label="Prompt tokens (last message)", combine_adjacent=False,
-                                       show_legend=True, elem_id="prompt-inspector", render=False)
-        system_prompt.render()
-        chatbot = gr.Chatbot(height=460, elem_id="chatbot", label="Conversation")
-        interface = gr.ChatInterface(
-            respond, chatbot=chatbot, editable=True, autofocus=False,
-            additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed],
-            additional_inputs_accordion=settings_box, additional_outputs=[inspector],
-            examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
-            concurrency_limit=lab.config.max_queue, fill_height=False,
-        )
-        with gr.Accordion("What the model receives", open=False):
-            inspector.render()
-            preview = gr.Button("Preview the prompt for the text in the box", size="sm")
-
-    preview.click(user_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
-                  inspector, api_visibility="private")
 
     @user_errors
     async def chat(message: str, history: list[dict], system_prompt: str = "", temperature: float = 0.7,
@@ -127,5 +108,37 @@ def build_chat_tab(lab: Lab) -> None:
         p = lab.require().engine.prompt(message, history, system_prompt)
         return {"text": p.text, "ids": p.ids, "count": len(p.ids), "dropped_turns": p.dropped_turns}
 
-    gr.api(chat, api_name="chat", concurrency_limit=lab.config.max_queue, concurrency_id="chat")
-    gr.api(prompt, api_name="prompt", concurrency_limit=None)
+    with gr.Tab("Chat", id="chat"):
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            system_prompt = gr.Textbox(label="System prompt", placeholder="Optional: instructions for the model",
+                                       lines=1, scale=2, elem_id="system-prompt")
+            with gr.Accordion("Generation settings", open=False), gr.Group():
+                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+                top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
+                repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
+                max_new_tokens = gr.Slider(1, lab.config.max_new_tokens_limit, value=256, step=1,
+                                           label="Max new tokens")
+                seed = gr.Number(value=None, precision=0, label="Seed (empty = random)")
+        inspector = gr.HighlightedText(label="Prompt tokens (last message)", combine_adjacent=False,
+                                       show_legend=True, elem_id="prompt-inspector", render=False)
+        chatbot = gr.Chatbot(height=460, elem_id="chatbot", label="Conversation")
+        textbox = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1, max_lines=8,
+                             submit_btn=True, stop_btn=True, elem_id="chat-input", render=False)
+        interface = gr.ChatInterface(
+            respond, chatbot=chatbot, textbox=textbox, editable=True, autofocus=False,
+            additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed],
+            additional_outputs=[inspector],
+            examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
+            concurrency_limit=lab.config.max_queue, fill_height=False,
+        )
+        with gr.Accordion("What the model receives", open=False):
+            inspector.render()
+            preview = gr.Button("Preview the prompt for the text in the box", size="sm")
+
+        textbox.stop(mark_stopped, chatbot, chatbot, queue=False, api_visibility="private")
+        preview.click(user_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
+                      inspector, api_visibility="private")
+        gr.api(chat, api_name="chat", concurrency_limit=lab.config.max_queue, concurrency_id="chat")
+        gr.api(prompt, api_name="prompt", concurrency_limit=None)

@@ -12,6 +12,7 @@ import pytest
 from core.config import AppConfig, default_cache_dir
 from core.models import LoadedModel, load_model
 from tests import phi3
+from tests.browser import browser, browser_page  # noqa: F401  (fixtures for browser tests)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub

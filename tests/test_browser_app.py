@@ -1,0 +1,50 @@
+"""The whole app in a real browser (Debian's Chromium through Playwright): each tab gets a result; chat streams
+and stops."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+
+def bot_text(page) -> str:
+    bots = page.locator("#chatbot [data-testid=bot]")
+    return bots.first.inner_text() if bots.count() else ""
+
+
+def test_chat_streams_then_stops(browser_page):
+    page = browser_page.page
+    box = page.locator("#chat-input textarea")
+    box.fill("Write a long story about a dragon who learns to read.")
+    box.press("Enter")
+    page.wait_for_function("() => (document.querySelector('#chatbot [data-testid=bot]')?.innerText || '').length > 20")
+    first = bot_text(page)
+    page.wait_for_function("n => document.querySelector('#chatbot [data-testid=bot]').innerText.length > n",
+                           arg=len(first) + 10)
+    assert len(bot_text(page)) > len(first), "the answer did not grow: no streaming"
+    page.locator("#chat-input button.stop-button").click()
+    page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('stop: stopped')",
+                           timeout=15_000)
+    stopped = bot_text(page)
+    page.wait_for_timeout(800)
+    assert bot_text(page) == stopped, "text kept coming after Stop"
+    assert not browser_page.page_errors
+
+
+def test_each_tab_gets_a_result(browser_page):
+    page = browser_page.page
+    browser_page.open_tab("Tokens")
+    page.locator("#tokens-text textarea").fill("I love programming.")
+    page.locator("#tokens-text textarea").press("Enter")
+    page.wait_for_function("() => /4 tokens/.test(document.querySelector('#tokens-counts')?.innerText || '')")
+    assert "programming" in page.locator("#tokens-view").inner_text()
+
+    browser_page.open_tab("Embeddings")
+    page.locator("#emb-query textarea, #emb-query input").first.fill("king")
+    page.locator("#emb-find").click()
+    page.wait_for_function("() => /queen/i.test(document.querySelector('#emb-neighbors')?.innerText || '')")
+    assert re.search(r"queen", page.locator("#emb-neighbors").inner_text(), re.I)
+    assert not browser_page.dialogs and not browser_page.page_errors
