@@ -131,7 +131,7 @@ def build_chat_tab(lab: Lab) -> None:
             additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed],
             additional_outputs=[inspector],
             examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
-            concurrency_limit=lab.config.max_queue, fill_height=False,
+            concurrency_limit=None, fill_height=False,  # the engine's bounded queue decides: "busy" beyond it
         )
         with gr.Accordion("What the model receives", open=False):
             inspector.render()
@@ -140,5 +140,5 @@ def build_chat_tab(lab: Lab) -> None:
         textbox.stop(mark_stopped, chatbot, chatbot, queue=False, api_visibility="private")
         preview.click(user_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
                       inspector, api_visibility="private")
-        gr.api(chat, api_name="chat", concurrency_limit=lab.config.max_queue, concurrency_id="chat")
+        gr.api(chat, api_name="chat", concurrency_limit=None)
         gr.api(prompt, api_name="prompt", concurrency_limit=None)

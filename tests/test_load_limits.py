@@ -1,0 +1,46 @@
+"""Server-side limits through the API: a full chat queue answers "busy"; limits hold for API callers too."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from core.config import AppConfig
+from core.lab import Lab
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def small_app(bundled):
+    from demo import build_demo
+
+    lab = Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=1, max_new_tokens_limit=64))
+    demo = build_demo(lab)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", lab
+    lab.require().engine.close()
+    demo.close()
+
+
+def test_overflowing_the_queue_returns_busy(small_app):
+    url, lab = small_app
+    engine = lab.require().engine
+    first = Client(url, verbose=False).submit("Write a long story about a dragon.", [], "", 0.0, 1.0, 64, None,
+                                               api_name="/chat")
+    for _ in first:  # wait until the first request is generating
+        break
+    assert engine.pending == 1
+    with pytest.raises(AppError, match="busy"):
+        Client(url, verbose=False).predict("Hi", [], "", 0.0, 1.0, 8, None, api_name="/chat")
+    first.cancel()
+
+
+def test_api_callers_get_the_same_limits(small_app):
+    url, _ = small_app
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="between 1 and 64"):
+        client.predict("Hi", [], "", 0.0, 1.0, 10_000, None, api_name="/chat")
+    with pytest.raises(AppError, match="limit is 50,000"):
+        client.predict("a" * 60_000, [], "", 0.0, 1.0, 8, None, api_name="/chat")
