@@ -1,0 +1,196 @@
+"""Load test: N gradio_client users against a real app process, for a bounded time.
+
+Two parts, in one run:
+1. Batching gain: 1 user chatting alone, then 8 users chatting at once (greedy, 64 tokens each): aggregate tokens/s
+   and time to first token (TTFT) p50/p95, side by side.
+2. Soak: N users (default 20) for a bounded time, each looping over chat / tokenize / neighbours, each with a private
+   conversation that carries a secret word; reports errors by kind, cross-session leaks (a secret of another user
+   showing up in a prompt), and the server's memory over time.
+
+    python -m bench.bench_load [--users 20] [--seconds 60] [--concurrent 8]
+
+Only loopback traffic, bounded in count and time; it stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from bench.app_process import AppProcess, start_app
+from bench.results_io import write_results
+
+PROMPTS = ["Write a short story about a dragon.", "Explain how rain forms.", "Describe a busy market.",
+           "Tell me about the moon.", "Write a poem about autumn.", "Explain what a computer does.",
+           "Describe a walk in a forest.", "Tell me about the ocean."]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def timed_chat(client, message: str, history: list, tokens: int) -> tuple[float, float, str]:
+    """(time to first token, total seconds, final text) of one streamed /chat call."""
+    start = time.perf_counter()
+    job = client.submit(message, history, "", 0.0, 1.0, tokens, None, api_name="/chat")
+    first = None
+    for _ in job:
+        if first is None:
+            first = time.perf_counter() - start
+    text = job.outputs()[-1] if job.outputs() else ""
+    total = time.perf_counter() - start
+    return first if first is not None else total, total, text
+
+
+def chat_round(url: str, users: int, tokens: int, tokenizer) -> tuple[float, list[float]]:
+    """`users` chats started together; returns (aggregate tokens/s, TTFTs)."""
+    from gradio_client import Client
+
+    clients = [Client(url, verbose=False) for _ in range(users)]
+    results: list[tuple[float, float, str]] = [(0.0, 0.0, "")] * users
+    barrier = threading.Barrier(users)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = timed_chat(clients[i], PROMPTS[i % len(PROMPTS)], [], tokens)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    generated = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for _, _, text in results)
+    return generated / elapsed, [first for first, _, _ in results]
+
+
+@dataclass
+class SoakStats:
+    requests: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    leaks: int = 0
+    ttft: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def soak_user(url: str, user: int, deadline: float, stats: SoakStats) -> None:
+    from gradio_client import Client
+
+    rng = random.Random(user)
+    secret = f"zebra{user:03d}"
+    history = [{"role": "user", "content": f"My secret word is {secret}."},
+               {"role": "assistant", "content": f"I will remember {secret}."}]
+    client = Client(url, verbose=False)
+    while time.perf_counter() < deadline:
+        kind = rng.choice(["chat", "chat", "tokenize", "neighbors"])
+        try:
+            if kind == "chat":
+                first, _, _ = timed_chat(client, rng.choice(PROMPTS), history, 24)
+                prompt = client.predict("What is my secret word?", history, "", api_name="/prompt")
+                leaked = any(f"zebra{other:03d}" in prompt["text"] for other in range(1000) if other != user)
+                with stats.lock:
+                    stats.ttft.append(first)
+                    stats.leaks += int(leaked or secret not in prompt["text"])
+            elif kind == "tokenize":
+                client.predict(f"{secret} likes tokens", "", api_name="/tokenize")
+            else:
+                client.predict(rng.choice(["king", "water", "happy", "city"]), 10, "cosine", api_name="/neighbors")
+            with stats.lock:
+                stats.requests[kind] += 1
+        except Exception as exc:
+            label = "busy" if "busy" in str(exc).lower() else f"{kind}: {type(exc).__name__}: {str(exc)[:80]}"
+            with stats.lock:
+                stats.errors[label] += 1
+            time.sleep(0.5)
+
+
+def soak(app: AppProcess, users: int, seconds: float) -> tuple[SoakStats, list[tuple[float, float]]]:
+    stats = SoakStats()
+    deadline = time.perf_counter() + seconds
+    threads = [threading.Thread(target=soak_user, args=(app.url, u, deadline, stats), daemon=True)
+               for u in range(users)]
+    memory: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        memory.append((time.perf_counter() - start, rss_mb(app.proc.pid)))
+        time.sleep(1.0)
+        if time.perf_counter() > deadline + 120:
+            break  # a stuck user must not keep the benchmark running
+    return stats, memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    from core.config import default_cache_dir
+    from core.models import bundled_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(default_cache_dir())[0])
+    app = start_app("--model", "bundled", "--max-queue", str(max(32, args.users * 2)))
+    try:
+        app.wait_ready()
+        chat_round(app.url, 1, 8, tokenizer)  # warm-up
+        lone_rate, lone_ttft = chat_round(app.url, 1, args.tokens, tokenizer)
+        lone_rate2, lone_ttft2 = chat_round(app.url, 1, args.tokens, tokenizer)
+        many_rate, many_ttft = chat_round(app.url, args.concurrent, args.tokens, tokenizer)
+        lone = statistics.median([lone_rate, lone_rate2])
+        lone_first = statistics.median(lone_ttft + lone_ttft2)
+        stats, memory = soak(app, args.users, args.seconds)
+    finally:
+        app.stop()
+    warm = [m for t, m in memory if t >= min(10.0, args.seconds / 3)]
+    growth = (warm[-1] - warm[0]) if len(warm) >= 2 else float("nan")
+    data = {
+        "lone_tok_s": [lone_rate, lone_rate2], "lone_ttft_s": lone_ttft + lone_ttft2,
+        "concurrent": args.concurrent, "concurrent_tok_s": many_rate, "concurrent_ttft_s": many_ttft,
+        "speedup": many_rate / lone, "ttft_p95_over_lone": percentile(many_ttft, 0.95) / lone_first,
+        "soak_users": args.users, "soak_seconds": args.seconds, "soak_requests": dict(stats.requests),
+        "soak_errors": dict(stats.errors), "soak_leaks": stats.leaks,
+        "soak_ttft_p50_s": percentile(stats.ttft, 0.5), "soak_ttft_p95_s": percentile(stats.ttft, 0.95),
+        "memory_mb": memory, "memory_growth_after_warmup_mb": growth,
+    }
+    errors = ", ".join(f"{k}: {v}" for k, v in stats.errors.items()) or "none"
+    write_results("load", data, [
+        ("1 chat alone: aggregate tokens/s (median of 2)", f"{lone:.1f}"),
+        (f"{args.concurrent} chats at once: aggregate tokens/s", f"{many_rate:.1f}"),
+        ("speed-up (target ≥ 4×)", f"{many_rate / lone:.2f}×"),
+        ("TTFT alone (median)", f"{lone_first * 1000:.0f} ms"),
+        (f"TTFT with {args.concurrent} at once: p50 / p95", f"{percentile(many_ttft, 0.5) * 1000:.0f} / "
+                                                            f"{percentile(many_ttft, 0.95) * 1000:.0f} ms"),
+        ("p95 TTFT ÷ lone TTFT (target ≤ 2)", f"{percentile(many_ttft, 0.95) / lone_first:.2f}"),
+        (f"soak: {args.users} users × {args.seconds:.0f} s, requests", ", ".join(
+            f"{k} {v}" for k, v in sorted(stats.requests.items()))),
+        ("soak: errors (only 'busy' allowed)", errors),
+        ("soak: cross-session leaks", str(stats.leaks)),
+        ("soak: chat TTFT p50 / p95", f"{percentile(stats.ttft, 0.5) * 1000:.0f} / "
+                                      f"{percentile(stats.ttft, 0.95) * 1000:.0f} ms"),
+        ("server memory: start → end of soak; growth after warm-up",
+         f"{memory[0][1]:.0f} → {memory[-1][1]:.0f} MB; {growth:+.0f} MB" if memory else "n/a"),
+    ])
+
+
+if __name__ == "__main__":
+    main()
