@@ -161,6 +161,11 @@ def _explain(exc: BaseException, model_id: str) -> str:
     return f"could not load {model_id!r}: {first}"
 
 
+def _looks_like_path(model_id: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else (absolute, relative, ~, deeper) is meant as a folder."""
+    return model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or "\\" in model_id
+
+
 def _load_pretrained(path_or_id: str, device: str,
                      dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
@@ -189,6 +194,8 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto",
             progress(f"loading {BUNDLED_NAME} from {'cache' if from_cache else 'fresh conversion'}")
             model, tokenizer = _load_pretrained(str(folder), dev, torch_dtype)
             name, source = BUNDLED_NAME, "bundled"
+        elif _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+            raise ModelLoadError(f"unknown model {model_id!r}: not a local folder and not a model on the hub")
         elif Path(model_id).expanduser().is_dir():
             progress(f"loading {model_id} from a local folder")
             model, tokenizer = _load_pretrained(str(Path(model_id).expanduser()), dev, torch_dtype)
