@@ -1,0 +1,47 @@
+"""The app as a whole: module-level `demo`, the header while loading and when ready, the API listing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import AppConfig
+from core.errors import ModelNotReadyError
+from core.lab import Lab
+from demo.blocks import header_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+ENDPOINTS = {"/chat", "/prompt", "/tokenize", "/detokenize", "/neighbors", "/analogy", "/similarity"}
+
+
+def test_app_module_exposes_demo_for_gradio_and_spaces():
+    code = "import app, gradio; print(isinstance(app.demo, gradio.Blocks), app.config.port)"
+    env = {**os.environ, "MODEL_ID": "bundled", "GRADIO_SERVER_PORT": "7999"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True 7999"
+
+
+def test_header_shows_progress_while_loading_and_facts_when_ready(bundled_lab):
+    loading = Lab(AppConfig(model="bundled"))
+    assert "starting" in header_markdown(loading)
+    with pytest.raises(ModelNotReadyError, match="still loading"):
+        loading.require()
+    ready = header_markdown(bundled_lab)
+    for fact in ("SmolLM2-135M-Instruct", "cpu", "float32", "49,152", "8,192"):
+        assert fact in ready
+
+
+def test_every_feature_is_a_typed_endpoint(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    named = set(api["named_endpoints"])
+    assert named >= ENDPOINTS, f"missing: {ENDPOINTS - named}"
+    chat_params = {p["parameter_name"]: p for p in api["named_endpoints"]["/chat"]["parameters"]}
+    assert chat_params["message"]["type"]["type"] == "string"
+    assert chat_params["temperature"]["type"]["type"] == "number"
+    assert chat_params["max_new_tokens"]["type"]["type"] == "integer"
