@@ -16,19 +16,13 @@ def engine(bundled) -> ChatEngine:
     return ChatEngine(bundled, max_queue=8, max_batch=8)
 
 
-def collect(stream) -> str:
-    text = ""
-    for text in stream:
-        pass
-    return text
-
 
 def run_together(engine: ChatEngine, questions: list[str], settings: GenerationSettings) -> list[str]:
     streams = [engine.chat(q, [], "", settings) for q in questions]  # queued before the worker admits them
     results: list[str] = [""] * len(streams)
 
     def consume(i: int) -> None:
-        results[i] = collect(streams[i])
+        results[i] = streams[i].collect()
 
     threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
     for t in threads:
@@ -40,7 +34,7 @@ def run_together(engine: ChatEngine, questions: list[str], settings: GenerationS
 
 def test_concurrent_greedy_answers_equal_answers_alone(engine):
     settings = GenerationSettings(temperature=0, max_new_tokens=40)
-    alone = [collect(engine.chat(q, [], "", settings)) for q in QUESTIONS]
+    alone = [engine.chat(q, [], "", settings).collect() for q in QUESTIONS]
     engine.peak_batch = 0
     together = run_together(engine, QUESTIONS, settings)
     assert together == alone
@@ -50,7 +44,7 @@ def test_concurrent_greedy_answers_equal_answers_alone(engine):
 
 def test_seeded_sampling_is_independent_of_batch_company(engine):
     settings = GenerationSettings(temperature=0.9, top_p=0.95, top_k=40, max_new_tokens=24, seed=7)
-    alone = collect(engine.chat("Invent a name for a dragon.", [], "", settings))
+    alone = engine.chat("Invent a name for a dragon.", [], "", settings).collect()
     together = run_together(engine, ["Invent a name for a dragon.", "Tell me a joke.", "Describe the sea."],
                             settings)
     assert together[0] == alone
@@ -63,7 +57,7 @@ def test_stopping_one_stream_leaves_the_other_running(engine):
     for _ in first:
         if len(first.token_ids) >= 2:
             first.cancel()
-    text = collect(second)
+    text = second.collect()
     assert first.wait(10) and first.stop_reason == STOPPED and len(first.token_ids) < 20
     assert second.stop_reason in (LENGTH, END_OF_TURN) and len(second.token_ids) >= 40 and text
 
@@ -76,7 +70,7 @@ def test_three_sessions_do_not_see_each_other(engine):
     ]
     settings = GenerationSettings(temperature=0, max_new_tokens=24)
     streams = [engine.chat("What is my name?", h, "", settings) for h in histories]
-    answers = [collect(s) for s in streams]
+    answers = [s.collect() for s in streams]
     for stream, name in zip(streams, ["Alice", "Bob", "Carol"], strict=True):
         prompt_text = stream.prompt.text
         assert name in prompt_text and all(o not in prompt_text for o in {"Alice", "Bob", "Carol"} - {name})

@@ -28,16 +28,10 @@ def phi3_engine(phi3_scripted) -> ChatEngine:
     return ChatEngine(phi3_scripted)
 
 
-def run(stream) -> str:
-    text = ""
-    for text in stream:
-        pass
-    return text
-
 
 def test_bundled_greedy_knows_paris(engine):
     stream = engine.chat("What is the capital of France?", [], "", GREEDY)
-    answer = run(stream)
+    answer = stream.collect()
     assert "Paris" in answer
     assert stream.stats.stop_reason == END_OF_TURN
     assert "<|im_end|>" not in answer and "<|im_start|>" not in answer
@@ -86,7 +80,7 @@ def test_special_token_text_from_messages_stays_text(request, which, smuggled, m
 
 def test_phi3_stops_at_end_token_and_hides_special_text(phi3_engine):
     stream = phi3_engine.chat("Say hello", [], "", GenerationSettings(temperature=0, max_new_tokens=20))
-    answer = run(stream)
+    answer = stream.collect()
     assert answer == "Hello world"
     assert stream.token_ids == [phi3.HELLO_ID, phi3.WORLD_ID, phi3.END_ID]
     assert stream.stats.stop_reason == END_OF_TURN
@@ -96,22 +90,22 @@ def test_phi3_stops_at_end_token_and_hides_special_text(phi3_engine):
 def test_length_stop_reason(engine):
     stream = engine.chat(LONG_PROMPT, [], "", GenerationSettings(temperature=0,
                                                                                           max_new_tokens=5))
-    run(stream)
+    stream.collect()
     assert stream.stats.stop_reason == LENGTH and stream.stats.generated_tokens == 5
 
 
 def test_cancel_stops_within_a_step(engine):
     stream = engine.chat(LONG_PROMPT, [], "",
                          GenerationSettings(temperature=0, max_new_tokens=1000))
-    for text in stream:
+    for _text in stream:
         if len(stream.token_ids) >= 3:
             stream.cancel()
     assert stream.wait(timeout=10), "the worker did not finish after cancel"
     assert stream.stop_reason == STOPPED
     assert stream.stats.generated_tokens < 20
-    assert text == stream.text
+    assert _text == stream.text
     # the engine serves the next request normally
-    assert "Paris" in run(engine.chat("What is the capital of France?", [], "", GREEDY))
+    assert "Paris" in engine.chat("What is the capital of France?", [], "", GREEDY).collect()
 
 
 def test_consumer_leaving_cancels_generation(engine):
@@ -128,14 +122,14 @@ def test_error_inside_generation_reaches_caller(engine, bundled):
     out_of_vocabulary = bundled.model.get_input_embeddings().weight.shape[0] + 5
     stream = engine.submit(Prompt(ids=[1, out_of_vocabulary], text="broken"), GREEDY)
     with pytest.raises(GenerationError, match="Generation failed"):
-        run(stream)
-    assert "Paris" in run(engine.chat("What is the capital of France?", [], "", GREEDY))
+        stream.collect()
+    assert "Paris" in engine.chat("What is the capital of France?", [], "", GREEDY).collect()
 
 
 def test_same_seed_same_answer(engine):
     settings = GenerationSettings(temperature=1.0, top_p=0.9, top_k=40, max_new_tokens=24, seed=1234)
-    first = run(engine.chat("Invent a name for a cat.", [], "", settings))
-    second = run(engine.chat("Invent a name for a cat.", [], "", settings))
+    first = engine.chat("Invent a name for a cat.", [], "", settings).collect()
+    second = engine.chat("Invent a name for a cat.", [], "", settings).collect()
     assert first == second and first
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import urllib.request
@@ -26,7 +27,7 @@ def test_chat_streams_cumulative_text(client):
     job.result()
     outputs = job.outputs()
     assert len(outputs) >= 2
-    assert all(later.startswith(earlier.rstrip()) for earlier, later in zip(outputs, outputs[1:], strict=False))
+    assert all(later.startswith(earlier.rstrip()) for earlier, later in itertools.pairwise(outputs))
 
 
 def test_prompt_endpoint_returns_exact_ids(client, bundled):
@@ -65,9 +66,11 @@ def test_rest_api_chat_and_clear_error(app_url):
         with urllib.request.urlopen(f"{app_url}gradio_api/call/{name}/{event_id}", timeout=120) as stream:
             return stream.read().decode()
 
-    body = call("chat", ["What is the capital of France?", [], "", 0.0, 1.0, 32, None])
+    # REST callers send every input in order: message, history, system_prompt, temperature, top_p,
+    # max_new_tokens, seed, top_k, repetition_penalty
+    body = call("chat", ["What is the capital of France?", [], "", 0.0, 1.0, 32, None, 50, 1.0])
     assert "event: complete" in body and "Paris" in body
-    body = call("chat", ["Hi", [], "", 9.0, 1.0, 32, None])
+    body = call("chat", ["Hi", [], "", 9.0, 1.0, 32, None, 50, 1.0])
     assert "event: error" in body and "temperature must be between 0 and 5" in body
     assert "Traceback" not in body
 
