@@ -7,7 +7,9 @@ vocabulary (49,152 x 576, see bench/bench_index.py):
 - on the CPU, a small batch (fewer than `SMALL_BATCH` queries) scans a float16 `IndexScalarQuantizer`, split into one
   shard per core and searched in parallel, for `k + RERANK_MARGIN` candidates that are then re-scored exactly in
   float32: the top k equals exact brute force, at less than half of numpy's single-query latency;
-- larger batches use an exact `IndexFlatIP` (FAISS's BLAS path);
+- larger batches use an exact `IndexFlatIP` through BLAS: FAISS 1.15's default BLAS threshold (128,000 queries)
+  would scan 64 queries without BLAS, ~7x slower here, so building an index sets it to `SMALL_BATCH` (a
+  process-wide FAISS setting);
 - with CUDA (and FAISS built with GPU support), one GPU flat index (optionally float16 storage, then re-ranked
   exactly as above) behind a lock, since FAISS GPU indexes are not thread-safe.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -68,6 +71,13 @@ def visible(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def _is_byte_token(piece: str, text: str) -> bool:
+    """A byte-fallback piece (`<0x0A>`), part of a multi-byte character (text `�`), or a lone control byte."""
+    if _BYTE_PIECE.match(piece) or "\ufffd" in text:
+        return True
+    return bool(text) and all(unicodedata.category(c) == "Cc" and c not in " \n\t\r" for c in text)
 
 
 def shown(text: str, piece: str) -> str:
@@ -404,6 +414,7 @@ class VocabIndex:
         if use_gpu and not gpu_available():
             raise RuntimeError("use_gpu=True, but CUDA or FAISS GPU support is not available")
         self._gpu = _GpuContext(gpu_device, gpu_float16) if use_gpu else None
+        faiss.cvar.distance_compute_blas_threshold = SMALL_BATCH  # flat searches of SMALL_BATCH+ queries use BLAS
         self.shards = 1 if use_gpu else max(1, min(faiss.omp_get_max_threads(), 8))
         norms = np.linalg.norm(raw, axis=1).astype(np.float32)
         self.norms = norms
@@ -439,7 +450,7 @@ class VocabIndex:
             if getattr(tok, "special", False):
                 special.add(int(i))
         self.special_ids = frozenset(i for i in special if 0 <= i < n)
-        self.byte_ids = frozenset(i for i in range(n) if _BYTE_PIECE.match(self.pieces[i]) or "\ufffd" in self.texts[i])
+        self.byte_ids = frozenset(i for i in range(n) if _is_byte_token(self.pieces[i], self.texts[i]))
         self.vocab = {piece: i for piece, i in tokenizer.get_vocab().items() if 0 <= i < n}
         anchor = tokenizer.encode("a", add_special_tokens=False)
         self._anchor = anchor if len(anchor) == 1 else None
@@ -460,7 +471,7 @@ class VocabIndex:
         return TokenInfo(int(token_id), self.pieces[token_id], self.texts[token_id])
 
     def is_hidden(self, token_id: int) -> bool:
-        """Special tokens and byte tokens (byte-fallback `<0xNN>` pieces and partial UTF-8 byte pieces)."""
+        """Special tokens and byte tokens (byte-fallback `<0xNN>` pieces, partial UTF-8 pieces, control bytes)."""
         return token_id in self.special_ids or token_id in self.byte_ids
 
     @property
@@ -505,6 +516,13 @@ class VocabIndex:
                 self._spaces[metric] = _Space(metric, raw, self._gpu, self.shards)
             return self._spaces[metric]
 
+    @property
+    def unit_vectors(self) -> np.ndarray:
+        """The L2-normalised float32 embedding rows (a read-only view of the cosine index's storage)."""
+        view = self._spaces["cosine"].matrix.view()
+        view.flags.writeable = False
+        return view
+
     def raw_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The original embedding rows (float32) of `ids`."""
         idx = np.asarray(ids, dtype=np.int64)
@@ -519,6 +537,11 @@ class VocabIndex:
             norm = float(np.linalg.norm(vec))
             vec = vec / norm if norm > 0 else vec
         return vec.astype(np.float32)
+
+    def query_vector(self, query: str | int | ResolvedQuery, metric: str = "cosine", exact: bool = False) -> np.ndarray:
+        """A query's vector in a metric's space (what `neighbors` searches with), for `search`."""
+        term = query if isinstance(query, ResolvedQuery) else self.resolve(query, exact=exact)
+        return self._query_vector(term.ids, normalize_metric(metric))
 
     def search(self, queries: np.ndarray, k: int = 10, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
         """Raw index search: exact top-k (scores, ids) for each row of `queries` (already in the metric's space:

@@ -1,0 +1,212 @@
+"""Vocabulary search on the bundled model's input embeddings (49,152 x 576), in one run:
+
+- single-query latency and 64-query batch throughput (k = 10) of VocabIndex against numpy brute force
+  (normalised matmul + argpartition) and torch (matmul + topk), plus the raw FAISS designs it was chosen from
+  (IndexFlatIP with VocabIndex's BLAS threshold and with FAISS's default; a float16 IndexScalarQuantizer, unsharded);
+- `/neighbors` through gradio's REST API (POST /gradio_api/call/neighbors, then read the event stream), p50,
+  against a no-op endpoint on the same app, launched in-process with Lab.from_loaded.
+
+Methods are timed round-robin (one call each per round), so load from other processes hits all of them alike.
+
+    python -m bench.bench_index [--rounds 200] [--rest-calls 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import faiss
+import numpy as np
+import torch
+
+from bench.app_process import free_port
+from bench.results_io import write_results
+
+K = 10
+BATCH = 64
+DEFAULT_BLAS_THRESHOLD = faiss.cvar.distance_compute_blas_threshold  # before VocabIndex tunes it
+TARGET_REST_P50_MS = 15.0
+
+
+def _time_round_robin(methods: dict[str, Callable[[], object]], rounds: int, warmup: int = 5) -> dict[str, list]:
+    for fn in methods.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def search_benchmark(index, rounds: int) -> dict:
+    unit = np.array(index.unit_vectors, dtype=np.float32, order="C")  # the L2-normalised rows, copied for baselines
+    unit_t = torch.from_numpy(unit)
+    rng = np.random.default_rng(0)
+    ids = rng.choice(index.size, BATCH, replace=False)
+    queries = unit[ids] + 0.05 * rng.standard_normal((BATCH, index.dim)).astype(np.float32)
+    queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
+    queries_t = torch.from_numpy(queries)
+    q1, q1_t = queries[:1], queries_t[:1]
+
+    def numpy_search(q: np.ndarray) -> np.ndarray:
+        scores = q @ unit.T
+        top = np.argpartition(-scores, K, axis=1)[:, :K]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        return np.take_along_axis(top, order, axis=1)
+
+    def torch_search(q: torch.Tensor) -> torch.Tensor:
+        return torch.topk(q @ unit_t.T, K, dim=1).indices
+
+    flat = faiss.IndexFlatIP(index.dim)
+    flat.add(unit)
+    sq = faiss.IndexScalarQuantizer(index.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    sq.train(unit)
+    sq.add(unit)
+
+    single = _time_round_robin({
+        "VocabIndex": lambda: index.search(q1, K),
+        "numpy": lambda: numpy_search(q1),
+        "torch": lambda: torch_search(q1_t),
+        "faiss IndexFlatIP": lambda: flat.search(q1, K),
+        "faiss SQ fp16 (1 shard, no re-rank)": lambda: sq.search(q1, K),
+    }, rounds)
+    def flat_default_threshold() -> object:
+        tuned = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = DEFAULT_BLAS_THRESHOLD
+        try:
+            return flat.search(queries, K)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = tuned
+
+    batch = _time_round_robin({
+        "VocabIndex": lambda: index.search(queries, K),
+        f"faiss IndexFlatIP, FAISS's default BLAS threshold ({DEFAULT_BLAS_THRESHOLD})": flat_default_threshold,
+        "numpy": lambda: numpy_search(queries),
+        "torch": lambda: torch_search(queries_t),
+        "faiss IndexFlatIP": lambda: flat.search(queries, K),
+        "faiss SQ fp16 (1 shard, no re-rank)": lambda: sq.search(queries, K),
+    }, max(10, rounds // 10))
+
+    # exactness: VocabIndex's top 10 scores against numpy's exact top 10, single and batch paths
+    exact_scores = queries @ unit.T
+    best = -np.sort(-exact_scores, axis=1)[:, :K]
+    single_ids = np.concatenate([index.search(queries[i:i + 1], K)[1] for i in range(BATCH)])
+    batch_ids = index.search(queries, K)[1]
+    sq_ids = sq.search(queries, K)[1]
+
+    def exact_share(found: np.ndarray) -> float:
+        got = np.take_along_axis(exact_scores, found, axis=1)
+        return float(np.mean(np.all(np.abs(got - best) <= 1e-6, axis=1)))
+
+    return {
+        "single_ms": {name: {"p50": _p(v, 50), "p90": _p(v, 90)} for name, v in single.items()},
+        "batch64_ms_per_query": {name: {"p50": _p(v, 50) / BATCH, "p90": _p(v, 90) / BATCH}
+                                 for name, v in batch.items()},
+        "exact_top10_share": {"VocabIndex single": exact_share(single_ids), "VocabIndex batch": exact_share(batch_ids),
+                              "faiss SQ fp16 without re-rank": exact_share(sq_ids)},
+        "rounds": {"single": rounds, "batch": max(10, rounds // 10)},
+    }
+
+
+def rest_benchmark(loaded, calls: int) -> dict:
+    import gradio as gr
+    import httpx
+
+    from core.lab import Lab
+    from demo import build_demo
+
+    lab = Lab.from_loaded(loaded)
+    demo = build_demo(lab)
+
+    def noop(text: str) -> str:
+        """Returns its input: the cost of a gradio API call itself.
+
+        Args:
+            text: anything.
+        """
+        return text
+
+    with demo:
+        gr.api(noop, api_name="bench_noop", concurrency_limit=None)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    base = f"http://127.0.0.1:{port}/gradio_api/call"
+    try:
+        with httpx.Client(timeout=30) as http:
+            def call(name: str, data: list) -> None:
+                event_id = http.post(f"{base}/{name}", json={"data": data}).json()["event_id"]
+                body = http.get(f"{base}/{name}/{event_id}").text
+                if "event: complete" not in body:
+                    raise RuntimeError(f"/{name} failed: {body[:300]}")
+
+            samples = _time_round_robin({
+                "/neighbors": lambda: call("neighbors", ["king", 10, "cosine"]),
+                "no-op endpoint": lambda: call("bench_noop", ["king"]),
+            }, calls, warmup=10)
+    finally:
+        demo.close()
+    return {name: {"p50": _p(v, 50), "p90": _p(v, 90)} for name, v in samples.items()} | {"calls": calls}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=200, help="single-query rounds (batch: a tenth)")
+    parser.add_argument("--rest-calls", type=int, default=200)
+    args = parser.parse_args()
+
+    from core.config import default_cache_dir
+    from core.models import load_model
+    from core.vocab_index import VocabIndex
+
+    loaded = load_model("bundled", device="cpu", dtype="auto", cache_dir=default_cache_dir(), progress=lambda m: None)
+    index = VocabIndex.from_model(loaded.model, loaded.tokenizer)
+    search = search_benchmark(index, args.rounds)
+    rest = rest_benchmark(loaded, args.rest_calls)
+
+    single, batch = search["single_ms"], search["batch64_ms_per_query"]
+    ix1, np1 = single["VocabIndex"]["p50"], single["numpy"]["p50"]
+    ixb, npb = batch["VocabIndex"]["p50"], batch["numpy"]["p50"]
+    rest_p50 = rest["/neighbors"]["p50"]
+    targets = {
+        "single query no slower than numpy": {"value": ix1 / np1, "target": "<= 1", "met": ix1 <= np1},
+        "batch of 64 vs numpy batch of 64, per query": {"value": npb / ixb, "target": ">= 3", "met": npb / ixb >= 3},
+        "batch of 64 vs numpy one query at a time, per query": {"value": np1 / ixb, "target": ">= 3",
+                                                                "met": np1 / ixb >= 3},
+        "/neighbors REST p50 ms": {"value": rest_p50, "target": f"<= {TARGET_REST_P50_MS}",
+                                   "met": rest_p50 <= TARGET_REST_P50_MS},
+    }
+    data = {
+        "vocabulary": {"tokens": index.size, "dims": index.dim},
+        "index": index.describe(), "index_memory_mib": index.memory_bytes / 2**20,
+        "build_seconds": index.build_seconds,
+        "versions": {"faiss": faiss.__version__, "numpy": np.__version__, "torch": torch.__version__},
+        "threads": {"faiss_omp": faiss.omp_get_max_threads(), "torch": torch.get_num_threads()},
+        "k": K, "search": search, "rest_ms": rest, "targets": targets,
+    }
+    table = [("index", index.describe())]
+    table += [(f"single query, {name} (p50 / p90)", f"{v['p50']:.2f} / {v['p90']:.2f} ms")
+              for name, v in single.items()]
+    table += [(f"batch of {BATCH}, {name}, per query (p50)", f"{v['p50']:.3f} ms") for name, v in batch.items()]
+    table += [(f"exact top 10 ({name})", f"{share:.0%}") for name, share in search["exact_top10_share"].items()]
+    table += [(f"REST {name} (p50 / p90)", f"{v['p50']:.1f} / {v['p90']:.1f} ms")
+              for name, v in rest.items() if isinstance(v, dict)]
+    table += [(f"target: {name} ({t['target']})", f"{t['value']:.2f} {'✅' if t['met'] else '❌'}")
+              for name, t in targets.items()]
+    write_results("index", data, table)
+
+
+if __name__ == "__main__":
+    main()
