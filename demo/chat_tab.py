@@ -15,7 +15,7 @@ from core.chat import ChatStream, GenerationSettings
 from core.lab import Lab
 from core.tokens import tokens_for_ids
 from demo.errors import user_errors
-from demo.token_view import token_highlights
+from demo.token_view import token_highlights, token_view
 
 INTRO = ("Talk to the model. Each message goes through the model's own chat template; the answer streams in and "
          "stops at the model's end-of-turn token. Open **What the model receives** to see the exact tokens of the "
@@ -121,8 +121,8 @@ def build_chat_tab(lab: Lab) -> None:
                 max_new_tokens = gr.Slider(1, lab.config.max_new_tokens_limit, value=256, step=1,
                                            label="Max new tokens")
                 seed = gr.Number(value=None, precision=0, label="Seed (empty = random)")
-        inspector = gr.HighlightedText(label="Prompt tokens (last message)", combine_adjacent=False,
-                                       show_legend=True, elem_id="prompt-inspector", render=False)
+        inspector = token_view("Prompt tokens (last message); control tokens are marked", elem_id="prompt-inspector",
+                               render=False)
         chatbot = gr.Chatbot(height=460, elem_id="chatbot", label="Conversation")
         textbox = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1, max_lines=8,
                              submit_btn=True, stop_btn=True, elem_id="chat-input", render=False)
