@@ -2,7 +2,8 @@
 
 - single-query latency and 64-query batch throughput (k = 10) of VocabIndex against numpy brute force
   (normalised matmul + argpartition) and torch (matmul + topk), plus the raw FAISS designs it was chosen from
-  (IndexFlatIP with VocabIndex's BLAS threshold and with FAISS's default; a float16 IndexScalarQuantizer, unsharded);
+  (IndexFlatIP with VocabIndex's BLAS threshold and with FAISS's default; float16 and 8-bit IndexScalarQuantizers,
+  unsharded and without re-ranking);
 - `/neighbors` through gradio's REST API (POST /gradio_api/call/neighbors, then read the event stream), p50,
   against a no-op endpoint on the same app, launched in-process with Lab.from_loaded.
 
@@ -75,6 +76,9 @@ def search_benchmark(index, rounds: int) -> dict:
     sq = faiss.IndexScalarQuantizer(index.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     sq.train(unit)
     sq.add(unit)
+    sq8 = faiss.IndexScalarQuantizer(index.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq8.train(unit)
+    sq8.add(unit)
 
     single = _time_round_robin({
         "VocabIndex": lambda: index.search(q1, K),
@@ -82,6 +86,7 @@ def search_benchmark(index, rounds: int) -> dict:
         "torch": lambda: torch_search(q1_t),
         "faiss IndexFlatIP": lambda: flat.search(q1, K),
         "faiss SQ fp16 (1 shard, no re-rank)": lambda: sq.search(q1, K),
+        "faiss SQ 8-bit (1 shard, no re-rank)": lambda: sq8.search(q1, K),
     }, rounds)
     def flat_default_threshold() -> object:
         tuned = faiss.cvar.distance_compute_blas_threshold
@@ -106,6 +111,7 @@ def search_benchmark(index, rounds: int) -> dict:
     single_ids = np.concatenate([index.search(queries[i:i + 1], K)[1] for i in range(BATCH)])
     batch_ids = index.search(queries, K)[1]
     sq_ids = sq.search(queries, K)[1]
+    sq8_ids = sq8.search(queries, K)[1]
 
     def exact_share(found: np.ndarray) -> float:
         got = np.take_along_axis(exact_scores, found, axis=1)
@@ -116,7 +122,8 @@ def search_benchmark(index, rounds: int) -> dict:
         "batch64_ms_per_query": {name: {"p50": _p(v, 50) / BATCH, "p90": _p(v, 90) / BATCH}
                                  for name, v in batch.items()},
         "exact_top10_share": {"VocabIndex single": exact_share(single_ids), "VocabIndex batch": exact_share(batch_ids),
-                              "faiss SQ fp16 without re-rank": exact_share(sq_ids)},
+                              "faiss SQ fp16 without re-rank": exact_share(sq_ids),
+                              "faiss SQ 8-bit without re-rank": exact_share(sq8_ids)},
         "rounds": {"single": rounds, "batch": max(10, rounds // 10)},
     }
 

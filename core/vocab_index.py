@@ -4,14 +4,17 @@ Only the real tokens of the input embedding matrix are indexed (Phi-3 pads 32,01
 similarity is an inner product on L2-normalised float32 vectors. Index design, chosen by measurement on the bundled
 vocabulary (49,152 x 576, see bench/bench_index.py):
 
-- on the CPU, a small batch (fewer than `SMALL_BATCH` queries) scans a float16 `IndexScalarQuantizer`, split into one
-  shard per core and searched in parallel, for `k + RERANK_MARGIN` candidates that are then re-scored exactly in
-  float32: the top k equals exact brute force, at less than half of numpy's single-query latency;
+- on the CPU, a small batch (fewer than `SMALL_BATCH` queries) scans 8-bit `IndexScalarQuantizer`s (a quarter of
+  numpy's float32 bytes), one shard per core (up to `MAX_SHARDS`) scanned in parallel by a small thread pool whose
+  threads run FAISS with one OpenMP thread each; the candidates are re-scored exactly in float32, and the result is
+  provably the exact top k: the quantization error of every coarse score is bounded (per dimension, measured when
+  the index is built), and the scan is widened until no item it left out can beat the k-th exact score;
 - larger batches use an exact `IndexFlatIP` through BLAS: FAISS 1.15's default BLAS threshold (128,000 queries)
   would scan 64 queries without BLAS, ~7x slower here, so building an index sets it to `SMALL_BATCH` (a
   process-wide FAISS setting);
-- with CUDA (and FAISS built with GPU support), one GPU flat index (optionally float16 storage, then re-ranked
-  exactly as above) behind a lock, since FAISS GPU indexes are not thread-safe.
+- with CUDA (and FAISS built with GPU support), one exact GPU flat index (float32; `gpu_float16=True` halves its
+  memory, and its k + RERANK_MARGIN candidates are then re-scored in float32) behind a lock, since FAISS GPU
+  indexes are not thread-safe.
 
 A word resolves to its word-initial token (` king` is `Ġking` in byte-level BPE, `▁king` in SentencePiece); a word
 split into several tokens is the mean of its pieces, and the split is reported; `#1234` is token id 1234:
@@ -28,6 +31,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -49,8 +53,9 @@ MAX_K = 200  # the most neighbours one request may ask for
 MAX_QUERY_CHARS = 100
 MAX_QUERY_PIECES = 16
 MAX_TERMS = 12  # words in an analogy, an odd-one-out list or a map request
-SMALL_BATCH = 20  # below this many queries the sharded float16 scan beats the flat (BLAS) index
-RERANK_MARGIN = 32  # extra float16 candidates re-scored exactly in float32
+SMALL_BATCH = 20  # below this many queries the sharded 8-bit scan beats the flat (BLAS) index
+RERANK_MARGIN = 32  # extra coarse candidates (per shard) re-scored exactly in float32
+MAX_SHARDS = 8  # threads scanning one single-query search's shards in parallel
 GPU_MAX_K = 2048  # FAISS GPU's largest k
 OUTLIER_Z = 3.0  # a norm this many standard deviations from the mean is flagged
 COSMUL_EPS = 1e-3  # as in gensim's most_similar_cosmul
@@ -298,40 +303,37 @@ class PcaMap:
 class _Space:
     """FAISS indexes over one n x d float32 matrix; `search` returns exact top-k inner products."""
 
-    def __init__(self, name: str, matrix: np.ndarray, gpu: _GpuContext | None, shards: int) -> None:
+    def __init__(self, name: str, matrix: np.ndarray, gpu: _GpuContext | None, pool: ThreadPoolExecutor | None,
+                 shards: int) -> None:
         n, d = matrix.shape
-        self.name, self.n, self.d, self.gpu = name, n, d, gpu
+        self.name, self.n, self.d, self.gpu, self.pool = name, n, d, gpu, pool
         self.flat = faiss.IndexFlatIP(d)
         self.flat.add(matrix)
         # a zero-copy float32 view of the flat index's storage, for exact re-ranking and vector maths
         self.matrix = faiss.rev_swig_ptr(self.flat.get_xb(), n * d).reshape(n, d)
         self.gpu_index = None
-        self.fp16: Any = None
-        self._fp16_parts: list[Any] = []
-        self._lock = threading.Lock()
+        self.shards: list[tuple[Any, int]] = []  # (8-bit index, id of its first row)
         if gpu is not None:
             self.gpu_index = gpu.clone(self.flat)
             return
-        if shards <= 1:
-            self.fp16 = self._sq(matrix)
-        else:
-            self.fp16 = faiss.IndexShards(d, True, True)  # threaded, successive ids
-            for part in np.array_split(matrix, shards):
-                sq = self._sq(np.ascontiguousarray(part))
-                self._fp16_parts.append(sq)
-                self.fp16.add_shard(sq)
-            self.fp16.syncWithSubIndexes()
-
-    @staticmethod
-    def _sq(matrix: np.ndarray) -> Any:
-        sq = faiss.IndexScalarQuantizer(matrix.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        sq.train(matrix)
-        sq.add(matrix)
-        return sq
+        # per dimension, the largest |x - decode(encode(x))| over all rows: bounds the coarse scores' error
+        self.coarse_error = np.zeros(d, dtype=np.float32)
+        for rows in np.array_split(np.arange(n), shards if pool is not None else 1):
+            if not len(rows):
+                continue
+            part = np.ascontiguousarray(matrix[rows[0]:rows[-1] + 1])
+            sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            sq.train(part)
+            sq.add(part)
+            error = np.abs(part - sq.sa_decode(sq.sa_encode(part))).max(axis=0)
+            np.maximum(self.coarse_error, error, out=self.coarse_error)
+            self.shards.append((sq, int(rows[0])))
+        self.largest_shard = max(sq.ntotal for sq, _ in self.shards)
+        self.max_abs = float(np.abs(matrix).max())
 
     @property
     def cpu_bytes(self) -> int:
-        return self.n * self.d * (4 + (2 if self.fp16 is not None else 0))
+        return self.n * self.d * (4 + (1 if self.shards else 0))
 
     @property
     def gpu_bytes(self) -> int:
@@ -353,11 +355,56 @@ class _Space:
                 scores, ids = self.gpu_index.search(queries, fetch)
             return self._rerank(queries, ids, k) if self.gpu.float16 else (scores, ids)
         if len(queries) < SMALL_BATCH:
-            fetch = min(self.n, k + RERANK_MARGIN)
-            with self._lock:  # IndexShards' worker threads serve one search at a time
-                _, ids = self.fp16.search(queries, fetch)
-            return self._rerank(queries, ids, k)
+            return self._coarse_then_exact(queries, k)
         return self.flat.search(queries, k)
+
+    def _scan(self, queries: np.ndarray, fetch: int) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """Each shard's best `fetch` (coarse scores, global ids, whether the shard was exhausted), shards scanned in
+        parallel by the pool."""
+        jobs = []
+        for sq, start in self.shards:
+            want = min(fetch, sq.ntotal)
+            if self.pool is not None and len(self.shards) > 1:
+                jobs.append((self.pool.submit(sq.search, queries, want), start, want == sq.ntotal))
+            else:
+                jobs.append((sq.search(queries, want), start, want == sq.ntotal))
+        out = []
+        for job, start, exhausted in jobs:
+            scores, ids = job if isinstance(job, tuple) else job.result()
+            out.append((scores, np.where(ids >= 0, ids + start, -1), exhausted))
+        return out
+
+    def _coarse_then_exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates from the 8-bit scan, re-scored exactly in float32; provably the exact top k.
+
+        An item the scan did not return scores at most (its shard's last returned coarse score) + eps in truth,
+        where eps = sum_i |q_i| * coarse_error_i bounds the quantization error (plus float rounding slack). When
+        the exact k-th score is not above that bound, the scan is repeated with 4x more candidates."""
+        m = len(queries)
+        out_scores = np.full((m, k), -np.inf, dtype=np.float32)
+        out_ids = np.full((m, k), -1, dtype=np.int64)
+        abs_q = np.abs(queries)
+        eps = abs_q @ self.coarse_error + 1e-5 * abs_q.sum(axis=1) * self.max_abs + 1e-6
+        pending = np.arange(m)
+        fetch = k + RERANK_MARGIN
+        while len(pending):
+            scans = self._scan(queries[pending], fetch)
+            still = []
+            for j, row in enumerate(pending):
+                cand = np.concatenate([ids[j] for _, ids, _ in scans])
+                cand = cand[cand >= 0]
+                exact = self.matrix[cand] @ queries[row]
+                order = np.argsort(-exact, kind="stable")[:k]
+                bounds = [scores[j][-1] for scores, _, exhausted in scans if not exhausted]
+                done = not bounds or (len(order) == k and exact[order[-1]] >= max(bounds) + eps[row])
+                if done:
+                    out_scores[row, :len(order)] = exact[order]
+                    out_ids[row, :len(order)] = cand[order]
+                else:
+                    still.append(row)
+            pending = np.asarray(still, dtype=np.int64)
+            fetch = min(self.largest_shard, fetch * 4)
+        return out_scores, out_ids
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Re-score candidate ids exactly in float32 and keep the best k of each row."""
@@ -402,7 +449,7 @@ class VocabIndex:
     """Nearest-neighbour search over a model's token embeddings. Build it with `VocabIndex.from_model`."""
 
     def __init__(self, embeddings: np.ndarray, tokenizer: Any, use_gpu: bool | None = None,
-                 gpu_device: int = 0, gpu_float16: bool = True) -> None:
+                 gpu_device: int = 0, gpu_float16: bool = False) -> None:
         start = time.perf_counter()
         raw = np.asarray(embeddings, dtype=np.float32)
         self.size, self.dim = raw.shape
@@ -415,13 +462,18 @@ class VocabIndex:
             raise RuntimeError("use_gpu=True, but CUDA or FAISS GPU support is not available")
         self._gpu = _GpuContext(gpu_device, gpu_float16) if use_gpu else None
         faiss.cvar.distance_compute_blas_threshold = SMALL_BATCH  # flat searches of SMALL_BATCH+ queries use BLAS
-        self.shards = 1 if use_gpu else max(1, min(faiss.omp_get_max_threads(), 8))
+        self.shards = 1 if use_gpu else max(1, min(faiss.omp_get_max_threads(), MAX_SHARDS))
+        # one thread per shard, each running FAISS with a single OpenMP thread: no nested thread teams
+        self._pool = None
+        if self.shards > 1:
+            self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="vocab-index",
+                                            initializer=faiss.omp_set_num_threads, initargs=(1,))
         norms = np.linalg.norm(raw, axis=1).astype(np.float32)
         self.norms = norms
         self.norm_mean, self.norm_std = float(norms.mean()), float(norms.std()) or 1.0
         self.mean = raw.mean(axis=0).astype(np.float32)
         safe = np.where(norms > 0, norms, 1.0)[:, None]
-        self._spaces: dict[str, _Space] = {"cosine": _Space("cosine", raw / safe, self._gpu, self.shards)}
+        self._spaces: dict[str, _Space] = {"cosine": _Space("cosine", raw / safe, self._gpu, self._pool, self.shards)}
         self._space_lock = threading.Lock()
         self._load_vocabulary(tokenizer)
         self.build_seconds = time.perf_counter() - start
@@ -493,7 +545,7 @@ class VocabIndex:
             design = f"FAISS GPU flat index on {self.device} ({'float16' if self._gpu.float16 else 'float32'})"
             memory = f"{self.memory_bytes / 2**20:.0f} MiB host + {self.gpu_memory_bytes / 2**20:.0f} MiB GPU"
         else:
-            design = (f"FAISS CPU: float16 scan in {self.shards} shard(s) + exact float32 re-rank; "
+            design = (f"FAISS CPU: 8-bit scan in {self.shards} shard(s) + exact float32 re-rank; "
                       f"flat float32 for batches of {SMALL_BATCH}+")
             memory = f"{self.memory_bytes / 2**20:.0f} MiB"
         return (f"{self.size:,} tokens × {self.dim} dims, {design}, {memory}, "
@@ -513,7 +565,7 @@ class VocabIndex:
                     raw -= self.mean
                     norms = np.linalg.norm(raw, axis=1)
                     raw /= np.where(norms > 0, norms, 1.0)[:, None]
-                self._spaces[metric] = _Space(metric, raw, self._gpu, self.shards)
+                self._spaces[metric] = _Space(metric, raw, self._gpu, self._pool, self.shards)
             return self._spaces[metric]
 
     @property

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import vocab_index
 from core.errors import InvalidInputError
 from core.vocab_index import MAX_K, SMALL_BATCH, VocabIndex, gpu_available, variant_key, visible
 
@@ -79,32 +80,50 @@ def test_walked_minus_walk_plus_swim_is_swam(index):
     assert texts(index.analogy(["walked", "swim"], ["walk"], k=1)) == [" swam"]
 
 
-@pytest.mark.parametrize("metric", ["cosine", "centered", "inner_product"])
-def test_top10_equals_exact_brute_force(index, bundled, metric):
-    """The float16 scan + float32 re-rank (single queries) and the flat index (batches) are both exact."""
+def brute_force(index, bundled, metric: str) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """Queries (a few words, a split word being the mean of its pieces; 60 random tokens, which a quantized scan
+    alone misorders; special tokens, whose many near-identical neighbours widen the scan) and their exact float64
+    scores against every token in the metric's space: (terms, queries, scores)."""
     raw = bundled.model.get_input_embeddings().weight.detach().double().numpy()
     shift = raw.mean(axis=0) if metric == "centered" else 0.0
     space = raw - shift
-    # a few words (a split word is the mean of its pieces) and 60 random tokens, where float16 alone misorders some
     terms = [index.resolve(w).ids for w in WORDS] + [[int(i)] for i in np.random.default_rng(0).choice(49152, 60)]
+    terms += [[0], [2], [16]]
     queries = np.stack([raw[ids].mean(axis=0) for ids in terms]) - shift
     if metric != "inner_product":
         space = space / np.linalg.norm(space, axis=1, keepdims=True)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    scores = queries @ space.T
-    best = -np.sort(-scores, axis=1)[:, :10]
+    return terms, queries, queries @ space.T
 
-    def check(row: int, got: np.ndarray) -> None:
-        """Exact up to ties (untrained tokens share identical rows): the returned ids score the true top 10."""
-        assert len(set(got.tolist())) == 10
-        assert scores[row, got] == pytest.approx(best[row], abs=1e-6), terms[row]
 
-    for row, query in enumerate(queries):  # single queries: the sharded float16 scan + float32 re-rank
-        check(row, index.search(query, 10, metric=metric)[1][0])
+def assert_exact_top10(scores: np.ndarray, got: np.ndarray, label: object) -> None:
+    """Exact up to ties (untrained tokens share identical rows): the returned ids score the true top 10."""
+    assert len(set(got.tolist())) == 10
+    assert scores[got] == pytest.approx(-np.sort(-scores)[:10], abs=1e-6), label
+
+
+@pytest.mark.parametrize("metric", ["cosine", "centered", "inner_product"])
+def test_top10_equals_exact_brute_force(index, bundled, metric):
+    """The 8-bit scan + float32 re-rank (single queries) and the flat index (batches) are both exact."""
+    terms, queries, scores = brute_force(index, bundled, metric)
+    for row, query in enumerate(queries):  # single queries: the sharded 8-bit scan + float32 re-rank
+        assert_exact_top10(scores[row], index.search(query, 10, metric=metric)[1][0], terms[row])
     assert len(queries) >= SMALL_BATCH  # a batch big enough for the flat path
     for row, got in enumerate(index.search(queries, 10, metric=metric)[1]):
-        check(row, got)
-    assert index.search(queries[:1], 10, metric=metric)[1][0][0] == np.argmax(scores[0])
+        assert_exact_top10(scores[row], got, terms[row])
+
+
+def test_scan_widens_until_provably_exact(index, bundled, monkeypatch):
+    """With no spare candidates, exactness rests on the error bound alone: the scan must widen where needed."""
+    monkeypatch.setattr(vocab_index, "RERANK_MARGIN", 0)
+    space = index._space("cosine")
+    scans = []
+    real_scan = space._scan
+    monkeypatch.setattr(space, "_scan", lambda queries, fetch: scans.append(fetch) or real_scan(queries, fetch))
+    terms, queries, scores = brute_force(index, bundled, "cosine")
+    for row, query in enumerate(queries):
+        assert_exact_top10(scores[row], index.search(query, 10)[1][0], terms[row])
+    assert len(scans) > len(queries) and max(scans) > 10  # some queries needed a wider scan
 
 
 def test_multi_token_word_is_the_mean_of_its_pieces(index, bundled):
