@@ -2,6 +2,7 @@
 
 The UI comes up at once while the model loads in the background (progress in the console and the header).
 A model asked for explicitly that cannot be loaded ends the program with exit status 2 and a one-line reason.
+With `--mcp` the API endpoints are also MCP tools, at /gradio_api/mcp/.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
+from core import zerogpu  # noqa: F401  (first: on ZeroGPU the `spaces` package must be imported before torch)
 from core.config import AppConfig
 from core.lab import Lab
 from demo import build_demo
@@ -19,7 +21,9 @@ demo = build_demo(lab, config)
 
 
 def main() -> int:
-    demo.launch(server_name=config.host, server_port=config.port, share=config.share, prevent_thread_lock=True)
+    # mcp_server=None leaves gradio's own GRADIO_MCP_SERVER variable in charge
+    demo.launch(server_name=config.host, server_port=config.port, share=config.share, prevent_thread_lock=True,
+                mcp_server=True if config.mcp else None)
     lab.wait()
     if lab.error is not None and config.model_explicit:
         print(f"error: {lab.error}", file=sys.stderr, flush=True)

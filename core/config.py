@@ -47,6 +47,10 @@ class AppConfig:
     max_queue: int = 16
     max_input_chars: int = 50_000
     max_new_tokens_limit: int = 2048
+    engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
+    engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
+    engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
+    mcp: bool = False  # also serve the API as MCP tools (gradio's MCP server)
 
     @property
     def model_explicit(self) -> bool:
@@ -74,6 +78,20 @@ class AppConfig:
                        help="cache for dequantized weights (env TOKEN_LAB_CACHE, HF_HOME, XDG_CACHE_HOME)")
         p.add_argument("--max-queue", type=int, default=int(env.get("TOKEN_LAB_MAX_QUEUE", base.max_queue)),
                        help="requests waiting beyond this get a 'busy' message")
+        p.add_argument("--engine-url", default=env.get("ENGINE_URL") or None,
+                       help="send chat to this OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (env "
+                            "ENGINE_URL; API key from env ENGINE_API_KEY); --model then loads only the tokenizer "
+                            "and the embedding matrix")
+        p.add_argument("--engine-model", default=env.get("ENGINE_MODEL") or None,
+                       help="the model name the server serves (env ENGINE_MODEL; default: --model, else the "
+                            "server's first model)")
+        p.add_argument("--engine-timeout", type=float,
+                       default=float(env.get("ENGINE_TIMEOUT", base.engine_timeout)),
+                       help="seconds the server may stay silent before a chat request fails (env ENGINE_TIMEOUT)")
+        p.add_argument("--mcp", action="store_true", default=env.get("TOKEN_LAB_MCP", "") == "1",
+                       help="also serve the API as MCP tools at /gradio_api/mcp/ (env TOKEN_LAB_MCP=1)")
         args, _unknown = p.parse_known_args(argv)
         return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
-                   share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue)
+                   share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
+                   engine_url=args.engine_url, engine_model=args.engine_model,
+                   engine_timeout=args.engine_timeout, mcp=args.mcp)

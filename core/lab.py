@@ -2,20 +2,30 @@
 
 It loads in a background thread so the UI can come up at once and show progress; every request asks
 `lab.require()`, which waits briefly for the load and otherwise says, in words, why it cannot serve yet.
+
+Which chat engine: `RemoteChatEngine` when `engine_url` is set (then only the tokenizer and the embedding matrix are
+loaded locally), `ZeroGPUChatEngine` on Hugging Face ZeroGPU hardware, else the in-process `ChatEngine`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 
 from core.chat import ChatEngine
 from core.config import AppConfig
+from core.embedding_loader import load_embeddings_with_fallback
 from core.errors import ModelLoadError, ModelNotReadyError
 from core.models import LoadedModel, load_with_fallback
+from core.remote_engine import RemoteChatEngine
 from core.vocab_index import VocabIndex
+from core.zerogpu import on_zerogpu
+from core.zerogpu_engine import ZeroGPUChatEngine
+
+Engine = ChatEngine | RemoteChatEngine | ZeroGPUChatEngine  # the same interface: prompt, submit, chat, pending, close
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +35,7 @@ class LabParts:
     """What a request works with once the model is loaded."""
 
     loaded: LoadedModel
-    engine: ChatEngine
+    engine: Engine
     index: VocabIndex
 
 
@@ -59,7 +69,11 @@ class Lab:
     def _load(self) -> None:
         try:
             c = self.config
-            loaded = load_with_fallback(c.model, c.device, c.dtype, c.cache_dir, self._progress)
+            if c.engine_url:
+                loaded = load_embeddings_with_fallback(c.model, c.engine_model, c.device, c.dtype, c.cache_dir,
+                                                       self._progress)
+            else:
+                loaded = load_with_fallback(c.model, c.device, c.dtype, c.cache_dir, self._progress)
             self._progress("building the vocabulary index")
             self._finish(loaded)
         except ModelLoadError as exc:
@@ -72,15 +86,28 @@ class Lab:
             self.status = f"failed: {exc}"
             self._ready.set()
 
+    def _make_engine(self, loaded: LoadedModel) -> Engine:
+        c = self.config
+        if c.engine_url:
+            return RemoteChatEngine(loaded, c.engine_url, model=c.engine_model, max_queue=c.max_queue,
+                                    max_new_tokens_limit=c.max_new_tokens_limit, max_input_chars=c.max_input_chars,
+                                    timeout=c.engine_timeout, api_key=os.environ.get("ENGINE_API_KEY") or None)
+        if on_zerogpu():
+            return ZeroGPUChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit,
+                                     max_input_chars=c.max_input_chars)
+        return ChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit)
+
     def _finish(self, loaded: LoadedModel) -> None:
-        index = VocabIndex.from_model(loaded.model, loaded.tokenizer)
-        engine = ChatEngine(loaded, max_queue=self.config.max_queue,
-                            max_new_tokens_limit=self.config.max_new_tokens_limit)
+        # On ZeroGPU the weights sit on a GPU lent only inside `gpu` calls: index on the CPU.
+        index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False if on_zerogpu() else None)
+        engine = self._make_engine(loaded)
         self._parts = LabParts(loaded=loaded, engine=engine, index=index)
         self.ready_seconds = time.perf_counter() - self._started
         note = f" {loaded.note}" if loaded.note else ""
-        self.status = (f"ready: {loaded.name} loaded in {loaded.load_seconds:.1f} s"
-                       f"{' (cached weights)' if loaded.from_cache else ''}; index of {index.size} tokens "
+        what = "tokenizer and embeddings" if isinstance(engine, RemoteChatEngine) else ""
+        where = f" {engine.describe()};" if isinstance(engine, RemoteChatEngine) else ""
+        self.status = (f"ready: {loaded.name}{' ' + what if what else ''} loaded in {loaded.load_seconds:.1f} s"
+                       f"{' (cached weights)' if loaded.from_cache else ''};{where} index of {index.size} tokens "
                        f"built in {index.build_seconds:.2f} s.{note}")
         self._progress(self.status)
         self._ready.set()

@@ -1,0 +1,127 @@
+"""Chat on Hugging Face ZeroGPU: each request generates inside its own `gpu`-decorated call.
+
+ZeroGPU lends a GPU only to a `spaces.GPU` call made while a request is handled, and runs it in a forked worker
+process; `core.chat.ChatEngine`'s long-lived worker thread never gets one. This engine keeps the same interface
+(`prompt`, `submit`, `chat`, `pending`, `max_queue`, `close`) and the same `ChatStream`s, but each request runs
+`generate_ids` (decorated with `core.zerogpu.gpu`) on a helper thread that carries the request's context (ZeroGPU
+reads the user's quota from it) and pushes the token ids it yields into the stream. Requests are not batched
+together: ZeroGPU schedules each call on its own.
+
+Off ZeroGPU `gpu` changes nothing, so the same code runs (and is tested) on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import torch
+
+from core.batching import BatchDecoder, SamplingParams, Slot
+from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatEngine, ChatStream, GenerationSettings
+from core.errors import BusyError, InvalidInputError
+from core.models import LoadedModel
+from core.prompt import Prompt, PromptBuilder
+from core.zerogpu import gpu
+
+log = logging.getLogger(__name__)
+
+# Models by key: the decorated call receives plain, picklable arguments (ZeroGPU pickles them into its worker,
+# which inherits this registry by fork), never the model itself.
+_MODELS: dict[int, tuple[torch.nn.Module, list[int]]] = {}
+_keys = itertools.count(1)
+
+
+@gpu
+def generate_ids(model_key: int, prompt_ids: list[int], params: SamplingParams,
+                 max_new_tokens: int) -> Iterator[list[int]]:
+    """Yield the new token ids of one answer, a step at a time; the last item ends with a stop id or the limit."""
+    model, stop_ids = _MODELS[model_key]
+    decoder = BatchDecoder(model, stop_ids)
+    new: list[int] = []
+    slot = Slot(prompt_ids=prompt_ids, params=params, max_new_tokens=max_new_tokens, emit=new.append)
+    with torch.inference_mode():
+        decoder.admit([slot])
+        while True:
+            yield list(new)
+            new.clear()
+            if slot.finish_reason is not None:
+                return
+            decoder.step()
+
+
+class ZeroGPUChatEngine:
+    """Generates each request inside a `gpu` call, from a helper thread that carries the request's context."""
+
+    # The same prompt rules as the local engine: message checks, chat template, special-token safety, trimming.
+    prompt = ChatEngine.prompt
+    chat = ChatEngine.chat
+
+    def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
+                 max_input_chars: int = 50_000) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.prompts = PromptBuilder(loaded.tokenizer)
+        self.max_queue = max_queue
+        self.max_new_tokens_limit = max_new_tokens_limit
+        self.max_input_chars = max_input_chars
+        self.peak_batch = 0  # the most requests in flight at once (each in its own GPU call)
+        self.stop_ids = ChatEngine._stop_ids(loaded)
+        self._key = next(_keys)
+        _MODELS[self._key] = (loaded.model, self.stop_ids)
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
+        """Start generating `prompt`; BusyError when `max_queue` requests are already in flight."""
+        settings = settings.validated(self.max_new_tokens_limit)
+        if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
+            raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
+                                    f"the context of {self.loaded.context_length}.")
+        stream = ChatStream(prompt, settings, self.tokenizer)
+        with self._lock:
+            if self._pending >= self.max_queue:
+                raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")
+            self._pending += 1
+            self.peak_batch = max(self.peak_batch, self._pending)
+        context = contextvars.copy_context()  # the request's context: ZeroGPU identifies the user from it
+        threading.Thread(target=context.run, args=(self._generate, stream), name=f"token-lab-zerogpu-{stream.id}",
+                         daemon=True).start()
+        return stream
+
+    def _generate(self, stream: ChatStream) -> None:
+        stream.started = time.perf_counter()
+        reason, error = END_OF_TURN, None
+        steps = None
+        try:
+            steps = generate_ids(self._key, stream.prompt.ids, stream.settings.sampling(),
+                                 stream.settings.max_new_tokens)
+            for ids in steps:
+                if ids:
+                    stream._push(ids)
+                if stream.cancelled:
+                    reason = STOPPED
+                    break
+            else:
+                last = stream.token_ids[-1] if stream.token_ids else None
+                reason = END_OF_TURN if last in self.stop_ids else LENGTH
+        except Exception as exc:  # surfaced to the caller by the stream, never swallowed
+            log.exception("generation failed")
+            reason, error = ERROR, exc
+        finally:
+            if steps is not None:
+                steps.close()  # on ZeroGPU this ends the GPU call early
+            stream._finish(reason, error)
+            with self._lock:
+                self._pending -= 1
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def close(self) -> None:
+        _MODELS.pop(self._key, None)
