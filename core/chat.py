@@ -99,7 +99,7 @@ class ChatStream:
 
     _ids = itertools.count(1)
 
-    def __init__(self, prompt: Prompt, settings: GenerationSettings, tokenizer: Any, interval: float = 0.05):
+    def __init__(self, prompt: Prompt, settings: GenerationSettings, tokenizer: Any, interval: float = 0.1):
         self.id = next(self._ids)
         self.prompt = prompt
         self.settings = settings
@@ -119,9 +119,11 @@ class ChatStream:
 
     # -- worker side -------------------------------------------------------------------------------------------
     def _notify(self) -> None:
+        """Wake the consumers. An async consumer registers only while it waits and is woken once: the worker does
+        not poke the web server's event loop for every token (that steals CPU from decoding on small machines)."""
         with self._cond:
             self._cond.notify_all()
-            waiters = list(self._waiters)
+            waiters, self._waiters = self._waiters, []
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
 
@@ -198,16 +200,17 @@ class ChatStream:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        with self._cond:
-            self._waiters.append((loop, event))
         last_sent = -1
         try:
             while not self.done:
                 if len(self._tokens) == last_sent:
-                    event.clear()
-                    if len(self._tokens) == last_sent and not self.done:
-                        await event.wait()
+                    event = asyncio.Event()
+                    with self._cond:
+                        if len(self._tokens) == last_sent and not self.done:
+                            self._waiters.append((loop, event))
+                        else:
+                            event.set()
+                    await event.wait()
                     continue
                 last_sent = len(self._tokens)
                 yield self.text
@@ -215,8 +218,6 @@ class ChatStream:
             self._raise_if_failed()
             yield self.text
         finally:
-            with self._cond:
-                self._waiters.remove((loop, event))
             if not self.done:
                 self.cancel()
 

@@ -75,7 +75,7 @@ class RemoteChatStream(ChatStream):
     `token_ids` are the answer tokenized locally; `stats` prefer the server's token counts (`usage`).
     """
 
-    def __init__(self, prompt: Prompt, settings: GenerationSettings, tokenizer: Any, interval: float = 0.05):
+    def __init__(self, prompt: Prompt, settings: GenerationSettings, tokenizer: Any, interval: float = 0.1):
         super().__init__(prompt, settings, tokenizer, interval)
         self._pieces: list[str] = []
         self.usage: dict[str, int] = {}

@@ -22,7 +22,6 @@ INTRO = ("Talk to the model. Each message goes through the model's own chat temp
          "prompt, control tokens included.")
 EXAMPLES = ["What is the capital of France?", "Explain tokenization to a ten-year-old.",
             "Write a haiku about embeddings.", "Translate 'good morning' into French, Spanish and German."]
-UI_INTERVAL = 0.1  # seconds between UI updates while streaming
 
 
 def _settings(temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int,
@@ -65,7 +64,6 @@ def build_chat_tab(lab: Lab) -> None:
         if prompt.dropped_turns:
             gr.Info(f"Dropped the {prompt.dropped_turns} oldest messages so the conversation fits the context.")
         stream = parts.engine.submit(prompt, settings)
-        stream.interval = UI_INTERVAL
         async for text in stream:
             yield [{"role": "assistant", "content": text}, _stats_message(stream)], inspector
         if not stream.text.strip():
