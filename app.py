@@ -13,10 +13,15 @@ import sys
 from core import zerogpu  # noqa: F401  (first: on ZeroGPU the `spaces` package must be imported before torch)
 from core.config import AppConfig
 from core.lab import Lab
-from demo import build_demo
 
 config = AppConfig.from_args()
-lab = Lab(config).start()
+lab = Lab(config).start()  # loading starts now, while gradio is imported and the UI is built below
+
+import gradio  # noqa: E402, F401  (imported here, in parallel with the loader thread's torch and transformers)
+
+lab.wait_for_imports()
+from demo import build_demo  # noqa: E402
+
 demo = build_demo(lab, config)
 
 

@@ -5,6 +5,9 @@ It loads in a background thread so the UI can come up at once and show progress;
 
 Which chat engine: `RemoteChatEngine` when `engine_url` is set (then only the tokenizer and the embedding matrix are
 loaded locally), `ZeroGPUChatEngine` on Hugging Face ZeroGPU hardware, else the in-process `ChatEngine`.
+
+Importing this module is cheap on purpose: torch, transformers and FAISS are imported by the loader thread, so
+app.py can start loading first and import gradio and build the UI meanwhile (start-up time, see bench/).
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
-from core.chat import ChatEngine
 from core.config import AppConfig
-from core.embedding_loader import load_embeddings_with_fallback
 from core.errors import ModelLoadError, ModelNotReadyError
-from core.models import LoadedModel, load_with_fallback
-from core.remote_engine import RemoteChatEngine
-from core.vocab_index import VocabIndex
 from core.zerogpu import on_zerogpu
-from core.zerogpu_engine import ZeroGPUChatEngine
 
-Engine = ChatEngine | RemoteChatEngine | ZeroGPUChatEngine  # the same interface: prompt, submit, chat, pending, close
+if TYPE_CHECKING:
+    from core.chat import ChatEngine
+    from core.models import LoadedModel
+    from core.remote_engine import RemoteChatEngine
+    from core.vocab_index import VocabIndex
+    from core.zerogpu_engine import ZeroGPUChatEngine
+
+# the same interface: prompt, submit, chat, pending, close
+Engine = Union["ChatEngine", "RemoteChatEngine", "ZeroGPUChatEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ class Lab:
         self.error: ModelLoadError | None = None
         self._parts: LabParts | None = None
         self._ready = threading.Event()
+        self._imported = threading.Event()
         self._started = time.perf_counter()
         self.ready_seconds: float | None = None
 
@@ -66,8 +73,24 @@ class Lab:
         log.info(message)
         print(f"[token-lab] {message}", flush=True)
 
+    def wait_for_imports(self, timeout: float | None = 120) -> None:
+        """Wait until the loader thread has imported torch, transformers and FAISS. transformers' lazy module is not
+        safe to import from two threads at once, so the UI (which imports core modules) is built after this."""
+        self._imported.wait(timeout)
+
     def _load(self) -> None:
         try:
+            try:
+                import core.chat
+                import core.remote_engine
+                import core.tokens
+                import core.vocab_index
+                import core.zerogpu_engine  # noqa: F401  (imported here, off the main thread)
+            finally:
+                self._imported.set()
+            from core.embedding_loader import load_embeddings_with_fallback
+            from core.models import load_with_fallback
+
             c = self.config
             if c.engine_url:
                 loaded = load_embeddings_with_fallback(c.model, c.engine_model, c.device, c.dtype, c.cache_dir,
@@ -87,6 +110,10 @@ class Lab:
             self._ready.set()
 
     def _make_engine(self, loaded: LoadedModel) -> Engine:
+        from core.chat import ChatEngine
+        from core.remote_engine import RemoteChatEngine
+        from core.zerogpu_engine import ZeroGPUChatEngine
+
         c = self.config
         if c.engine_url:
             return RemoteChatEngine(loaded, c.engine_url, model=c.engine_model, max_queue=c.max_queue,
@@ -98,6 +125,9 @@ class Lab:
         return ChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit)
 
     def _finish(self, loaded: LoadedModel) -> None:
+        from core.remote_engine import RemoteChatEngine
+        from core.vocab_index import VocabIndex
+
         # On ZeroGPU the weights sit on a GPU lent only inside `gpu` calls: index on the CPU.
         index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False if on_zerogpu() else None)
         engine = self._make_engine(loaded)
