@@ -166,12 +166,12 @@ def _looks_like_path(model_id: str) -> bool:
     return model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or "\\" in model_id
 
 
-def _load_pretrained(path_or_id: str, device: str,
-                     dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
+def _load_pretrained(path_or_id: str, device: str, dtype: torch.dtype,
+                     local_files_only: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": False, "local_files_only": local_files_only}
     if device.startswith("cuda"):
         kwargs["device_map"] = device if ":" in device else "auto"
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False, local_files_only=local_files_only)
     model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
     if "device_map" not in kwargs:
         model.to(device)
@@ -201,10 +201,9 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto",
             model, tokenizer = _load_pretrained(str(Path(model_id).expanduser()), dev, torch_dtype)
             name, source = model_id, "local"
         else:
-            if not hub_reachable():
-                os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache only, instead of a minute of retries
+            offline = not hub_reachable()  # then the local cache only, instead of a minute of retries
             progress(f"loading {model_id} from the Hugging Face hub (or its local cache)")
-            model, tokenizer = _load_pretrained(model_id, dev, torch_dtype)
+            model, tokenizer = _load_pretrained(model_id, dev, torch_dtype, local_files_only=offline)
             name, source = model_id, "hub"
     except ModelLoadError:
         raise
