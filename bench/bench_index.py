@@ -7,9 +7,9 @@
 - `/neighbors` through gradio's REST API (POST /gradio_api/call/neighbors, then read the event stream), p50,
   against a no-op endpoint on the same app, launched in-process with Lab.from_loaded.
 
-Methods are timed round-robin (one call each per round), so load from other processes hits all of them alike.
+Methods take turns in blocks of calls (see `_time_blocks`), so load from other processes hits all of them alike.
 
-    python -m bench.bench_index [--rounds 200] [--rest-calls 200]
+    python -m bench.bench_index [--calls 200] [--rest-calls 200]
 """
 
 from __future__ import annotations
@@ -35,16 +35,20 @@ DEFAULT_BLAS_THRESHOLD = faiss.cvar.distance_compute_blas_threshold  # before Vo
 TARGET_REST_P50_MS = 15.0
 
 
-def _time_round_robin(methods: dict[str, Callable[[], object]], rounds: int, warmup: int = 5) -> dict[str, list]:
-    for fn in methods.values():
-        for _ in range(warmup):
-            fn()
+def _time_blocks(methods: dict[str, Callable[[], object]], calls: int, block: int = 25, skip: int = 3) -> dict:
+    """Milliseconds per call: methods take turns in blocks of `block` calls (after `skip` untimed ones), so each is
+    measured in its own steady state (threads left spinning by the previous method's BLAS or OpenMP calls have
+    settled, its own data is as warm as a server answering one kind of request keeps it), while load from other
+    processes still hits every method alike."""
     samples: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(rounds):
+    while min(len(v) for v in samples.values()) < calls:
         for name, fn in methods.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1000)
+            for _ in range(skip):
+                fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - start) * 1000)
     return samples
 
 
@@ -52,7 +56,7 @@ def _p(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def search_benchmark(index, rounds: int) -> dict:
+def search_benchmark(index, calls: int) -> dict:
     unit = np.array(index.unit_vectors, dtype=np.float32, order="C")  # the L2-normalised rows, copied for baselines
     unit_t = torch.from_numpy(unit)
     rng = np.random.default_rng(0)
@@ -80,14 +84,14 @@ def search_benchmark(index, rounds: int) -> dict:
     sq8.train(unit)
     sq8.add(unit)
 
-    single = _time_round_robin({
+    single = _time_blocks({
         "VocabIndex": lambda: index.search(q1, K),
         "numpy": lambda: numpy_search(q1),
         "torch": lambda: torch_search(q1_t),
         "faiss IndexFlatIP": lambda: flat.search(q1, K),
         "faiss SQ fp16 (1 shard, no re-rank)": lambda: sq.search(q1, K),
         "faiss SQ 8-bit (1 shard, no re-rank)": lambda: sq8.search(q1, K),
-    }, rounds)
+    }, calls)
     def flat_default_threshold() -> object:
         tuned = faiss.cvar.distance_compute_blas_threshold
         faiss.cvar.distance_compute_blas_threshold = DEFAULT_BLAS_THRESHOLD
@@ -96,14 +100,14 @@ def search_benchmark(index, rounds: int) -> dict:
         finally:
             faiss.cvar.distance_compute_blas_threshold = tuned
 
-    batch = _time_round_robin({
+    batch = _time_blocks({
         "VocabIndex": lambda: index.search(queries, K),
         f"faiss IndexFlatIP, FAISS's default BLAS threshold ({DEFAULT_BLAS_THRESHOLD})": flat_default_threshold,
         "numpy": lambda: numpy_search(queries),
         "torch": lambda: torch_search(queries_t),
         "faiss IndexFlatIP": lambda: flat.search(queries, K),
         "faiss SQ fp16 (1 shard, no re-rank)": lambda: sq.search(queries, K),
-    }, max(10, rounds // 10))
+    }, max(10, calls // 10), block=5, skip=1)
 
     # exactness: VocabIndex's top 10 scores against numpy's exact top 10, single and batch paths
     exact_scores = queries @ unit.T
@@ -124,7 +128,7 @@ def search_benchmark(index, rounds: int) -> dict:
         "exact_top10_share": {"VocabIndex single": exact_share(single_ids), "VocabIndex batch": exact_share(batch_ids),
                               "faiss SQ fp16 without re-rank": exact_share(sq_ids),
                               "faiss SQ 8-bit without re-rank": exact_share(sq8_ids)},
-        "rounds": {"single": rounds, "batch": max(10, rounds // 10)},
+        "calls_per_method": {"single": calls, "batch": max(10, calls // 10)},
     }
 
 
@@ -159,10 +163,10 @@ def rest_benchmark(loaded, calls: int) -> dict:
                 if "event: complete" not in body:
                     raise RuntimeError(f"/{name} failed: {body[:300]}")
 
-            samples = _time_round_robin({
+            samples = _time_blocks({
                 "/neighbors": lambda: call("neighbors", ["king", 10, "cosine"]),
                 "no-op endpoint": lambda: call("bench_noop", ["king"]),
-            }, calls, warmup=10)
+            }, calls, block=20, skip=2)
     finally:
         demo.close()
     return {name: {"p50": _p(v, 50), "p90": _p(v, 90)} for name, v in samples.items()} | {"calls": calls}
@@ -170,7 +174,7 @@ def rest_benchmark(loaded, calls: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=200, help="single-query rounds (batch: a tenth)")
+    parser.add_argument("--calls", type=int, default=200, help="timed single queries per method (batches: a tenth)")
     parser.add_argument("--rest-calls", type=int, default=200)
     args = parser.parse_args()
 
@@ -180,7 +184,7 @@ def main() -> None:
 
     loaded = load_model("bundled", device="cpu", dtype="auto", cache_dir=default_cache_dir(), progress=lambda m: None)
     index = VocabIndex.from_model(loaded.model, loaded.tokenizer)
-    search = search_benchmark(index, args.rounds)
+    search = search_benchmark(index, args.calls)
     rest = rest_benchmark(loaded, args.rest_calls)
 
     single, batch = search["single_ms"], search["batch64_ms_per_query"]
