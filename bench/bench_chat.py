@@ -12,14 +12,13 @@ process's main thread, while the server is idle.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
-import httpx
 import torch
 
 from bench.app_process import start_app
+from bench.clients import rest_chat
 from bench.results_io import write_results
 from core.config import default_cache_dir
 from core.models import load_model
@@ -53,25 +52,6 @@ def client_chat(client, tokenizer, tokens: int) -> tuple[float, float, int]:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) / elapsed, first or elapsed, 0
 
 
-def rest_chat(url: str, tokenizer, tokens: int) -> tuple[float, float, int]:
-    """The same call through gradio's REST API (POST /gradio_api/call/chat, then its SSE stream)."""
-    start = time.perf_counter()
-    data = [PROMPT, [], "", 0.0, 1.0, tokens, None, 50, 1.0]
-    event_id = httpx.post(f"{url}gradio_api/call/chat", json={"data": data}, timeout=60).json()["event_id"]
-    first, text = None, ""
-    with httpx.stream("GET", f"{url}gradio_api/call/chat/{event_id}", timeout=120) as response:
-        for line in response.iter_lines():
-            if line.startswith("data:") and line != "data: null":
-                if first is None:
-                    first = time.perf_counter() - start
-                payload = json.loads(line[5:])
-                if isinstance(payload, list) and payload:
-                    text = payload[0]
-    elapsed = time.perf_counter() - start
-    generated = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return generated / elapsed, first or elapsed, generated
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -85,13 +65,13 @@ def main() -> None:
     try:
         app.wait_ready()
         client = Client(app.url, verbose=False)
-        rest_chat(app.url, loaded.tokenizer, 8)  # warm-up
+        rest_chat(app.url, PROMPT, loaded.tokenizer, 8)  # warm-up
         plain_generate(loaded, ids, 8)
         plain, rest, client_rates, ttft, counts = [], [], [], [], []
         for _ in range(args.runs):
             rate, n_plain = plain_generate(loaded, ids, args.tokens)
             plain.append(rate)
-            rate, first, n_api = rest_chat(app.url, loaded.tokenizer, args.tokens)
+            rate, first, n_api = rest_chat(app.url, PROMPT, loaded.tokenizer, args.tokens)
             rest.append(rate)
             ttft.append(first)
             counts.append((n_plain, n_api))

@@ -2,7 +2,8 @@
 
 Two parts, in one run:
 1. Batching gain: 1 user chatting alone, then 8 users chatting at once (greedy, 64 tokens each): aggregate tokens/s
-   and time to first token (TTFT) p50/p95, side by side.
+   and time to first token (TTFT) p50/p95, side by side, through the REST API (gradio_client's sync iterator polls
+   every millisecond per user, which on 2 cores would measure the clients, not the server).
 2. Soak: N users (default 20) for a bounded time, each looping over chat / tokenize / neighbours, each with a private
    conversation that carries a secret word; reports errors by kind, cross-session leaks (a secret of another user
    showing up in a prompt), and the server's memory over time.
@@ -23,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bench.app_process import AppProcess, start_app
+from bench.clients import rest_chat
 from bench.results_io import write_results
 
 PROMPTS = ["Write a short story about a dragon.", "Explain how rain forms.", "Describe a busy market.",
@@ -57,16 +59,13 @@ def timed_chat(client, message: str, history: list, tokens: int) -> tuple[float,
 
 
 def chat_round(url: str, users: int, tokens: int, tokenizer) -> tuple[float, list[float]]:
-    """`users` chats started together; returns (aggregate tokens/s, TTFTs)."""
-    from gradio_client import Client
-
-    clients = [Client(url, verbose=False) for _ in range(users)]
-    results: list[tuple[float, float, str]] = [(0.0, 0.0, "")] * users
+    """`users` chats started together through the REST API; returns (aggregate tokens/s, TTFTs)."""
+    results: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * users
     barrier = threading.Barrier(users)
 
     def run(i: int) -> None:
         barrier.wait()
-        results[i] = timed_chat(clients[i], PROMPTS[i % len(PROMPTS)], [], tokens)
+        results[i] = rest_chat(url, PROMPTS[i % len(PROMPTS)], tokenizer, tokens)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(users)]
@@ -75,8 +74,7 @@ def chat_round(url: str, users: int, tokens: int, tokenizer) -> tuple[float, lis
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    generated = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for _, _, text in results)
-    return generated / elapsed, [first for first, _, _ in results]
+    return sum(n for _, _, n in results) / elapsed, [first for _, first, _ in results]
 
 
 @dataclass
