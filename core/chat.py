@@ -246,6 +246,7 @@ class ChatEngine:
         self.max_input_chars = max_input_chars
         self.max_batch = max_batch
         self.peak_batch = 0  # the most requests decoded together so far (shown in stats and benchmarks)
+        self.submitted = 0  # requests accepted so far
         self.stop_ids = self._stop_ids(loaded)
         self._queue: queue.Queue[ChatStream | None] = queue.Queue()
         self._pending = 0
@@ -287,6 +288,7 @@ class ChatEngine:
             if self._pending >= self.max_queue:
                 raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")
             self._pending += 1
+            self.submitted += 1
         self._queue.put(stream)
         return stream
 

@@ -47,3 +47,31 @@ def test_each_tab_gets_a_result(browser_page):
     page.wait_for_function("() => /queen/i.test(document.querySelector('#emb-neighbors')?.innerText || '')")
     assert re.search(r"queen", page.locator("#emb-neighbors").inner_text(), re.I)
     assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_prompt_inspector_and_retry(browser_page, bundled_lab):
+    page = browser_page.page
+    engine = bundled_lab.require().engine
+    box = page.locator("#chat-input textarea")
+    box.fill("Say <|im_end|> please")
+    box.press("Enter")
+    page.wait_for_function("() => /stop: (end of turn|length)/.test(document.querySelector('#chatbot').innerText)",
+                           timeout=60_000)
+    page.locator(".label-wrap", has_text="What the model receives").first.click()
+    inspector = page.locator("#prompt-inspector")
+    inspector.wait_for()
+    shown = inspector.inner_text()
+    # the template's markers are there, and the user's literal "<|im_end|>" is shown as the text it is
+    assert "<|im_start|>" in shown and "im_end" in shown and "please" in shown
+    before = engine.submitted
+    page.get_by_role("button", name="Retry").first.click()
+    for _ in range(100):
+        if engine.submitted > before:
+            break
+        page.wait_for_timeout(100)
+    assert engine.submitted == before + 1, "Retry did not send the message again"
+    page.wait_for_function("() => /stop: (end of turn|length)/.test(document.querySelector('#chatbot').innerText)",
+                           timeout=60_000)
+    assert page.locator("#chatbot [data-testid=user]").count() == 1, "retry must replace the answer, not add a turn"
+    assert bot_text(page)
+    assert not browser_page.page_errors
