@@ -277,18 +277,24 @@ class ChatEngine:
         return self.prompts.build(message, history, system_prompt or "", max_new_tokens,
                                   self.loaded.context_length)
 
-    def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
-        """Queue a prompt for generation; BusyError when the queue is full."""
+    def _reserve(self, prompt: Prompt, settings: GenerationSettings, stream_type: type[ChatStream] = ChatStream):
+        """Check a request against the server's limits and take a place in the queue for it (every engine's
+        `submit` starts here); BusyError when `max_queue` requests are already in progress."""
         settings = settings.validated(self.max_new_tokens_limit)
         if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
             raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
                                     f"the context of {self.loaded.context_length}.")
-        stream = ChatStream(prompt, settings, self.tokenizer)
+        stream = stream_type(prompt, settings, self.tokenizer)
         with self._lock:
             if self._pending >= self.max_queue:
                 raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")
             self._pending += 1
             self.submitted += 1
+        return stream
+
+    def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
+        """Queue a prompt for generation; BusyError when the queue is full."""
+        stream = self._reserve(prompt, settings)
         self._queue.put(stream)
         return stream
 

@@ -131,6 +131,7 @@ class RemoteChatEngine:
     # The same prompt rules as the local engine: message checks, chat template, special-token safety, trimming.
     prompt = ChatEngine.prompt
     chat = ChatEngine.chat
+    _reserve = ChatEngine._reserve
 
     def __init__(self, loaded: LoadedModel, url: str, model: str | None = None, max_queue: int = 16,
                  max_new_tokens_limit: int = 2048, max_input_chars: int = 50_000, timeout: float = 120.0,
@@ -146,6 +147,7 @@ class RemoteChatEngine:
         self.max_input_chars = max_input_chars
         self.timeout = timeout
         self.peak_batch = 0  # the most requests in flight at once
+        self.submitted = 0
         self.extras_supported: bool | None = None  # None until the server has accepted or refused top_k etc.
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._pending = 0
@@ -161,17 +163,10 @@ class RemoteChatEngine:
     # -- requests ----------------------------------------------------------------------------------------------
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> RemoteChatStream:
         """Start a request; BusyError when `max_queue` requests are already in flight."""
-        settings = settings.validated(self.max_new_tokens_limit)
-        if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
-            raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
-                                    f"the context of {self.loaded.context_length}.")
         if self._loop.is_closed():
             raise ModelNotReadyError("The chat engine is closed.")
-        stream = RemoteChatStream(prompt, settings, self.tokenizer)
+        stream = self._reserve(prompt, settings, RemoteChatStream)
         with self._lock:
-            if self._pending >= self.max_queue:
-                raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")
-            self._pending += 1
             self.peak_batch = max(self.peak_batch, self._pending)
         self._loop.call_soon_threadsafe(self._start, stream)
         return stream

@@ -23,7 +23,6 @@ import torch
 
 from core.batching import BatchDecoder, SamplingParams, Slot
 from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatEngine, ChatStream, GenerationSettings
-from core.errors import BusyError, InvalidInputError
 from core.models import LoadedModel
 from core.prompt import Prompt, PromptBuilder
 from core.zerogpu import gpu
@@ -60,6 +59,7 @@ class ZeroGPUChatEngine:
     # The same prompt rules as the local engine: message checks, chat template, special-token safety, trimming.
     prompt = ChatEngine.prompt
     chat = ChatEngine.chat
+    _reserve = ChatEngine._reserve
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
                  max_input_chars: int = 50_000) -> None:
@@ -70,6 +70,7 @@ class ZeroGPUChatEngine:
         self.max_new_tokens_limit = max_new_tokens_limit
         self.max_input_chars = max_input_chars
         self.peak_batch = 0  # the most requests in flight at once (each in its own GPU call)
+        self.submitted = 0
         self.stop_ids = ChatEngine._stop_ids(loaded)
         self._key = next(_keys)
         _MODELS[self._key] = (loaded.model, self.stop_ids)
@@ -78,15 +79,8 @@ class ZeroGPUChatEngine:
 
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Start generating `prompt`; BusyError when `max_queue` requests are already in flight."""
-        settings = settings.validated(self.max_new_tokens_limit)
-        if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
-            raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
-                                    f"the context of {self.loaded.context_length}.")
-        stream = ChatStream(prompt, settings, self.tokenizer)
+        stream = self._reserve(prompt, settings)
         with self._lock:
-            if self._pending >= self.max_queue:
-                raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")
-            self._pending += 1
             self.peak_batch = max(self.peak_batch, self._pending)
         context = contextvars.copy_context()  # the request's context: ZeroGPU identifies the user from it
         threading.Thread(target=context.run, args=(self._generate, stream), name=f"token-lab-zerogpu-{stream.id}",
