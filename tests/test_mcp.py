@@ -8,9 +8,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 from core.config import AppConfig
 from tests.conftest import free_port
+from tests.servers import http_ok, running
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("tokenize_text", "detokenize_ids", "neighbors", "analogy", "similarity")  # what agents are promised
@@ -38,31 +37,14 @@ def mcp_app(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     port = free_port()
     log = tmp_path_factory.mktemp("mcp") / "app.log"
     env = {**os.environ, "TOKEN_LAB_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--model", "bundled", "--device", "cpu", "--port", str(port),
-                                 "--mcp"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if "[token-lab] ready:" in log.read_text(errors="replace"):  # the model has loaded, tools can answer
-                try:
-                    if httpx.get(f"{url}/gradio_api/mcp/schema", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not serve MCP in {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+
+    def ready() -> bool:  # the model has loaded (tools can answer) and the MCP schema is served
+        return "[token-lab] ready:" in log.read_text(errors="replace") and http_ok(f"{url}/gradio_api/mcp/schema")
+
+    command = [sys.executable, "app.py", "--model", "bundled", "--device", "cpu", "--port", str(port), "--mcp"]
+    with running(command, log, ready, "app.py --mcp", START_TIMEOUT, cwd=ROOT, env=env):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _docstrings(bundled_lab) -> dict[str, str]:

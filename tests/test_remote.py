@@ -13,10 +13,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 from core.chat import GenerationSettings
@@ -27,6 +27,7 @@ from core.lab import Lab
 from core.models import LoadedModel, bundled_checkpoint
 from core.remote_engine import RemoteChatEngine, api_base
 from tests.conftest import free_port
+from tests.servers import http_ok, running
 
 GREEDY = GenerationSettings(temperature=0.0, top_p=1.0, max_new_tokens=48)
 LONG_PROMPT = "Write a very long essay about the history of Europe, with many details."  # runs to the token limit
@@ -69,28 +70,9 @@ def server(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     command = [str(cli), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
                "--log-level", "info"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "info"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + SERVE_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start in {SERVE_START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    ready = partial(http_ok, f"http://127.0.0.1:{port}/health")
+    with running(command, log, ready, "transformers serve", SERVE_START_TIMEOUT, env=env) as proc:
         yield Server(proc, f"http://127.0.0.1:{port}/v1", str(folder), log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
