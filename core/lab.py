@@ -137,8 +137,7 @@ class Lab:
         what = "tokenizer and embeddings" if isinstance(engine, RemoteChatEngine) else ""
         where = f" {engine.describe()};" if isinstance(engine, RemoteChatEngine) else ""
         self.status = (f"ready: {loaded.name}{' ' + what if what else ''} loaded in {loaded.load_seconds:.1f} s"
-                       f"{' (cached weights)' if loaded.from_cache else ''};{where} index of {index.size} tokens "
-                       f"built in {index.build_seconds:.2f} s.{note}")
+                       f"{' (cached weights)' if loaded.from_cache else ''};{where} index: {index.describe()}.{note}")
         self._progress(self.status)
         self._ready.set()
 

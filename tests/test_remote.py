@@ -135,7 +135,7 @@ def test_tokens_and_embeddings_tabs_work_from_the_embedding_matrix(remote_client
     assert (loaded.name, loaded.vocab_size, loaded.context_length, loaded.device) == \
         ("SmolLM2-135M-Instruct (bundled GGUF)", 49152, 8192, "cpu")
     assert "chat runs on" in remote_lab.status and "reachable" in remote_lab.status
-    assert "index of 49152 tokens" in remote_lab.status
+    assert "index: 49,152 tokens" in remote_lab.status
     tokens = remote_client.predict("Hello world", "", api_name="/tokenize")
     assert [t["text"] for t in tokens["tokens"]] == ["Hello", " world"]
     neighbors = remote_client.predict("king", 10, "cosine", api_name="/neighbors")
