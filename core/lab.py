@@ -129,7 +129,8 @@ class Lab:
         from core.vocab_index import VocabIndex
 
         # On ZeroGPU the weights sit on a GPU lent only inside `gpu` calls: index on the CPU.
-        index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False if on_zerogpu() else None)
+        index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False if on_zerogpu() else None,
+                                      cache_dir=self.config.cache_dir)
         engine = self._make_engine(loaded)
         self._parts = LabParts(loaded=loaded, engine=engine, index=index)
         self.ready_seconds = time.perf_counter() - self._started

@@ -336,3 +336,16 @@ def test_use_gpu_without_a_gpu_is_an_error(bundled):
     with pytest.raises(RuntimeError, match="not available"):
         VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=True)
 
+
+
+def test_vocabulary_tables_are_cached_and_keyed_by_tokenizer(bundled, phi3_tiny, tmp_path):
+    from core.vocab_index import VocabIndex
+
+    fresh = VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=False, cache_dir=tmp_path)
+    again = VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=False, cache_dir=tmp_path)
+    assert not fresh.tables_from_cache and again.tables_from_cache
+    for name in ("pieces", "texts", "keys", "special_ids", "byte_ids", "vocab", "_anchor"):
+        assert getattr(again, name) == getattr(fresh, name), name
+    assert [n.text for n in again.neighbors("king").neighbors] == [n.text for n in fresh.neighbors("king").neighbors]
+    other = VocabIndex.from_model(phi3_tiny.model, phi3_tiny.tokenizer, use_gpu=False, cache_dir=tmp_path)
+    assert not other.tables_from_cache and other.pieces[:3] != fresh.pieces[:3]
