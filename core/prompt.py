@@ -73,13 +73,19 @@ def normalize_messages(history: Sequence[Any] | None) -> list[dict[str, str]]:
     return out
 
 
-def _without_prefix_space(backend: Tokenizer) -> Tokenizer:
-    """A copy of `backend` that does not prepend '▁' to its input.
+def _prepends_prefix_space(backend: Tokenizer) -> bool:
+    norm = backend.normalizer
+    return (isinstance(backend.pre_tokenizer, tk_pre.Metaspace) or isinstance(norm, tk_normalizers.Prepend)
+            or (isinstance(norm, tk_normalizers.Sequence)
+                and any(isinstance(n, tk_normalizers.Prepend) for n in norm)))  # type: ignore[attr-defined]
+
+
+def _without_prefix_space(copy: Tokenizer) -> Tokenizer:
+    """`copy` (a tokenizer of our own) changed so that it does not prepend '▁' to its input.
 
     SentencePiece-style tokenizers (Llama, Phi-3) prepend '▁' only at the very start of a text. Text that follows a
     control token in the prompt gets none, so a piece of the prompt encoded on its own must get none either.
     """
-    copy = Tokenizer.from_str(backend.to_str())
     pre = copy.pre_tokenizer
     if isinstance(pre, tk_pre.Metaspace):
         copy.pre_tokenizer = tk_pre.Metaspace(replacement=pre.replacement, prepend_scheme="never", split=pre.split)
@@ -103,10 +109,13 @@ class PromptBuilder:
         self._marker_re = re.compile("|".join(re.escape(m) for m in markers)) if markers else None
         backend: Tokenizer | None = getattr(tokenizer, "backend_tokenizer", None)
         if backend is not None:
-            self._first = Tokenizer.from_str(backend.to_str())
+            definition = backend.to_str()
+            self._first = Tokenizer.from_str(definition)
             self._first.encode_special_tokens = True  # added-token strings in text stay text
-            self._rest = _without_prefix_space(backend)
-            self._rest.encode_special_tokens = True
+            self._rest = self._first  # byte-level BPE (GPT-2, SmolLM2) encodes text the same anywhere
+            if _prepends_prefix_space(backend):
+                self._rest = _without_prefix_space(Tokenizer.from_str(definition))
+                self._rest.encode_special_tokens = True
         else:
             self._first = self._rest = None
 
