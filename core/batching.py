@@ -28,14 +28,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-
-@dataclass
-class SamplingParams:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+from core.generation_settings import GenerationSettings
 
 
 @dataclass
@@ -43,7 +36,7 @@ class Slot:
     """One request inside the batch. `emit` receives each new token id; setting `finish_reason` ends the row."""
 
     prompt_ids: list[int]
-    params: SamplingParams
+    params: GenerationSettings  # the request's own sampling controls and seed
     max_new_tokens: int
     emit: Callable[[int], None]
     generated: list[int] = field(default_factory=list)

@@ -26,44 +26,15 @@ from typing import Any
 
 import torch
 
-from core.batching import BatchDecoder, SamplingParams, Slot
+from core.batching import BatchDecoder, Slot
 from core.errors import BusyError, GenerationError, InvalidInputError
+from core.generation_settings import GenerationSettings
 from core.models import LoadedModel
 from core.prompt import Prompt, PromptBuilder
 
 log = logging.getLogger(__name__)
 
 END_OF_TURN, LENGTH, STOPPED, ERROR = "end of turn", "length", "stopped", "error"
-
-
-@dataclass
-class GenerationSettings:
-    """Sampling controls; temperature 0 means greedy. The same seed and settings give the same answer."""
-
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 256
-    seed: int | None = None
-
-    def validated(self, max_new_tokens_limit: int) -> GenerationSettings:
-        checks = [
-            (0 <= self.temperature <= 5, f"temperature must be between 0 and 5 (got {self.temperature})"),
-            (0 < self.top_p <= 1, f"top-p must be in (0, 1] (got {self.top_p})"),
-            (self.top_k >= 0, f"top-k must be 0 (off) or more (got {self.top_k})"),
-            (0 < self.repetition_penalty <= 5, f"repetition penalty must be in (0, 5] (got {self.repetition_penalty})"),
-            (1 <= self.max_new_tokens <= max_new_tokens_limit,
-             f"max new tokens must be between 1 and {max_new_tokens_limit} (got {self.max_new_tokens})"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInputError(message)
-        return self
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              repetition_penalty=self.repetition_penalty, seed=self.seed)
 
 
 @dataclass
@@ -233,39 +204,36 @@ class ChatStream:
         return self._done.wait(timeout)
 
 
-class ChatEngine:
-    """Owns the model's generation: prompts, a bounded request queue and the worker thread."""
+class EngineBase:
+    """What every chat engine shares: the prompt rules (message checks, chat template, special-token safety,
+    trimming), the server's limits and the bounded count of requests in progress. Subclasses implement `submit`."""
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000, max_batch: int = 8) -> None:
+                 max_input_chars: int = 50_000) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.prompts = PromptBuilder(loaded.tokenizer)
         self.max_queue = max_queue
         self.max_new_tokens_limit = max_new_tokens_limit
         self.max_input_chars = max_input_chars
-        self.max_batch = max_batch
-        self.peak_batch = 0  # the most requests decoded together so far (shown in stats and benchmarks)
+        self.peak_batch = 0  # the most requests generating together so far (shown in benchmarks)
         self.submitted = 0  # requests accepted so far
         self.stop_ids = self._stop_ids(loaded)
-        self._queue: queue.Queue[ChatStream | None] = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
-        self._worker = threading.Thread(target=self._run, name="token-lab-generate", daemon=True)
-        self._worker.start()
 
     @staticmethod
     def _stop_ids(loaded: LoadedModel) -> list[int]:
         """generation_config's eos ids (Phi-3: 32000, 32001, 32007) plus the tokenizer's eos, never replacing them."""
         ids: list[int] = []
-        for source in (getattr(loaded.model.generation_config, "eos_token_id", None),
+        generation_config = getattr(loaded.model, "generation_config", None)  # absent on an embeddings-only model
+        for source in (getattr(generation_config, "eos_token_id", None),
                        getattr(loaded.model.config, "eos_token_id", None), loaded.tokenizer.eos_token_id):
             for i in source if isinstance(source, (list, tuple)) else [source]:
                 if i is not None and int(i) not in ids:
                     ids.append(int(i))
         return ids
 
-    # -- requests ----------------------------------------------------------------------------------------------
     def prompt(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
                max_new_tokens: int = 256) -> Prompt:
         """The exact prompt the model would receive for `message` after `history` (oldest turns dropped to fit)."""
@@ -278,8 +246,8 @@ class ChatEngine:
                                   self.loaded.context_length)
 
     def _reserve(self, prompt: Prompt, settings: GenerationSettings, stream_type: type[ChatStream] = ChatStream):
-        """Check a request against the server's limits and take a place in the queue for it (every engine's
-        `submit` starts here); BusyError when `max_queue` requests are already in progress."""
+        """Check a request against the server's limits and take a place for it (every engine's `submit` starts
+        here); BusyError when `max_queue` requests are already in progress."""
         settings = settings.validated(self.max_new_tokens_limit)
         if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
             raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
@@ -293,10 +261,7 @@ class ChatEngine:
         return stream
 
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
-        """Queue a prompt for generation; BusyError when the queue is full."""
-        stream = self._reserve(prompt, settings)
-        self._queue.put(stream)
-        return stream
+        raise NotImplementedError
 
     def chat(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
              settings: GenerationSettings | None = None) -> ChatStream:
@@ -306,6 +271,24 @@ class ChatEngine:
     @property
     def pending(self) -> int:
         return self._pending
+
+
+class ChatEngine(EngineBase):
+    """The in-process engine: a bounded request queue and one worker thread that decodes all requests together."""
+
+    def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
+                 max_input_chars: int = 50_000, max_batch: int = 8) -> None:
+        super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
+        self.max_batch = max_batch
+        self._queue: queue.Queue[ChatStream | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="token-lab-generate", daemon=True)
+        self._worker.start()
+
+    def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
+        """Queue a prompt for generation; BusyError when the queue is full."""
+        stream = self._reserve(prompt, settings)
+        self._queue.put(stream)
+        return stream
 
     def close(self) -> None:
         self._queue.put(None)
@@ -325,7 +308,7 @@ class ChatEngine:
             if stream.cancelled:
                 self._finish(stream, STOPPED)
                 continue
-            slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings.sampling(),
+            slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings,
                         max_new_tokens=stream.settings.max_new_tokens, emit=lambda token, s=stream: s._push([token]))
             admitted.append((stream, slot))
         if not admitted:

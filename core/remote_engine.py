@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
-from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatEngine, ChatStats, ChatStream, GenerationSettings
+from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStats, ChatStream, EngineBase, GenerationSettings
 from core.errors import BusyError, GenerationError, InvalidInputError, ModelNotReadyError, TokenLabError
 from core.models import LoadedModel
-from core.prompt import Prompt, PromptBuilder
+from core.prompt import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -125,33 +125,19 @@ class _Retry(Exception):
     """The server refused the extra sampling fields; send the request again without them."""
 
 
-class RemoteChatEngine:
+class RemoteChatEngine(EngineBase):
     """Sends each chat request to an OpenAI-compatible `/v1/chat/completions` with `stream: true`."""
-
-    # The same prompt rules as the local engine: message checks, chat template, special-token safety, trimming.
-    prompt = ChatEngine.prompt
-    chat = ChatEngine.chat
-    _reserve = ChatEngine._reserve
 
     def __init__(self, loaded: LoadedModel, url: str, model: str | None = None, max_queue: int = 16,
                  max_new_tokens_limit: int = 2048, max_input_chars: int = 50_000, timeout: float = 120.0,
                  api_key: str | None = None) -> None:
-        self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
-        self.prompts = PromptBuilder(loaded.tokenizer)
+        super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
         self.base_url = api_base(url)
         self.chat_url = f"{self.base_url}/chat/completions"
         self.model_name = model
-        self.max_queue = max_queue
-        self.max_new_tokens_limit = max_new_tokens_limit
-        self.max_input_chars = max_input_chars
         self.timeout = timeout
-        self.peak_batch = 0  # the most requests in flight at once
-        self.submitted = 0
         self.extras_supported: bool | None = None  # None until the server has accepted or refused top_k etc.
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._pending = 0
-        self._lock = threading.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.new_event_loop()
         self._client = httpx.AsyncClient(
@@ -180,10 +166,6 @@ class RemoteChatEngine:
         stream._cancel_task = lambda: None if self._loop.is_closed() else self._loop.call_soon_threadsafe(task.cancel)
         if stream.cancelled:  # cancelled between submit and now
             task.cancel()
-
-    @property
-    def pending(self) -> int:
-        return self._pending
 
     def close(self) -> None:
         """Cancel what is in flight, close the connections and stop the loop thread."""

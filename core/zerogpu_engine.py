@@ -21,10 +21,10 @@ from collections.abc import Iterator
 
 import torch
 
-from core.batching import BatchDecoder, SamplingParams, Slot
-from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatEngine, ChatStream, GenerationSettings
+from core.batching import BatchDecoder, Slot
+from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream, EngineBase, GenerationSettings
 from core.models import LoadedModel
-from core.prompt import Prompt, PromptBuilder
+from core.prompt import Prompt
 from core.zerogpu import gpu
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ _keys = itertools.count(1)
 
 
 @gpu
-def generate_ids(model_key: int, prompt_ids: list[int], params: SamplingParams,
+def generate_ids(model_key: int, prompt_ids: list[int], params: GenerationSettings,
                  max_new_tokens: int) -> Iterator[list[int]]:
     """Yield the new token ids of one answer, a step at a time; the last item ends with a stop id or the limit."""
     model, stop_ids = _MODELS[model_key]
@@ -53,29 +53,14 @@ def generate_ids(model_key: int, prompt_ids: list[int], params: SamplingParams,
             decoder.step()
 
 
-class ZeroGPUChatEngine:
+class ZeroGPUChatEngine(EngineBase):
     """Generates each request inside a `gpu` call, from a helper thread that carries the request's context."""
-
-    # The same prompt rules as the local engine: message checks, chat template, special-token safety, trimming.
-    prompt = ChatEngine.prompt
-    chat = ChatEngine.chat
-    _reserve = ChatEngine._reserve
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
                  max_input_chars: int = 50_000) -> None:
-        self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
-        self.prompts = PromptBuilder(loaded.tokenizer)
-        self.max_queue = max_queue
-        self.max_new_tokens_limit = max_new_tokens_limit
-        self.max_input_chars = max_input_chars
-        self.peak_batch = 0  # the most requests in flight at once (each in its own GPU call)
-        self.submitted = 0
-        self.stop_ids = ChatEngine._stop_ids(loaded)
+        super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)  # each request: its own GPU call
         self._key = next(_keys)
         _MODELS[self._key] = (loaded.model, self.stop_ids)
-        self._pending = 0
-        self._lock = threading.Lock()
 
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Start generating `prompt`; BusyError when `max_queue` requests are already in flight."""
@@ -92,7 +77,7 @@ class ZeroGPUChatEngine:
         reason, error = END_OF_TURN, None
         steps = None
         try:
-            steps = generate_ids(self._key, stream.prompt.ids, stream.settings.sampling(),
+            steps = generate_ids(self._key, stream.prompt.ids, stream.settings,
                                  stream.settings.max_new_tokens)
             for ids in steps:
                 if ids:
