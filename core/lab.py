@@ -122,7 +122,8 @@ class Lab:
         if on_zerogpu():
             return ZeroGPUChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit,
                                      max_input_chars=c.max_input_chars)
-        return ChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit)
+        return ChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit,
+                          max_input_chars=c.max_input_chars)
 
     def _finish(self, loaded: LoadedModel) -> None:
         from core.remote_engine import RemoteChatEngine
@@ -135,9 +136,10 @@ class Lab:
         self._parts = LabParts(loaded=loaded, engine=engine, index=index)
         self.ready_seconds = time.perf_counter() - self._started
         note = f" {loaded.note}" if loaded.note else ""
-        what = "tokenizer and embeddings" if isinstance(engine, RemoteChatEngine) else ""
-        where = f" {engine.describe()};" if isinstance(engine, RemoteChatEngine) else ""
-        self.status = (f"ready: {loaded.name}{' ' + what if what else ''} loaded in {loaded.load_seconds:.1f} s"
+        remote = isinstance(engine, RemoteChatEngine)
+        what = " tokenizer and embeddings" if remote else ""
+        where = f" {engine.describe()};" if remote else ""
+        self.status = (f"ready: {loaded.name}{what} loaded in {loaded.load_seconds:.1f} s"
                        f"{' (cached weights)' if loaded.from_cache else ''};{where} index: {index.describe()}.{note}")
         self._progress(self.status)
         self._ready.set()

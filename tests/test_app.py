@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.config import AppConfig
-from core.errors import ModelNotReadyError
+from core.errors import InvalidInputError, ModelNotReadyError
 from core.lab import Lab
 from demo.blocks import header_markdown
 
@@ -45,3 +45,15 @@ def test_every_feature_is_a_typed_endpoint(client):
     assert chat_params["message"]["type"]["type"] == "string"
     assert chat_params["temperature"]["type"]["type"] == "number"
     assert chat_params["max_new_tokens"]["type"]["type"] == "integer"
+
+
+def test_config_limits_reach_the_local_engine(bundled):
+    lab = Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=3, max_input_chars=100,
+                                             max_new_tokens_limit=64))
+    engine = lab.require().engine
+    try:
+        assert (engine.max_queue, engine.max_input_chars, engine.max_new_tokens_limit) == (3, 100, 64)
+        with pytest.raises(InvalidInputError, match="limit is 100"):
+            engine.prompt("a" * 101, [], "")
+    finally:
+        engine.close()
