@@ -18,7 +18,7 @@ import time
 import torch
 
 from bench.app_process import start_app
-from bench.clients import rest_chat
+from bench.clients import client_chat, rest_chat
 from bench.results_io import write_results
 from core.config import default_cache_dir
 from core.models import load_model
@@ -38,18 +38,10 @@ def plain_generate(loaded, ids: list[int], tokens: int) -> tuple[float, int]:
     return generated / (time.perf_counter() - start), generated
 
 
-def client_chat(client, tokenizer, tokens: int) -> tuple[float, float, int]:
-    """(tokens/s, time to first token, tokens) of one /chat call streamed with gradio_client's iterator.
-    Note: that iterator polls every millisecond, which on a 2-core machine takes CPU from the server measured."""
-    start = time.perf_counter()
-    job = client.submit(PROMPT, [], "", 0.0, 1.0, tokens, None, api_name="/chat")
-    first = None
-    for _ in job:
-        if first is None:
-            first = time.perf_counter() - start
-    text = job.outputs()[-1]
-    elapsed = time.perf_counter() - start
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) / elapsed, first or elapsed, 0
+def client_rate(client, tokenizer, tokens: int) -> tuple[float, float, int]:
+    """(tokens/s, time to first token, tokens) of one /chat call through gradio_client."""
+    first, elapsed, text = client_chat(client, PROMPT, [], tokens)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) / elapsed, first, 0
 
 
 def main() -> None:
@@ -75,7 +67,7 @@ def main() -> None:
             rest.append(rate)
             ttft.append(first)
             counts.append((n_plain, n_api))
-            client_rates.append(client_chat(client, loaded.tokenizer, args.tokens)[0])
+            client_rates.append(client_rate(client, loaded.tokenizer, args.tokens)[0])
     finally:
         app.stop()
     p, a, c = statistics.median(plain), statistics.median(rest), statistics.median(client_rates)

@@ -24,12 +24,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bench.app_process import AppProcess, start_app
-from bench.clients import rest_chat
+from bench.clients import client_chat, rest_chat
 from bench.results_io import write_results
 
 PROMPTS = ["Write a short story about a dragon.", "Explain how rain forms.", "Describe a busy market.",
            "Tell me about the moon.", "Write a poem about autumn.", "Explain what a computer does.",
            "Describe a walk in a forest.", "Tell me about the ocean."]
+# The batching rounds never repeat a message: a repeated prompt would be served from the prefix cache, and the lone
+# user's time to first token would measure the cache, not a first answer.
+FRESH = [f"{verb} {topic}." for topic in ("a lighthouse", "bread baking", "a volcano", "city trains", "honeybees",
+                                          "a snowstorm", "old maps", "the desert", "a violin", "river fish",
+                                          "a library", "paper kites")
+         for verb in ("Tell me about", "Write a few lines about")]
 
 
 def rss_mb(pid: int) -> float:
@@ -45,27 +51,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def timed_chat(client, message: str, history: list, tokens: int) -> tuple[float, float, str]:
-    """(time to first token, total seconds, final text) of one streamed /chat call."""
-    start = time.perf_counter()
-    job = client.submit(message, history, "", 0.0, 1.0, tokens, None, api_name="/chat")
-    first = None
-    for _ in job:
-        if first is None:
-            first = time.perf_counter() - start
-    text = job.outputs()[-1] if job.outputs() else ""
-    total = time.perf_counter() - start
-    return first if first is not None else total, total, text
-
-
-def chat_round(url: str, users: int, tokens: int, tokenizer) -> tuple[float, list[float]]:
-    """`users` chats started together through the REST API; returns (aggregate tokens/s, TTFTs)."""
+def chat_round(url: str, prompts: list[str], tokens: int, tokenizer) -> tuple[float, list[float]]:
+    """One chat per prompt, started together through the REST API; returns (aggregate tokens/s, TTFTs)."""
+    users = len(prompts)
     results: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * users
     barrier = threading.Barrier(users)
 
     def run(i: int) -> None:
         barrier.wait()
-        results[i] = rest_chat(url, PROMPTS[i % len(PROMPTS)], tokenizer, tokens)
+        results[i] = rest_chat(url, prompts[i], tokenizer, tokens)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(users)]
@@ -98,7 +92,7 @@ def soak_user(url: str, user: int, deadline: float, stats: SoakStats) -> None:
         kind = rng.choice(["chat", "chat", "tokenize", "neighbors"])
         try:
             if kind == "chat":
-                first, _, _ = timed_chat(client, rng.choice(PROMPTS), history, 24)
+                first, _, _ = client_chat(client, rng.choice(PROMPTS), history, 24)
                 prompt = client.predict("What is my secret word?", history, "", api_name="/prompt")
                 leaked = any(f"zebra{other:03d}" in prompt["text"] for other in range(1000) if other != user)
                 with stats.lock:
@@ -150,10 +144,12 @@ def main() -> None:
     app = start_app("--model", "bundled", "--max-queue", str(max(32, args.users * 2)))
     try:
         app.wait_ready()
-        chat_round(app.url, 1, 8, tokenizer)  # warm-up
-        lone_rate, lone_ttft = chat_round(app.url, 1, args.tokens, tokenizer)
-        lone_rate2, lone_ttft2 = chat_round(app.url, 1, args.tokens, tokenizer)
-        many_rate, many_ttft = chat_round(app.url, args.concurrent, args.tokens, tokenizer)
+        fresh = iter(FRESH * (1 + (args.concurrent + 3) // len(FRESH)))
+        chat_round(app.url, [next(fresh)], 8, tokenizer)  # warm-up
+        lone_rate, lone_ttft = chat_round(app.url, [next(fresh)], args.tokens, tokenizer)
+        lone_rate2, lone_ttft2 = chat_round(app.url, [next(fresh)], args.tokens, tokenizer)
+        many_rate, many_ttft = chat_round(app.url, [next(fresh) for _ in range(args.concurrent)], args.tokens,
+                                          tokenizer)
         lone = statistics.median([lone_rate, lone_rate2])
         lone_first = statistics.median(lone_ttft + lone_ttft2)
         stats, memory = soak(app, args.users, args.seconds)

@@ -152,7 +152,7 @@ class ChatStream:
             raise GenerationError(f"Generation failed: {self.error}") from self.error
 
     def __iter__(self) -> Iterator[str]:
-        last_sent = -1
+        last_sent = 0  # nothing is sent before the first token: an empty update would only delay the first token
         try:
             while True:
                 with self._cond:
@@ -171,7 +171,7 @@ class ChatStream:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        last_sent = -1
+        last_sent = 0  # as in __iter__: the first update carries the first token and is sent the moment it exists
         try:
             while not self.done:
                 if len(self._tokens) == last_sent:
