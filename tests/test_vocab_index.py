@@ -133,7 +133,7 @@ def test_multi_token_word_is_the_mean_of_its_pieces(index, bundled):
     assert "mean of 2 tokens" in result.terms[0].describe()
     assert not {"Ġapolog", "izing"} & {n.piece for n in result.neighbors}
     pieces = result.terms[0].ids
-    weight = bundled.model.get_input_embeddings().weight.detach().numpy()
+    weight = bundled.model.get_input_embeddings().weight.detach().float().numpy()
     mean = weight[pieces].mean(axis=0)
     top = index.search(mean / np.linalg.norm(mean), 12)[1][0].tolist()
     assert [n.id for n in result.neighbors] == [i for i in top if i not in pieces][:5]
@@ -167,7 +167,7 @@ def test_similarity_and_odd_one_out(index, unit):
 
 
 def test_vector_view_flags_outlier_norms(index, bundled):
-    weight = bundled.model.get_input_embeddings().weight.detach().numpy()
+    weight = bundled.model.get_input_embeddings().weight.detach().float().numpy()
     norms = np.linalg.norm(weight, axis=1)
     info = index.vector("king", dims=8)
     assert info.values == pytest.approx(weight[4197, :8].tolist(), abs=1e-5)
