@@ -15,6 +15,7 @@ import argparse
 import statistics
 import time
 
+import httpx
 import torch
 
 from bench.app_process import start_app
@@ -53,22 +54,26 @@ def main() -> None:
 
     loaded = load_model("bundled", device="cpu", cache_dir=default_cache_dir())
     ids = PromptBuilder(loaded.tokenizer).build(PROMPT, [], "", args.tokens, loaded.context_length).ids
-    app = start_app("--model", "bundled")
+    # Without the prefix cache: plain generate recomputes the prompt every time, and so must the app here, so that
+    # the ratio measures streaming alone.
+    app = start_app("--model", "bundled", "--prefix-cache-mb", "0")
+    http = httpx.Client(timeout=120)
     try:
         app.wait_ready()
         client = Client(app.url, verbose=False)
-        rest_chat(app.url, PROMPT, loaded.tokenizer, 8)  # warm-up
+        rest_chat(app.url, PROMPT, loaded.tokenizer, 8, http)  # warm-up
         plain_generate(loaded, ids, 8)
         plain, rest, client_rates, ttft, counts = [], [], [], [], []
         for _ in range(args.runs):
             rate, n_plain = plain_generate(loaded, ids, args.tokens)
             plain.append(rate)
-            rate, first, n_api = rest_chat(app.url, PROMPT, loaded.tokenizer, args.tokens)
+            rate, first, n_api = rest_chat(app.url, PROMPT, loaded.tokenizer, args.tokens, http)
             rest.append(rate)
             ttft.append(first)
             counts.append((n_plain, n_api))
             client_rates.append(client_rate(client, loaded.tokenizer, args.tokens)[0])
     finally:
+        http.close()
         app.stop()
     p, a, c = statistics.median(plain), statistics.median(rest), statistics.median(client_rates)
     data = {"plain_generate_tok_s": plain, "rest_chat_tok_s": rest, "gradio_client_chat_tok_s": client_rates,

@@ -9,8 +9,13 @@ The batch keeps one KV cache, left-padded: every row's cache holds the same numb
 which are real, and each row has its own position ids. Invariant: the cache holds every token of a row except the
 row's last sampled token (`pending`), which is fed at the next step.
 
-    >>> decoder = BatchDecoder(model, stop_ids=[2])                    # doctest: +SKIP
-    >>> decoder.admit([slot]); decoder.step()                          # doctest: +SKIP
+A prefix cache (core/prefix_cache.py) lets a new row start from the keys/values of an earlier sequence that begins
+the same way (the system prompt, or the conversation so far): only the rest of its prompt is prefilled. Such a
+row's cache then has a gap between its reused prefix and its new tokens; the mask marks the gap, and position ids
+continue from the prefix, so the model sees exactly the sequence it would without the cache.
+
+    >>> decoder = BatchDecoder(model, stop_ids=[2], prefix_cache=PrefixCache(256 << 20))   # doctest: +SKIP
+    >>> decoder.admit([slot]); decoder.step()                                                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from transformers.generation.logits_process import (
 )
 
 from core.generation_settings import GenerationSettings
+from core.prefix_cache import LayerKV, PrefixCache
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Slot:
     pending: int | None = None
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
 
     def sampler_setup(self, device: torch.device) -> None:
         self.generator = torch.Generator(device=device)
@@ -52,8 +59,9 @@ class Slot:
 class BatchDecoder:
     """Owns the running batch. Not thread-safe: exactly one thread (the engine's worker) calls it."""
 
-    def __init__(self, model: PreTrainedModel, stop_ids: list[int]) -> None:
+    def __init__(self, model: PreTrainedModel, stop_ids: list[int], prefix_cache: PrefixCache | None = None) -> None:
         self.model = model
+        self.prefix_cache = prefix_cache
         self.device = model.device
         self.stop_ids = set(stop_ids)
         self.slots: list[Slot] = []
@@ -90,24 +98,50 @@ class BatchDecoder:
 
     # -- membership --------------------------------------------------------------------------------------------
     def admit(self, slots: list[Slot]) -> None:
-        """Prefill new requests together (left-padded, one forward pass), sample each one's first token, and merge
-        the unfinished ones into the running batch."""
+        """Prefill new requests together (one forward pass over the part of each prompt not found in the prefix
+        cache), sample each one's first token, and merge the unfinished ones into the running batch.
+
+        Layout of row i (P = longest reused prefix in this group, S = longest new part; 0 = masked):
+            [0 … 0 | reused prefix of row i][0 … 0 | new tokens of row i]
+             ← P columns of past cache →    ← S columns fed now →
+        """
         for slot in slots:
             slot.sampler_setup(self.device)
-        width = max(len(s.prompt_ids) for s in slots)
+        reused = [self._lookup(slot.prompt_ids) for slot in slots]
+        past = max(length for length, _ in reused)
+        width = max(len(slot.prompt_ids) - length for slot, (length, _) in zip(slots, reused, strict=True))
         ids = torch.zeros((len(slots), width), dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(ids)
-        for row, slot in enumerate(slots):
-            ids[row, width - len(slot.prompt_ids):] = torch.tensor(slot.prompt_ids)
-            mask[row, width - len(slot.prompt_ids):] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        positions = torch.zeros_like(ids)
+        mask = torch.zeros((len(slots), past + width), dtype=torch.long, device=self.device)
+        for row, (slot, (length, _)) in enumerate(zip(slots, reused, strict=True)):
+            new = slot.prompt_ids[length:]
+            ids[row, width - len(new):] = torch.tensor(new)
+            positions[row, width - len(new):] = torch.arange(length, len(slot.prompt_ids))
+            mask[row, past - length:past] = 1
+            mask[row, past + width - len(new):] = 1
+            slot.cached_tokens = length
+        cache = DynamicCache(_stack_past(reused, past)) if past else DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         for row, slot in enumerate(slots):
+            self._remember(slot.prompt_ids, cache, mask, row)
             self._accept(slot, self._pick(out.logits[row, -1], slot))
         self._merge(slots, cache, mask)
         self.prune()
+
+    # -- prefix cache ------------------------------------------------------------------------------------------
+    def _lookup(self, ids: list[int]) -> tuple[int, LayerKV]:
+        return self.prefix_cache.lookup(ids) if self.prefix_cache is not None else (0, [])
+
+    def _remember(self, ids: list[int], cache: DynamicCache, mask: torch.Tensor, row: int) -> None:
+        """Store row `row`'s keys/values (its unmasked columns, which hold exactly `ids`) in the prefix cache."""
+        if self.prefix_cache is None:
+            return
+        columns = mask[row].nonzero().squeeze(1)
+        if len(columns) != len(ids):  # never store keys that do not match their tokens
+            return
+        self.prefix_cache.store(ids, [(layer.keys[row].index_select(1, columns),
+                                       layer.values[row].index_select(1, columns)) for layer in cache.layers])
 
     def _merge(self, slots: list[Slot], cache: DynamicCache, mask: torch.Tensor) -> None:
         if self.cache is None:
@@ -141,9 +175,14 @@ class BatchDecoder:
 
     # -- decoding ----------------------------------------------------------------------------------------------
     def prune(self) -> None:
-        """Drop the rows that have finished (end of turn, length, or stopped by the engine)."""
+        """Drop the rows that have finished (end of turn, length, or stopped by the engine). Each leaves its whole
+        sequence in the prefix cache, for the conversation's next turn."""
         keep = [i for i, slot in enumerate(self.slots) if slot.finish_reason is None]
         if len(keep) < len(self.slots):
+            for row, slot in enumerate(self.slots):
+                if slot.finish_reason is not None and slot.generated:
+                    # the cache holds every token but the last sampled one (`pending`)
+                    self._remember(slot.prompt_ids + slot.generated[:-1], self.cache, self.mask, row)
             self._drop(keep)
 
     def step(self) -> None:
@@ -167,6 +206,21 @@ class BatchDecoder:
     @property
     def size(self) -> int:
         return len(self.slots)
+
+
+def _stack_past(reused: list[tuple[int, LayerKV]], past: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the reused prefixes of all rows as one left-padded [rows, kv_heads, past, head_dim] pair (rows
+    without a reused prefix are all padding)."""
+    template = next(kv for length, kv in reused if length)
+    layers = []
+    for layer, (k0, v0) in enumerate(template):
+        keys, values = [], []
+        for length, kv in reused:
+            k, v = kv[layer] if length else (k0[:, :0], v0[:, :0])
+            keys.append(_left_pad(k.unsqueeze(0), past))
+            values.append(_left_pad(v.unsqueeze(0), past))
+        layers.append((torch.cat(keys), torch.cat(values)))
+    return layers
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:

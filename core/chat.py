@@ -30,6 +30,7 @@ from core.batching import BatchDecoder, Slot
 from core.errors import BusyError, GenerationError, InvalidInputError
 from core.generation_settings import GenerationSettings
 from core.models import LoadedModel
+from core.prefix_cache import PrefixCache
 from core.prompt import Prompt, PromptBuilder
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,11 @@ class ChatStats:
     stop_reason: str = ""
     dropped_turns: int = 0
     queued_s: float = 0.0
+    cached_prompt_tokens: int = 0  # reused from the prefix cache, not recomputed
 
     def summary(self) -> str:
-        parts = [f"{self.prompt_tokens} prompt tokens", f"{self.generated_tokens} generated"]
+        cached = f" ({self.cached_prompt_tokens} reused from cache)" if self.cached_prompt_tokens else ""
+        parts = [f"{self.prompt_tokens} prompt tokens{cached}", f"{self.generated_tokens} generated"]
         if self.ttft_s is not None:
             parts.append(f"first token {self.ttft_s:.2f} s")
         if self.tokens_per_s is not None:
@@ -87,6 +90,7 @@ class ChatStream:
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.stop_reason = ""
+        self.cached_tokens = 0  # prompt tokens the engine did not have to recompute
 
     # -- worker side -------------------------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -137,7 +141,8 @@ class ChatStream:
     @property
     def stats(self) -> ChatStats:
         stats = ChatStats(prompt_tokens=len(self.prompt.ids), generated_tokens=len(self._tokens),
-                          stop_reason=self.stop_reason, dropped_turns=self.prompt.dropped_turns)
+                          stop_reason=self.stop_reason, dropped_turns=self.prompt.dropped_turns,
+                          cached_prompt_tokens=self.cached_tokens)
         if self.started is not None:
             stats.queued_s = self.started - self.created
             if self.first_token_at is not None:
@@ -274,12 +279,15 @@ class EngineBase:
 
 
 class ChatEngine(EngineBase):
-    """The in-process engine: a bounded request queue and one worker thread that decodes all requests together."""
+    """The in-process engine: a bounded request queue and one worker thread that decodes all requests together,
+    reusing the keys/values of prompt prefixes it has seen (core/prefix_cache.py; `prefix_cache_mb=0` turns it off).
+    """
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000, max_batch: int = 8) -> None:
+                 max_input_chars: int = 50_000, max_batch: int = 8, prefix_cache_mb: int = 256) -> None:
         super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
         self.max_batch = max_batch
+        self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
         self._queue: queue.Queue[ChatStream | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="token-lab-generate", daemon=True)
         self._worker.start()
@@ -316,6 +324,8 @@ class ChatEngine(EngineBase):
         try:
             with torch.inference_mode():
                 decoder.admit([slot for _, slot in admitted])
+            for stream, slot in admitted:
+                stream.cached_tokens = slot.cached_tokens
         except Exception as exc:
             if len(admitted) > 1:  # find the culprit: prefill each alone
                 return [pair for one in admitted for pair in self._admit(decoder, [one[0]])]
@@ -345,8 +355,23 @@ class ChatEngine(EngineBase):
                 break
         return taken
 
+    def _warm_up(self, decoder: BatchDecoder) -> None:
+        """Prefill the chat template's opening (its default system prompt) once at start: the first users then
+        start from cached keys/values, and the CPU kernels are warm."""
+        if self.prefix_cache is None:
+            return
+        try:
+            ids = self.prompts.build("Hello", [], "", 1, self.loaded.context_length).ids
+            with torch.inference_mode():
+                decoder.admit([Slot(prompt_ids=ids, params=GenerationSettings(temperature=0), max_new_tokens=1,
+                                    emit=lambda token: None)])
+            decoder.reset()
+        except Exception:  # never fatal: requests simply start without a cached prefix
+            log.exception("prefix cache warm-up failed")
+
     def _run(self) -> None:
-        decoder = BatchDecoder(self.loaded.model, self.stop_ids)
+        decoder = BatchDecoder(self.loaded.model, self.stop_ids, self.prefix_cache)
+        self._warm_up(decoder)
         active: list[tuple[ChatStream, Slot]] = []
         while True:
             waiting = self._take_waiting(block=not active, room=self.max_batch - len(active))
@@ -354,6 +379,8 @@ class ChatEngine(EngineBase):
                 return
             if waiting:
                 active = self._settle(decoder, active + self._admit(decoder, waiting))
+                if len(active) < self.max_batch and not self._queue.empty():
+                    continue  # more arrived during that prefill: admit them before decoding, first tokens first
             if not active:
                 continue
             self.peak_batch = max(self.peak_batch, len(active))
