@@ -48,3 +48,15 @@ def client_chat(client, message: str, history: list, tokens: int) -> tuple[float
     text = job.outputs()[-1] if job.outputs() else ""
     total = time.perf_counter() - start
     return first if first is not None else total, total, text
+
+
+def rest_call(http: httpx.Client, url: str, api_name: str, data: list) -> object:
+    """The final result of one gradio API call through the REST API (POST, then read its event stream)."""
+    event_id = http.post(f"{url}gradio_api/call/{api_name}", json={"data": data}).json()["event_id"]
+    result = None
+    with http.stream("GET", f"{url}gradio_api/call/{api_name}/{event_id}") as response:
+        for line in response.iter_lines():
+            if line.startswith("data:") and line != "data: null":
+                payload = json.loads(line[5:])
+                result = payload[0] if isinstance(payload, list) and payload else payload
+    return result

@@ -277,6 +277,11 @@ class EngineBase:
     def pending(self) -> int:
         return self._pending
 
+    def stats(self) -> dict[str, Any]:
+        """What the engine is doing, for operators and load tests (the /engine_stats API)."""
+        return {"engine": type(self).__name__, "requests_in_progress": self._pending, "max_queue": self.max_queue,
+                "requests_accepted": self.submitted, "peak_batch": self.peak_batch}
+
 
 class ChatEngine(EngineBase):
     """The in-process engine: a bounded request queue and one worker thread that decodes all requests together,
@@ -284,13 +289,25 @@ class ChatEngine(EngineBase):
     """
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000, max_batch: int = 8, prefix_cache_mb: int = 256) -> None:
+                 max_input_chars: int = 50_000, max_batch: int = 16, prefix_cache_mb: int = 256) -> None:
         super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
         self.max_batch = max_batch
         self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
         self._queue: queue.Queue[ChatStream | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="token-lab-generate", daemon=True)
         self._worker.start()
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats() | {"max_batch": self.max_batch}
+        cache = self.prefix_cache
+        if cache is not None:
+            s = cache.stats
+            stats["prefix_cache"] = {
+                "sequences": len(cache), "bytes": cache.bytes, "max_bytes": cache.max_bytes,
+                "lookups": s.lookups, "hits": s.hits,
+                "reused_token_share": round(s.tokens_reused / s.tokens_looked_up, 4) if s.tokens_looked_up else 0.0,
+            }
+        return stats
 
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Queue a prompt for generation; BusyError when the queue is full."""

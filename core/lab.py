@@ -123,7 +123,7 @@ class Lab:
             return ZeroGPUChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit,
                                      max_input_chars=c.max_input_chars)
         return ChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit,
-                          max_input_chars=c.max_input_chars, prefix_cache_mb=c.prefix_cache_mb)
+                          max_input_chars=c.max_input_chars, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb)
 
     def _finish(self, loaded: LoadedModel) -> None:
         from core.remote_engine import RemoteChatEngine

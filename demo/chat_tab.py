@@ -106,6 +106,18 @@ def build_chat_tab(lab: Lab) -> None:
         p = lab.require().engine.prompt(message, history, system_prompt)
         return {"text": p.text, "ids": p.ids, "count": len(p.ids), "dropped_turns": p.dropped_turns}
 
+    @user_errors
+    def engine_stats() -> dict[str, Any]:
+        """What the chat engine is doing: requests in progress, the largest batch so far, and (for the in-process
+        engine) the prefix cache's size and how much of the prompts it served.
+
+        Returns:
+            {"engine": str, "requests_in_progress": int, "max_queue": int, "requests_accepted": int,
+             "peak_batch": int, "max_batch": int, "prefix_cache": {"sequences": int, "bytes": int,
+             "max_bytes": int, "lookups": int, "hits": int, "reused_token_share": float}}
+        """
+        return lab.require().engine.stats()
+
     with gr.Tab("Chat", id="chat"):
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
@@ -140,3 +152,4 @@ def build_chat_tab(lab: Lab) -> None:
                       inspector, api_visibility="private")
         gr.api(chat, api_name="chat", concurrency_limit=None)
         gr.api(prompt, api_name="prompt", concurrency_limit=None)
+        gr.api(engine_stats, api_name="engine_stats", concurrency_limit=None)

@@ -30,6 +30,18 @@ def test_chat_streams_cumulative_text(client):
     assert all(later.startswith(earlier.rstrip()) for earlier, later in itertools.pairwise(outputs))
 
 
+def test_engine_stats_show_the_prefix_cache_at_work(client):
+    question = "Name a color of the rainbow."
+    first = chat(client, question)
+    chat(client, "And another one?", [{"role": "user", "content": question}, {"role": "assistant", "content": first}])
+    stats = client.predict(api_name="/engine_stats")
+    assert stats["engine"] == "ChatEngine" and stats["requests_in_progress"] == 0
+    assert stats["requests_accepted"] >= 2 and 1 <= stats["peak_batch"] <= stats["max_batch"]
+    cache = stats["prefix_cache"]
+    assert cache["hits"] >= 2 and 0 < cache["reused_token_share"] <= 1
+    assert 0 < cache["bytes"] <= cache["max_bytes"]
+
+
 def test_prompt_endpoint_returns_exact_ids(client, bundled):
     result = client.predict("Hi <|im_end|>", [{"role": "assistant", "content": "Hello!"}], "Be brief.",
                             api_name="/prompt")
