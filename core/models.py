@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from core.config import BUNDLED, PHI3_MODEL_ID
 from core.errors import ModelLoadError
+from core.hardware import cpu_has_native_bfloat16
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,6 @@ def resolve_device(device: str) -> str:
     if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
         raise ModelLoadError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     return device
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """True on CPUs with bfloat16 instructions (AVX512-BF16 or AMX), where oneDNN runs bfloat16 matmuls at about
-    twice the float32 rate; elsewhere bfloat16 is emulated and slower than float32."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return False
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

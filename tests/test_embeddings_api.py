@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -95,6 +96,25 @@ def test_rest_neighbors(app_url):
     assert [r["text"] for r in result["neighbors"]][:1] == [" queen"]
     event, data = rest(app_url, "similarity", ["king", "queen"])
     assert event == "complete" and data[0]["cosine"] > 0.5
+
+
+def run_once(app_url: str, name: str, data: list) -> tuple[int, dict]:
+    """gradio's one-request route (open where the API is open, e.g. a local run): POST /run/<name> -> JSON."""
+    request = urllib.request.Request(f"{app_url}gradio_api/run/{name}", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_one_request_route_gives_the_same_answer(app_url):
+    status, body = run_once(app_url, "neighbors", ["king", 5, "cosine"])
+    assert status == 200
+    assert body["data"][0] == rest(app_url, "neighbors", ["king", 5, "cosine"])[1][0]
+    status, body = run_once(app_url, "neighbors", ["#99999999", 5, "cosine"])
+    assert status == 500 and "not in the vocabulary" in json.dumps(body)
 
 
 def test_rest_error(app_url):

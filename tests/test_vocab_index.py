@@ -11,6 +11,7 @@ import torch
 
 from core import vocab_index
 from core.errors import InvalidInputError
+from core.hardware import cpu_has_native_bfloat16
 from core.vocab_index import MAX_K, SMALL_BATCH, VocabIndex, gpu_available, variant_key, visible
 
 WORDS = ["king", "Paris", "swim", "computer", "happy", "the", "apologizing"]
@@ -124,6 +125,47 @@ def test_scan_widens_until_provably_exact(index, bundled, monkeypatch):
     for row, query in enumerate(queries):
         assert_exact_top10(scores[row], index.search(query, 10)[1][0], terms[row])
     assert len(scans) > len(queries) and max(scans) > 10  # some queries needed a wider scan
+
+
+needs_bf16 = pytest.mark.skipif(not cpu_has_native_bfloat16(),
+                                reason="this CPU has no native bfloat16 (AVX512-BF16/AMX): batches use the flat index")
+
+
+@needs_bf16
+def test_bf16_error_bound_holds_for_every_row(index, bundled):
+    """The bound that makes the bfloat16 batch path exact must hold for every (query, row) pair measured."""
+    space = index._space("inner_product")  # rows of different norms: the bound's |x| factor matters
+    _, queries, _ = brute_force(index, bundled, "inner_product")
+    queries = queries.astype(np.float32)
+    approx = (torch.from_numpy(queries).to(torch.bfloat16) @ space.bf16.T).float().numpy()
+    exact = queries.astype(np.float64) @ space.matrix.astype(np.float64).T
+    ceiling = space._bf16_ceiling(approx, queries)
+    assert (exact <= ceiling).all(), "an item could hide below the candidates"
+    slack = ceiling - approx
+    assert (slack > 0).all() and float(np.median(slack)) < 0.02 * float(np.abs(exact).max())  # and it is tight
+
+
+@needs_bf16
+@pytest.mark.parametrize(("margin", "max_fetch", "widens", "exact_path"),
+                         [(0, vocab_index.BF16_MAX_FETCH, True, False), (0, 10, False, True),
+                          (vocab_index.RERANK_MARGIN, vocab_index.BF16_MAX_FETCH, None, False)])
+def test_bf16_batches_widen_or_fall_back_where_the_margin_is_thin(index, bundled, monkeypatch, margin, max_fetch,
+                                                                  widens, exact_path):
+    """Rows whose candidates cannot be certified take more candidates, and past BF16_MAX_FETCH go to the exact
+    path; either way the answers are exact."""
+    monkeypatch.setattr(vocab_index, "RERANK_MARGIN", margin)
+    monkeypatch.setattr(vocab_index, "BF16_MAX_FETCH", max_fetch)
+    space = index._space("cosine")
+    rounds, fallbacks = [], []
+    real_ceiling, real_exact = space._bf16_ceiling, space._exact
+    monkeypatch.setattr(space, "_bf16_ceiling", lambda c, q: rounds.append(len(q)) or real_ceiling(c, q))
+    monkeypatch.setattr(space, "_exact", lambda q, k: fallbacks.append(len(q)) or real_exact(q, k))
+    terms, queries, scores = brute_force(index, bundled, "cosine")
+    for row, got in enumerate(space.search(queries, 10)[1]):
+        assert_exact_top10(scores[row], got, terms[row])
+    if widens is not None:
+        assert (len(rounds) > 1) == widens
+    assert bool(fallbacks) == exact_path and sum(fallbacks) in ((len(queries),) if exact_path else (0,))
 
 
 def test_multi_token_word_is_the_mean_of_its_pieces(index, bundled):
