@@ -20,15 +20,13 @@ lab = Lab(config).start()  # loading starts now, while gradio is imported and th
 import gradio  # noqa: E402, F401  (imported here, in parallel with the loader thread's torch and transformers)
 
 lab.wait_for_imports()
-from demo import build_demo  # noqa: E402
+from demo import build_demo, launch_options  # noqa: E402
 
 demo = build_demo(lab, config)
 
 
 def main() -> int:
-    # mcp_server=None leaves gradio's own GRADIO_MCP_SERVER variable in charge
-    demo.launch(server_name=config.host, server_port=config.port, share=config.share, prevent_thread_lock=True,
-                mcp_server=True if config.mcp else None)
+    demo.launch(prevent_thread_lock=True, **launch_options(config))
     lab.wait()
     if lab.error is not None and config.model_explicit:
         print(f"error: {lab.error}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ import httpx
 import torch
 
 from bench.app_process import start_app
-from bench.clients import client_chat, rest_chat
+from bench.clients import client_chat, new_session, rest_chat
 from bench.results_io import write_results
 from core.config import default_cache_dir
 from core.models import load_model
@@ -57,17 +57,17 @@ def main() -> None:
     # Without the prefix cache: plain generate recomputes the prompt every time, and so must the app here, so that
     # the ratio measures streaming alone.
     app = start_app("--model", "bundled", "--prefix-cache-mb", "0")
-    http = httpx.Client(timeout=120)
+    http, session = httpx.Client(timeout=120), new_session()
     try:
         app.wait_ready()
         client = Client(app.url, verbose=False)
-        rest_chat(app.url, PROMPT, loaded.tokenizer, 8, http)  # warm-up
+        rest_chat(app.url, PROMPT, loaded.tokenizer, 8, http, session)  # warm-up
         plain_generate(loaded, ids, 8)
         plain, rest, client_rates, ttft, counts = [], [], [], [], []
         for _ in range(args.runs):
             rate, n_plain = plain_generate(loaded, ids, args.tokens)
             plain.append(rate)
-            rate, first, n_api = rest_chat(app.url, PROMPT, loaded.tokenizer, args.tokens, http)
+            rate, first, n_api = rest_chat(app.url, PROMPT, loaded.tokenizer, args.tokens, http, session)
             rest.append(rate)
             ttft.append(first)
             counts.append((n_plain, n_api))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.app_process import AppProcess, start_app
-from bench.clients import client_chat, rest_call, rest_chat
+from bench.clients import client_chat, new_session, rest_call, rest_chat
 from bench.results_io import write_results
 
 PROMPTS = ["Write a short story about a dragon.", "Explain how rain forms.", "Describe a busy market.",
@@ -64,9 +64,10 @@ def chat_round(url: str, prompts: list[str], tokens: int, tokenizer) -> tuple[fl
 
     def run(i: int) -> None:
         with httpx.Client(timeout=120) as http:
-            http.get(f"{url}gradio_api/info")  # connected before the start, like an open browser tab
+            session = new_session()
+            rest_call(http, url, "engine_stats", [], session)  # connected, session open: like an open browser tab
             barrier.wait()
-            results[i] = rest_chat(url, prompts[i], tokenizer, tokens, http)
+            results[i] = rest_chat(url, prompts[i], tokenizer, tokens, http, session)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(users)]
@@ -129,9 +130,9 @@ def soak(app: AppProcess, users: int, seconds: float) -> tuple[SoakStats, list[t
     start = time.perf_counter()
     for t in threads:
         t.start()
-    http = httpx.Client(timeout=30)
+    http, session = httpx.Client(timeout=30), new_session()
     while any(t.is_alive() for t in threads):
-        cache = rest_call(http, app.url, "engine_stats", []).get("prefix_cache", {}).get("bytes", 0) / 2**20
+        cache = rest_call(http, app.url, "engine_stats", [], session).get("prefix_cache", {}).get("bytes", 0) / 2**20
         memory.append((time.perf_counter() - start, rss_mb(app.proc.pid), cache))
         time.sleep(1.0)
         if time.perf_counter() > deadline + 120:
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="auto", help="the app's --dtype; other than auto, results go to "
+                                                         "bench/results/load-<dtype>.*")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -152,7 +155,7 @@ def main() -> None:
     from core.models import bundled_checkpoint
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(default_cache_dir())[0])
-    app = start_app("--model", "bundled", "--max-queue", str(max(32, args.users * 2)))
+    app = start_app("--model", "bundled", "--max-queue", str(max(32, args.users * 2)), "--dtype", args.dtype)
     try:
         app.wait_ready()
         fresh = iter(FRESH * (1 + (args.concurrent + 3) // len(FRESH)))
@@ -182,7 +185,7 @@ def main() -> None:
         "prefix_cache_growth_after_warmup_mb": cache_growth, "growth_outside_prefix_cache_mb": growth - cache_growth,
     }
     errors = ", ".join(f"{k}: {v}" for k, v in stats.errors.items()) or "none"
-    write_results("load", data, [
+    write_results("load" if args.dtype == "auto" else f"load-{args.dtype}", data, [
         ("1 chat alone: aggregate tokens/s (median of 2)", f"{lone:.1f}"),
         (f"{args.concurrent} chats at once: aggregate tokens/s", f"{many_rate:.1f}"),
         ("speed-up (target ≥ 4×)", f"{many_rate / lone:.2f}×"),

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 
 
-def rest_chat(url: str, prompt: str, tokenizer, tokens: int,
-              http: httpx.Client | None = None) -> tuple[float, float, int]:
+def new_session() -> str:
+    """A session id, as a browser tab or a gradio_client Client holds one for all its calls: gradio builds each
+    new session's copy of the app's config (~10 ms of CPU here), so one-off sessions would measure that."""
+    return uuid.uuid4().hex
+
+
+def request_body(data: list, session: str | None) -> dict:
+    """A REST call's JSON body; with a session id, gradio reuses that session."""
+    return {"data": data} | ({"session_hash": session} if session else {})
+
+
+def rest_chat(url: str, prompt: str, tokenizer, tokens: int, http: httpx.Client | None = None,
+              session: str | None = None) -> tuple[float, float, int]:
     """(tokens/s, time to first token, tokens) of one greedy /chat call through gradio's REST API
     (POST /gradio_api/call/chat, then its SSE stream): a light client that does not poll.
 
@@ -18,10 +30,10 @@ def rest_chat(url: str, prompt: str, tokenizer, tokens: int,
     with it an SSL context (~20 ms of CPU), per call, which on 2 cores slows the server being measured."""
     if http is None:
         with httpx.Client(timeout=120) as own:
-            return rest_chat(url, prompt, tokenizer, tokens, own)
+            return rest_chat(url, prompt, tokenizer, tokens, own, session)
     start = time.perf_counter()
     data = [prompt, [], "", 0.0, 1.0, tokens, None, 50, 1.0]
-    event_id = http.post(f"{url}gradio_api/call/chat", json={"data": data}).json()["event_id"]
+    event_id = http.post(f"{url}gradio_api/call/chat", json=request_body(data, session)).json()["event_id"]
     first, text = None, ""
     with http.stream("GET", f"{url}gradio_api/call/chat/{event_id}") as response:
         for line in response.iter_lines():
@@ -50,9 +62,9 @@ def client_chat(client, message: str, history: list, tokens: int) -> tuple[float
     return first if first is not None else total, total, text
 
 
-def rest_call(http: httpx.Client, url: str, api_name: str, data: list) -> object:
+def rest_call(http: httpx.Client, url: str, api_name: str, data: list, session: str | None = None) -> object:
     """The final result of one gradio API call through the REST API (POST, then read its event stream)."""
-    event_id = http.post(f"{url}gradio_api/call/{api_name}", json={"data": data}).json()["event_id"]
+    event_id = http.post(f"{url}gradio_api/call/{api_name}", json=request_body(data, session)).json()["event_id"]
     result = None
     with http.stream("GET", f"{url}gradio_api/call/{api_name}/{event_id}") as response:
         for line in response.iter_lines():

@@ -47,6 +47,7 @@ class AppConfig:
     max_queue: int = 16
     max_input_chars: int = 50_000
     max_new_tokens_limit: int = 2048
+    max_sessions: int = 1000  # gradio sessions kept in memory (~0.3 MB each here; gradio's default is 10,000)
     max_batch: int = 16  # requests decoded together; more wait for a free row
     prefix_cache_mb: int = 256  # keys/values of recent prompts and conversations, reused by prompts that start alike
     engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
@@ -80,6 +81,10 @@ class AppConfig:
                        help="cache for dequantized weights (env TOKEN_LAB_CACHE, HF_HOME, XDG_CACHE_HOME)")
         p.add_argument("--max-queue", type=int, default=int(env.get("TOKEN_LAB_MAX_QUEUE", base.max_queue)),
                        help="requests waiting beyond this get a 'busy' message")
+        p.add_argument("--max-sessions", type=int,
+                       default=int(env.get("TOKEN_LAB_MAX_SESSIONS", base.max_sessions)),
+                       help="gradio sessions kept in memory, least recently used dropped first; every API call "
+                            "without a session_hash is a new session (env TOKEN_LAB_MAX_SESSIONS)")
         p.add_argument("--max-batch", type=int, default=int(env.get("TOKEN_LAB_MAX_BATCH", base.max_batch)),
                        help="the most requests decoded together in one forward pass (env TOKEN_LAB_MAX_BATCH)")
         p.add_argument("--prefix-cache-mb", type=int,
@@ -101,6 +106,6 @@ class AppConfig:
         args, _unknown = p.parse_known_args(argv)
         return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
-                   max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
+                   max_sessions=args.max_sessions, max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
                    engine_url=args.engine_url, engine_model=args.engine_model,
                    engine_timeout=args.engine_timeout, mcp=args.mcp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from core.config import AppConfig
@@ -24,6 +26,17 @@ def header_markdown(lab: Lab) -> str:
     return (f"**Model:** `{loaded.name}` · **Device:** {loaded.device} · **dtype:** {loaded.dtype} · "
             f"**Vocabulary:** {loaded.vocab_size:,} tokens · **Context:** {loaded.context_length:,} tokens"
             f"{note}\n\n<small>{lab.status}</small>")
+
+
+def launch_options(config: AppConfig) -> dict[str, Any]:
+    """`demo.launch` arguments from the configuration (app.py and the tests launch with these).
+
+    state_session_capacity: gradio keeps every session's copy of the app's config (~0.3 MB for this app), and each
+    API call made without a session_hash opens a new session: at gradio's default bound, 10,000 such calls would
+    hold ~3 GB."""
+    return {"server_name": config.host, "server_port": config.port, "share": config.share,
+            "state_session_capacity": config.max_sessions,
+            "mcp_server": True if config.mcp else None}  # None leaves gradio's GRADIO_MCP_SERVER variable in charge
 
 
 def build_demo(lab: Lab, config: AppConfig | None = None) -> gr.Blocks:

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core.config import AppConfig
 from core.errors import InvalidInputError, ModelNotReadyError
 from core.lab import Lab
-from demo.blocks import header_markdown
+from demo.blocks import build_demo, header_markdown, launch_options
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINTS = {"/chat", "/prompt", "/tokenize", "/detokenize", "/neighbors", "/analogy", "/similarity"}
@@ -57,3 +59,27 @@ def test_config_limits_reach_the_local_engine(bundled):
             engine.prompt("a" * 101, [], "")
     finally:
         engine.close()
+
+
+def test_anonymous_api_calls_do_not_pile_up_sessions(bundled_lab):
+    """Each API call without a session_hash opens a gradio session holding a copy of the app's config: the store
+    is bounded by --max-sessions, and a caller that sends a session_hash keeps reusing one."""
+    config = AppConfig(model="bundled", max_sessions=3, port=free_port())
+    demo = build_demo(bundled_lab, config)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(config))
+    port = config.port
+    base = f"http://127.0.0.1:{port}/gradio_api/call/tokenize"
+    try:
+        with httpx.Client(timeout=30) as http:
+            def call(body: dict) -> str:
+                event_id = http.post(base, json=body).json()["event_id"]
+                return http.get(f"{base}/{event_id}").text
+
+            for _ in range(6):
+                assert "event: complete" in call({"data": ["Hello", ""]})
+            assert len(demo.state_holder.session_data) <= 3
+            for _ in range(3):
+                call({"data": ["Hello", ""], "session_hash": "one-tab"})
+            assert "one-tab" in demo.state_holder.session_data and len(demo.state_holder.session_data) <= 3
+    finally:
+        demo.close()
