@@ -305,7 +305,7 @@ class ChatEngine(EngineBase):
             stats["prefix_cache"] = {
                 "sequences": len(cache), "bytes": cache.bytes, "max_bytes": cache.max_bytes,
                 "lookups": s.lookups, "hits": s.hits,
-                "reused_token_share": round(s.tokens_reused / s.tokens_looked_up, 4) if s.tokens_looked_up else 0.0,
+                "reused_token_share": round(s.reused_share, 4),
             }
         return stats
 

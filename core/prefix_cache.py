@@ -36,6 +36,11 @@ class PrefixCacheStats:
     tokens_reused: int = 0
     tokens_looked_up: int = 0
 
+    @property
+    def reused_share(self) -> float:
+        """The share of all prompt tokens looked up that came from the cache."""
+        return self.tokens_reused / self.tokens_looked_up if self.tokens_looked_up else 0.0
+
 
 class PrefixCache:
     """Keys/values of recent token sequences, reused for any new sequence that starts the same way. Only the
@@ -90,16 +95,6 @@ class PrefixCache:
         while self.bytes > self.max_bytes:
             _, oldest = self._entries.popitem(last=False)
             self.bytes -= self._size(oldest)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0
-
-    def describe(self) -> str:
-        s = self.stats
-        share = s.tokens_reused / s.tokens_looked_up if s.tokens_looked_up else 0.0
-        return (f"prefix cache: {len(self)} sequences, {self.bytes / 2**20:.0f} of {self.max_bytes / 2**20:.0f} MiB; "
-                f"{s.hits} of {s.lookups} prompts reused a prefix, {share:.0%} of prompt tokens")
 
 
 def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:

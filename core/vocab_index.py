@@ -321,7 +321,8 @@ class _Space:
         # a zero-copy float32 view of the flat index's storage, for exact re-ranking and vector maths
         self.matrix = faiss.rev_swig_ptr(self.flat.get_xb(), n * d).reshape(n, d)
         self.gpu_index = None
-        self.bf16: torch.Tensor | None = None
+        self._bf16: _Bf16Copy | None = None  # built by the first batch that needs it (bf16_copy)
+        self._bf16_lock = threading.Lock()
         self.shards: list[tuple[Any, int]] = []  # (8-bit index, id of its first row)
         if gpu is not None:
             self.gpu_index = gpu.clone(self.flat)
@@ -341,16 +342,10 @@ class _Space:
         self.largest_shard = max(sq.ntotal for sq, _ in self.shards)
         self.max_abs = float(np.abs(matrix).max())
         self.max_norm = float(np.linalg.norm(matrix, axis=1).max())
-        # bfloat16 copy for batch scoring, where the CPU multiplies bfloat16 natively (else emulated: slower)
-        self.bf16 = torch.from_numpy(self.matrix).to(torch.bfloat16) if cpu_has_native_bfloat16() else None
-        if self.bf16 is not None:  # the rounding facts _bf16_ceiling needs
-            rounded = self.bf16.double().numpy()
-            self.bf16_row_error = float(np.linalg.norm(rounded - self.matrix, axis=1).max())
-            self.bf16_max_norm = float(np.linalg.norm(rounded, axis=1).max())
 
     @property
     def cpu_bytes(self) -> int:
-        return self.n * self.d * (4 + (1 if self.shards else 0) + (2 if self.bf16 is not None else 0))
+        return self.n * self.d * (4 + (1 if self.shards else 0) + (2 if self._bf16 is not None else 0))
 
     @property
     def gpu_bytes(self) -> int:
@@ -373,9 +368,20 @@ class _Space:
             return self._rerank(queries, ids, k) if self.gpu.float16 else (scores, ids)
         if len(queries) < SMALL_BATCH:
             return self._coarse_then_exact(queries, k)
-        if self.bf16 is not None:
+        if self.gpu_index is None and cpu_has_native_bfloat16():
             return self._bf16_then_exact(queries, k)
         return self.flat.search(queries, k)
+
+    def bf16_copy(self) -> _Bf16Copy:
+        """The bfloat16 copy of the rows for batch scoring, built on first use (~0.3 s and 2 bytes per value that a
+        server answering single queries never needs)."""
+        with self._bf16_lock:
+            if self._bf16 is None:
+                rows = torch.from_numpy(self.matrix).to(torch.bfloat16)
+                rounded = rows.float().numpy()
+                self._bf16 = _Bf16Copy(rows, row_error=float(np.linalg.norm(rounded - self.matrix, axis=1).max()),
+                                       max_norm=float(np.linalg.norm(rounded, axis=1).max()))
+            return self._bf16
 
     def _bf16_ceiling(self, coarse: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """The largest exact score an item can have when its bfloat16 score is `coarse` (rows: queries).
@@ -390,7 +396,8 @@ class _Space:
         q_norm = np.linalg.norm(q_bf16, axis=1)
         q_error = np.linalg.norm(q_bf16 - queries, axis=1)
         accumulate = self.d * 2.0 ** -24 * 1.01
-        slack = q_norm * (self.bf16_row_error + accumulate * self.bf16_max_norm + 1e-6 * self.max_norm)
+        copy = self.bf16_copy()
+        slack = q_norm * (copy.row_error * 1.001 + accumulate * copy.max_norm + 1e-6 * self.max_norm)
         slack += q_error * self.max_norm
         upper = np.where(coarse >= 0, coarse / (1 - u), coarse / (1 + u))
         return upper + slack[:, None]
@@ -403,7 +410,7 @@ class _Space:
         candidates the exact path answers them."""
         m = len(queries)
         with torch.inference_mode():
-            approx = torch.from_numpy(queries).to(torch.bfloat16) @ self.bf16.T
+            approx = torch.from_numpy(queries).to(torch.bfloat16) @ self.bf16_copy().rows.T
         scores = np.full((m, k), -np.inf, dtype=np.float32)
         ids = np.full((m, k), -1, dtype=np.int64)
         pending = np.arange(m)
@@ -489,6 +496,15 @@ class _Space:
             out_scores[row, :len(order)] = exact[order]
             out_ids[row, :len(order)] = cand[order]
         return out_scores, out_ids
+
+
+@dataclass
+class _Bf16Copy:
+    """A space's rows in bfloat16 and the rounding facts that `_Space._bf16_ceiling` needs."""
+
+    rows: torch.Tensor
+    row_error: float  # the largest |x~ - x| over the rows (float32 arithmetic; 0.1% slack added where used)
+    max_norm: float  # the largest |x~|
 
 
 class _GpuContext:
@@ -637,8 +653,7 @@ class VocabIndex:
             design = f"FAISS GPU flat index on {self.device} ({'float16' if self._gpu.float16 else 'float32'})"
             memory = f"{self.memory_bytes / 2**20:.0f} MiB host + {self.gpu_memory_bytes / 2**20:.0f} MiB GPU"
         else:
-            batches = ("bfloat16 matmul + exact float32 re-rank" if self._spaces["cosine"].bf16 is not None
-                       else "flat float32")
+            batches = "bfloat16 matmul + exact float32 re-rank" if cpu_has_native_bfloat16() else "flat float32"
             design = (f"FAISS CPU: 8-bit scan in {self.shards} shard(s) + exact float32 re-rank; "
                       f"{batches} for batches of {SMALL_BATCH}+")
             memory = f"{self.memory_bytes / 2**20:.0f} MiB"
