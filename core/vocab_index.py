@@ -389,28 +389,33 @@ class _Space:
         With q~, x~ the bfloat16 vectors and s^ the float32 sum the matmul rounds to bfloat16 (unit roundoff
         u = 2^-8): q.x = q~.x~ - q~.(x~ - x) - (q~ - q).x, so |q.x - s^| <= |q~| max|x~ - x| + |q~ - q| max|x|
         + float32 accumulation (d 2^-24 |q~| max|x~|); and a bfloat16 score c means s^ <= c/(1-u) (c >= 0) or
-        c/(1+u) (c < 0). Both rounding terms use the real vectors' errors (measured at build), not the worst
-        case u|q||x|: the bound is about 3x tighter, so far fewer queries need more candidates."""
-        u = 2.0 ** -8
-        q_bf16 = torch.from_numpy(queries).to(torch.bfloat16).double().numpy()
-        q_norm = np.linalg.norm(q_bf16, axis=1)
-        q_error = np.linalg.norm(q_bf16 - queries, axis=1)
+        c/(1+u) (c < 0). Both rounding terms use the real vectors' errors (measured, with 0.1% slack for float32
+        norms), not the worst case u|q||x|: the bound is about 3x tighter, so far fewer queries need more
+        candidates."""
+        queries16 = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(torch.bfloat16)
+        return _bf16_upper(coarse) + self._bf16_slack(queries, queries16)[:, None]
+
+    def _bf16_slack(self, queries: np.ndarray, queries16: torch.Tensor) -> np.ndarray:
+        """Per query, the rounding terms of `_bf16_ceiling`'s bound."""
+        rounded = queries16.float().numpy()
+        q_norm = np.linalg.norm(rounded, axis=1) * 1.001
+        q_error = np.linalg.norm(rounded - queries, axis=1) * 1.001  # the difference itself is exact in float32
         accumulate = self.d * 2.0 ** -24 * 1.01
         copy = self.bf16_copy()
-        slack = q_norm * (copy.row_error * 1.001 + accumulate * copy.max_norm + 1e-6 * self.max_norm)
-        slack += q_error * self.max_norm
-        upper = np.where(coarse >= 0, coarse / (1 - u), coarse / (1 + u))
-        return upper + slack[:, None]
+        return (q_norm * (copy.row_error * 1.001 + accumulate * copy.max_norm + 1e-6 * self.max_norm)
+                + q_error * self.max_norm)
 
     def _bf16_then_exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Candidates from one bfloat16 matmul over all rows, re-scored exactly in float32; provably the exact top
-        k. An item left out has a bf16 score <= the last candidate's, so its exact score is at most that plus the
-        error bound. Rows whose exact k-th score does not clear it take 4x more candidates from the same scores
-        (tightly packed neighbourhoods, e.g. untrained tokens with near-identical rows), and past BF16_MAX_FETCH
-        candidates the exact path answers them."""
+        k. An item left out has a bf16 score <= the last candidate's, so its exact score is at most
+        `_bf16_ceiling` of that. Rows whose exact k-th score does not clear it take 4x more candidates from the
+        same scores (tightly packed neighbourhoods, e.g. untrained tokens with near-identical rows), and past
+        BF16_MAX_FETCH candidates the exact path answers them."""
         m = len(queries)
         with torch.inference_mode():
-            approx = torch.from_numpy(queries).to(torch.bfloat16) @ self.bf16_copy().rows.T
+            queries16 = torch.from_numpy(queries).to(torch.bfloat16)
+            approx = queries16 @ self.bf16_copy().rows.T
+        slack = self._bf16_slack(queries, queries16)
         scores = np.full((m, k), -np.inf, dtype=np.float32)
         ids = np.full((m, k), -1, dtype=np.int64)
         pending = np.arange(m)
@@ -424,7 +429,7 @@ class _Space:
             order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
             scores[pending] = np.take_along_axis(exact, order, axis=1)
             ids[pending] = np.take_along_axis(candidates, order, axis=1)
-            ceiling = self._bf16_ceiling(coarse[:, -1:], queries[pending])[:, 0]
+            ceiling = _bf16_upper(coarse[:, -1]) + slack[pending]
             sure = (scores[pending, -1] >= ceiling) | (fetch == self.n)
             pending = pending[~sure]
             fetch = min(self.n, fetch * 4)
@@ -496,6 +501,12 @@ class _Space:
             out_scores[row, :len(order)] = exact[order]
             out_ids[row, :len(order)] = cand[order]
         return out_scores, out_ids
+
+
+def _bf16_upper(coarse: np.ndarray) -> np.ndarray:
+    """The largest float32 value that rounds to the bfloat16 value `coarse` (unit roundoff u = 2^-8)."""
+    u = 2.0 ** -8
+    return np.where(coarse >= 0, coarse / (1 - u), coarse / (1 + u))
 
 
 @dataclass

@@ -157,8 +157,8 @@ def test_bf16_batches_widen_or_fall_back_where_the_margin_is_thin(index, bundled
     monkeypatch.setattr(vocab_index, "BF16_MAX_FETCH", max_fetch)
     space = index._space("cosine")
     rounds, fallbacks = [], []
-    real_ceiling, real_exact = space._bf16_ceiling, space._exact
-    monkeypatch.setattr(space, "_bf16_ceiling", lambda c, q: rounds.append(len(q)) or real_ceiling(c, q))
+    real_upper, real_exact = vocab_index._bf16_upper, space._exact
+    monkeypatch.setattr(vocab_index, "_bf16_upper", lambda c: rounds.append(len(c)) or real_upper(c))
     monkeypatch.setattr(space, "_exact", lambda q, k: fallbacks.append(len(q)) or real_exact(q, k))
     terms, queries, scores = brute_force(index, bundled, "cosine")
     for row, got in enumerate(space.search(queries, 10)[1]):
