@@ -8,7 +8,7 @@ Two parts, in one run:
    conversation that carries a secret word; reports errors by kind, cross-session leaks (a secret of another user
    showing up in a prompt), and the server's memory over time.
 
-    python -m bench.bench_load [--users 20] [--seconds 60] [--concurrent 8]
+    python -m bench.bench_load [--users 20] [--seconds 60] [--concurrent 8] [--dtype D] [--model M] [--device X]
 
 Only loopback traffic, bounded in count and time; it stops by itself.
 """
@@ -146,16 +146,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="auto", help="the app's --dtype; other than auto, results go to "
-                                                         "bench/results/load-<dtype>.*")
+    parser.add_argument("--dtype", default="auto", help="the app's --dtype")
+    parser.add_argument("--model", default="bundled",
+                        help="the app's --model (e.g. a folder with random weights of Phi-3's shape on a GPU)")
+    parser.add_argument("--device", default="auto", help="the app's --device")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
     from core.config import default_cache_dir
     from core.models import bundled_checkpoint
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(default_cache_dir())[0])
-    app = start_app("--model", "bundled", "--max-queue", str(max(32, args.users * 2)), "--dtype", args.dtype)
+    bundled = args.model == "bundled"
+    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(default_cache_dir())[0] if bundled else args.model)
+    app = start_app("--model", args.model, "--max-queue", str(max(32, args.users * 2)), "--dtype", args.dtype,
+                    "--device", args.device)
     try:
         app.wait_ready()
         fresh = iter(FRESH * (1 + (args.concurrent + 3) // len(FRESH)))
@@ -185,7 +189,9 @@ def main() -> None:
         "prefix_cache_growth_after_warmup_mb": cache_growth, "growth_outside_prefix_cache_mb": growth - cache_growth,
     }
     errors = ", ".join(f"{k}: {v}" for k, v in stats.errors.items()) or "none"
-    write_results("load" if args.dtype == "auto" else f"load-{args.dtype}", data, [
+    # results other than the default setup's go to bench/results/load-<setting>-....*
+    setting = "-".join(v for v, default in ((args.dtype, "auto"), (args.device, "auto")) if v != default)
+    write_results("load" if bundled and not setting else f"load-{setting or 'model'}", data, [
         ("1 chat alone: aggregate tokens/s (median of 2)", f"{lone:.1f}"),
         (f"{args.concurrent} chats at once: aggregate tokens/s", f"{many_rate:.1f}"),
         ("speed-up (target ≥ 4×)", f"{many_rate / lone:.2f}×"),
