@@ -10,9 +10,10 @@ vocabulary (49,152 x 576, see bench/bench_index.py):
   provably the exact top k: the quantization error of every coarse score is bounded (per dimension, measured when
   the index is built), and the scan is widened until no item it left out can beat the k-th exact score;
 - larger batches, on a CPU with native bfloat16 (AVX512-BF16 or AMX), score all rows with one bfloat16 matmul
-  (oneDNN; 64 queries: ~5.5 ms against ~18 ms for float32 BLAS), take the best k + RERANK_MARGIN and re-score them
-  exactly in float32; again provably exact: `_bf16_ceiling` bounds what bfloat16 rounding can hide, and a query
-  whose margin is too thin for it takes more candidates, or the exact path;
+  (oneDNN, rows packed once in its blocked layout; 64 queries: ~4.5 ms against ~18 ms for float32 BLAS), take
+  the best k + RERANK_MARGIN and re-score them exactly in float32; again provably exact: `_bf16_ceiling` bounds
+  what bfloat16 rounding can hide, and a query whose margin is too thin for it takes more candidates, or the exact
+  path;
 - larger batches elsewhere use an exact `IndexFlatIP` through BLAS: FAISS 1.15's default BLAS threshold (128,000
   queries) would scan 64 queries without BLAS, ~7x slower here, so building an index sets it to `SMALL_BATCH` (a
   process-wide FAISS setting);
