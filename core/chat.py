@@ -29,6 +29,7 @@ import torch
 from core.batching import BatchDecoder, Slot
 from core.errors import BusyError, GenerationError, InvalidInputError
 from core.generation_settings import GenerationSettings
+from core.heap import HeapTrimmer
 from core.models import LoadedModel
 from core.prefix_cache import PrefixCache
 from core.prompt import Prompt, PromptBuilder
@@ -293,6 +294,7 @@ class ChatEngine(EngineBase):
         super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
         self.max_batch = max_batch
         self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
+        self.heap = HeapTrimmer()  # the worker returns freed heap pages to the system now and then
         self._queue: queue.Queue[ChatStream | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="token-lab-generate", daemon=True)
         self._worker.start()
@@ -360,6 +362,8 @@ class ChatEngine(EngineBase):
             else:
                 self._finish(stream, slot.finish_reason)
         decoder.prune()
+        if len(running) < len(active):
+            self.heap.maybe_trim()
         return running
 
     def _take_waiting(self, block: bool, room: int) -> list[ChatStream | None]:
