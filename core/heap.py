@@ -10,7 +10,6 @@ most every `interval` seconds.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import time
 
 
@@ -24,8 +23,9 @@ class HeapTrimmer:
         self.trims = 0
         self._trim = None
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            self._trim = libc.malloc_trim
+            # the process's own symbols: glibc's malloc_trim where it exists (ctypes.util.find_library would run
+            # ldconfig in a subprocess, on the start-up path)
+            self._trim = ctypes.CDLL(None).malloc_trim
             self._trim.argtypes = [ctypes.c_size_t]
             self._trim.restype = ctypes.c_int
         except (OSError, AttributeError):
