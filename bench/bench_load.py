@@ -140,6 +140,13 @@ def soak(app: AppProcess, users: int, seconds: float) -> tuple[SoakStats, list[t
     return stats, memory
 
 
+def _server_times(recent: dict) -> str:
+    def ms(key: str) -> str:
+        return "n/a" if recent.get(key) is None else f"{recent[key] * 1000:.0f}"
+
+    return (f"{ms('ttft_p50_s')} / {ms('ttft_p95_s')} ms; {ms('queued_p50_s')} / {ms('queued_p95_s')} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=20)
@@ -171,6 +178,8 @@ def main() -> None:
         lone = statistics.median([lone_rate, lone_rate2])
         lone_first = statistics.median(lone_ttft + lone_ttft2)
         stats, memory = soak(app, args.users, args.seconds)
+        with httpx.Client(timeout=30) as http:  # the server's own view of the soak's last requests
+            server = rest_call(http, app.url, "engine_stats", [], new_session())["recent"]
     finally:
         app.stop()
     # Warm-up is the first half: the prefix cache takes ~25 s of the soak to reach its bound, and the largest
@@ -185,6 +194,7 @@ def main() -> None:
         "soak_users": args.users, "soak_seconds": args.seconds, "soak_requests": dict(stats.requests),
         "soak_errors": dict(stats.errors), "soak_leaks": stats.leaks,
         "soak_ttft_p50_s": percentile(stats.ttft, 0.5), "soak_ttft_p95_s": percentile(stats.ttft, 0.95),
+        "soak_server_recent": server,
         "memory_mb": memory, "memory_growth_after_warmup_mb": growth,
         "prefix_cache_growth_after_warmup_mb": cache_growth, "growth_outside_prefix_cache_mb": growth - cache_growth,
     }
@@ -205,6 +215,8 @@ def main() -> None:
         ("soak: cross-session leaks", str(stats.leaks)),
         ("soak: chat TTFT p50 / p95", f"{percentile(stats.ttft, 0.5) * 1000:.0f} / "
                                       f"{percentile(stats.ttft, 0.95) * 1000:.0f} ms"),
+        (f"soak: inside the server, last {server['requests']} chats: TTFT p50 / p95; queued p50 / p95",
+         _server_times(server)),
         ("server memory: start → end of soak; growth over the second half",
          f"{memory[0][1]:.0f} → {memory[-1][1]:.0f} MB; {growth:+.0f} MB" if memory else "n/a"),
         ("of that growth: prefix cache (bounded) / everything else",

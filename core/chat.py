@@ -15,6 +15,7 @@ the worker gives the "busy" behaviour, and the worker decodes all running reques
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import queue
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from core.batching import BatchDecoder, Slot
+from core.batching import BatchDecoder, Slot, free_memory_bytes, rows_that_fit
 from core.errors import BusyError, GenerationError, InvalidInputError
 from core.generation_settings import GenerationSettings
 from core.heap import HeapTrimmer
@@ -37,6 +38,11 @@ from core.prompt import Prompt, PromptBuilder
 log = logging.getLogger(__name__)
 
 END_OF_TURN, LENGTH, STOPPED, ERROR = "end of turn", "length", "stopped", "error"
+RECENT_REQUESTS = 256  # finished requests whose timings /engine_stats summarises
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else None
 
 
 @dataclass
@@ -227,6 +233,7 @@ class EngineBase:
         self.stop_ids = self._stop_ids(loaded)
         self._pending = 0
         self._lock = threading.Lock()
+        self._recent: collections.deque[ChatStats] = collections.deque(maxlen=RECENT_REQUESTS)
 
     @staticmethod
     def _stop_ids(loaded: LoadedModel) -> list[int]:
@@ -278,10 +285,25 @@ class EngineBase:
     def pending(self) -> int:
         return self._pending
 
+    def _release(self, stream: ChatStream) -> None:
+        """A finished request gives its place back; its timings join the recent window /engine_stats reports."""
+        with self._lock:
+            self._pending -= 1
+            self._recent.append(stream.stats)
+
     def stats(self) -> dict[str, Any]:
-        """What the engine is doing, for operators and load tests (the /engine_stats API)."""
+        """What the engine is doing, for operators and load tests (the /engine_stats API). `recent` covers the last
+        RECENT_REQUESTS finished requests, timed inside the server (from submission), so a load test can tell the
+        engine's share of a client's wait from the web stack's."""
+        with self._lock:
+            recent = list(self._recent)
+        ttft = sorted(s.ttft_s for s in recent if s.ttft_s is not None)
+        queued = sorted(s.queued_s for s in recent)
         return {"engine": type(self).__name__, "requests_in_progress": self._pending, "max_queue": self.max_queue,
-                "requests_accepted": self.submitted, "peak_batch": self.peak_batch}
+                "requests_accepted": self.submitted, "peak_batch": self.peak_batch,
+                "recent": {"requests": len(recent), "ttft_p50_s": _percentile(ttft, 0.5),
+                           "ttft_p95_s": _percentile(ttft, 0.95), "queued_p50_s": _percentile(queued, 0.5),
+                           "queued_p95_s": _percentile(queued, 0.95)}}
 
 
 class ChatEngine(EngineBase):
@@ -290,9 +312,12 @@ class ChatEngine(EngineBase):
     """
 
     def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000, max_batch: int = 16, prefix_cache_mb: int = 256) -> None:
+                 max_input_chars: int = 50_000, max_batch: int = 0, prefix_cache_mb: int = 256) -> None:
         super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
-        self.max_batch = max_batch
+        # 0 = as many rows as fit: every row could grow to the full context, and an out-of-memory step fails
+        # every request in the batch
+        self.max_batch = max_batch or rows_that_fit(loaded.model, loaded.context_length,
+                                                    free_memory_bytes(loaded.model.device))
         self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
         self.heap = HeapTrimmer()  # the worker returns freed heap pages to the system now and then
         self._queue: queue.Queue[ChatStream | None] = queue.Queue()
@@ -323,8 +348,7 @@ class ChatEngine(EngineBase):
     # -- worker ------------------------------------------------------------------------------------------------
     def _finish(self, stream: ChatStream, reason: str, error: BaseException | None = None) -> None:
         stream._finish(reason, error)
-        with self._lock:
-            self._pending -= 1
+        self._release(stream)
 
     def _admit(self, decoder: BatchDecoder, streams: list[ChatStream]) -> list[tuple[ChatStream, Slot]]:
         """Prefill new requests together and sample their first tokens; returns the (stream, row) pairs."""

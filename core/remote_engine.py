@@ -226,8 +226,7 @@ class RemoteChatEngine(EngineBase):
             if stream.done:
                 return
             stream._finish(reason, error)
-        with self._lock:
-            self._pending -= 1
+        self._release(stream)
 
     def _body(self, stream: RemoteChatStream, model: str, extras: bool) -> dict[str, Any]:
         s = stream.settings

@@ -95,8 +95,7 @@ class ZeroGPUChatEngine(EngineBase):
             if steps is not None:
                 steps.close()  # on ZeroGPU this ends the GPU call early
             stream._finish(reason, error)
-            with self._lock:
-                self._pending -= 1
+            self._release(stream)
 
     @property
     def pending(self) -> int:

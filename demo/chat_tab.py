@@ -113,8 +113,10 @@ def build_chat_tab(lab: Lab) -> None:
 
         Returns:
             {"engine": str, "requests_in_progress": int, "max_queue": int, "requests_accepted": int,
-             "peak_batch": int, "max_batch": int, "prefix_cache": {"sequences": int, "bytes": int,
-             "max_bytes": int, "lookups": int, "hits": int, "reused_token_share": float}}
+             "peak_batch": int, "recent": {"requests": int, "ttft_p50_s": float | None, "ttft_p95_s": ...,
+             "queued_p50_s": ..., "queued_p95_s": ...} (the last 256 finished requests, timed in the server),
+             "max_batch": int, "prefix_cache": {"sequences": int, "bytes": int, "max_bytes": int,
+             "lookups": int, "hits": int, "reused_token_share": float}}
         """
         return lab.require().engine.stats()
 

@@ -118,7 +118,7 @@ def test_stored_keys_equal_a_fresh_forward_on_phi3(phi3_tiny):
 
 def test_prefix_cache_and_batch_size_are_configurable():
     assert AppConfig.from_args([]).prefix_cache_mb == 256
-    assert AppConfig.from_args([]).max_batch == 16
+    assert AppConfig.from_args([]).max_batch == 0  # as many as fit
     assert AppConfig.from_args(["--max-batch", "4"]).max_batch == 4
     assert AppConfig.from_args(["--prefix-cache-mb", "0"]).prefix_cache_mb == 0
     assert AppConfig.from_args([], env={"TOKEN_LAB_PREFIX_CACHE_MB": "64"}).prefix_cache_mb == 64
