@@ -381,8 +381,9 @@ class _Space:
                 self._bf16 = _Bf16Copy.of(self.matrix)
             return self._bf16
 
-    def _bf16_ceiling(self, coarse: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """The largest exact score an item can have when its bfloat16 score is `coarse` (rows: queries).
+    def _bf16_ceiling(self, coarse: np.ndarray, slack: np.ndarray) -> np.ndarray:
+        """The largest exact score an item can have when its bfloat16 score is `coarse` ([queries, ...]), given
+        each query's `slack` from `_bf16_slack`.
 
         With q~, x~ the bfloat16 vectors and s^ the float32 sum the matmul rounds to bfloat16 (unit roundoff
         u = 2^-8): q.x = q~.x~ - q~.(x~ - x) - (q~ - q).x, so |q.x - s^| <= |q~| max|x~ - x| + |q~ - q| max|x|
@@ -390,8 +391,9 @@ class _Space:
         c/(1+u) (c < 0). Both rounding terms use the real vectors' errors (measured, with 0.1% slack for float32
         norms), not the worst case u|q||x|: the bound is about 3x tighter, so far fewer queries need more
         candidates."""
-        queries16 = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(torch.bfloat16)
-        return _bf16_upper(coarse) + self._bf16_slack(queries, queries16)[:, None]
+        u = 2.0 ** -8
+        upper = np.where(coarse >= 0, coarse / (1 - u), coarse / (1 + u))
+        return upper + slack.reshape(-1, *([1] * (coarse.ndim - 1)))
 
     def _bf16_slack(self, queries: np.ndarray, queries16: torch.Tensor) -> np.ndarray:
         """Per query, the rounding terms of `_bf16_ceiling`'s bound."""
@@ -423,11 +425,8 @@ class _Space:
                 rows = approx if len(pending) == m else approx[torch.from_numpy(pending)]
                 coarse, candidates = torch.topk(rows, fetch, dim=1)
             coarse, candidates = coarse.float().numpy(), candidates.numpy()
-            exact = np.einsum("mfd,md->mf", self._rows(candidates), queries[pending])
-            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-            scores[pending] = np.take_along_axis(exact, order, axis=1)
-            ids[pending] = np.take_along_axis(candidates, order, axis=1)
-            ceiling = _bf16_upper(coarse[:, -1]) + slack[pending]
+            scores[pending], ids[pending] = self._rerank(queries[pending], candidates, k)
+            ceiling = self._bf16_ceiling(coarse[:, -1], slack[pending])
             sure = (scores[pending, -1] >= ceiling) | (fetch == self.n)
             pending = pending[~sure]
             fetch = min(self.n, fetch * 4)
@@ -494,23 +493,15 @@ class _Space:
         return out_scores, out_ids
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Re-score candidate ids exactly in float32 and keep the best k of each row."""
-        m = len(queries)
-        out_scores = np.full((m, k), -np.inf, dtype=np.float32)
-        out_ids = np.full((m, k), -1, dtype=np.int64)
-        for row in range(m):
-            cand = candidates[row][candidates[row] >= 0]
-            exact = self.matrix[cand] @ queries[row]
-            order = np.argsort(-exact, kind="stable")[:k]
-            out_scores[row, :len(order)] = exact[order]
-            out_ids[row, :len(order)] = cand[order]
-        return out_scores, out_ids
-
-
-def _bf16_upper(coarse: np.ndarray) -> np.ndarray:
-    """The largest float32 value that rounds to the bfloat16 value `coarse` (unit roundoff u = 2^-8)."""
-    u = 2.0 ** -8
-    return np.where(coarse >= 0, coarse / (1 - u), coarse / (1 + u))
+        """Re-score candidate ids exactly in float32 and keep the best k of each row (FAISS's -1, "no candidate",
+        scores -inf and stays -1)."""
+        valid = candidates >= 0
+        exact = np.einsum("mfd,md->mf", self._rows(np.where(valid, candidates, 0)), queries)
+        exact = np.where(valid, exact, -np.inf).astype(np.float32)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(exact, order, axis=1)
+        ids = np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1).astype(np.int64)
+        return scores, ids
 
 
 @dataclass

@@ -137,9 +137,10 @@ def test_bf16_error_bound_holds_for_every_row(index, bundled):
     space = index._space("inner_product")  # rows of different norms: the bound's |x| factor matters
     _, queries, _ = brute_force(index, bundled, "inner_product")
     queries = queries.astype(np.float32)
-    approx = space.bf16_copy().scores(torch.from_numpy(queries).to(torch.bfloat16)).float().numpy()
+    queries16 = torch.from_numpy(queries).to(torch.bfloat16)
+    approx = space.bf16_copy().scores(queries16).float().numpy()
     exact = queries.astype(np.float64) @ space.matrix.astype(np.float64).T
-    ceiling = space._bf16_ceiling(approx, queries)
+    ceiling = space._bf16_ceiling(approx, space._bf16_slack(queries, queries16))
     assert (exact <= ceiling).all(), "an item could hide below the candidates"
     slack = ceiling - approx
     assert (slack > 0).all() and float(np.median(slack)) < 0.02 * float(np.abs(exact).max())  # and it is tight
@@ -157,8 +158,8 @@ def test_bf16_batches_widen_or_fall_back_where_the_margin_is_thin(index, bundled
     monkeypatch.setattr(vocab_index, "BF16_MAX_FETCH", max_fetch)
     space = index._space("cosine")
     rounds, fallbacks = [], []
-    real_upper, real_exact = vocab_index._bf16_upper, space._exact
-    monkeypatch.setattr(vocab_index, "_bf16_upper", lambda c: rounds.append(len(c)) or real_upper(c))
+    real_ceiling, real_exact = space._bf16_ceiling, space._exact
+    monkeypatch.setattr(space, "_bf16_ceiling", lambda c, slack: rounds.append(len(c)) or real_ceiling(c, slack))
     monkeypatch.setattr(space, "_exact", lambda q, k: fallbacks.append(len(q)) or real_exact(q, k))
     terms, queries, scores = brute_force(index, bundled, "cosine")
     for row, got in enumerate(space.search(queries, 10)[1]):
