@@ -130,13 +130,15 @@ def soak(app: AppProcess, users: int, seconds: float) -> tuple[SoakStats, list[t
     start = time.perf_counter()
     for t in threads:
         t.start()
-    http, session = httpx.Client(timeout=30), new_session()
-    while any(t.is_alive() for t in threads):
-        cache = rest_call(http, app.url, "engine_stats", [], session).get("prefix_cache", {}).get("bytes", 0) / 2**20
-        memory.append((time.perf_counter() - start, rss_mb(app.proc.pid), cache))
-        time.sleep(1.0)
-        if time.perf_counter() > deadline + 120:
-            break  # a stuck user must not keep the benchmark running
+    session = new_session()
+    with httpx.Client(timeout=30) as http:
+        while any(t.is_alive() for t in threads):
+            stats_now = rest_call(http, app.url, "engine_stats", [], session)
+            cache = stats_now.get("prefix_cache", {}).get("bytes", 0) / 2**20
+            memory.append((time.perf_counter() - start, rss_mb(app.proc.pid), cache))
+            time.sleep(1.0)
+            if time.perf_counter() > deadline + 120:
+                break  # a stuck user must not keep the benchmark running
     return stats, memory
 
 
