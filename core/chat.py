@@ -15,6 +15,7 @@ the worker gives the "busy" behaviour, and the worker decodes all running reques
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import itertools
 import logging
@@ -324,6 +325,7 @@ class ChatEngine(EngineBase):
         self._queue: queue.Queue[ChatStream | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="token-lab-generate", daemon=True)
         self._worker.start()
+        atexit.register(self.close)
 
     def stats(self) -> dict[str, Any]:
         stats = super().stats() | {"max_batch": self.max_batch}
@@ -343,8 +345,14 @@ class ChatEngine(EngineBase):
         self._queue.put(stream)
         return stream
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker after its current forward pass, waiting for it up to `timeout` seconds. Also runs at
+        interpreter exit: a daemon thread still inside a torch op when Python finalizes aborts the process
+        ("terminate called without an active exception", exit status 134)."""
+        atexit.unregister(self.close)
         self._queue.put(None)
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout)
 
     # -- worker ------------------------------------------------------------------------------------------------
     def _finish(self, stream: ChatStream, reason: str, error: BaseException | None = None) -> None:

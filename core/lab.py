@@ -12,6 +12,7 @@ app.py can start loading first and import gradio and build the UI meanwhile (sta
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 Engine = Union["ChatEngine", "RemoteChatEngine", "ZeroGPUChatEngine"]
 
 log = logging.getLogger(__name__)
+
+LOADER_EXIT_WAIT_S = 30.0  # the longest an exit waits for loading to end (a hub download may take longer)
 
 
 @dataclass
@@ -65,8 +68,17 @@ class Lab:
 
     def start(self) -> Lab:
         """Begin loading in a background thread; returns at once."""
-        threading.Thread(target=self._load, name="token-lab-loader", daemon=True).start()
+        self._loader = threading.Thread(target=self._load, name="token-lab-loader", daemon=True)
+        self._loader.start()
+        atexit.register(self._stop_before_exit)
         return self
+
+    def _stop_before_exit(self) -> None:
+        """At interpreter exit, let the loader end (up to LOADER_EXIT_WAIT_S) and stop the engine's worker: a
+        daemon thread still inside a torch op when Python finalizes aborts the process with status 134."""
+        self._loader.join(LOADER_EXIT_WAIT_S)
+        if self._parts is not None:
+            self._parts.engine.close()
 
     def _progress(self, message: str) -> None:
         self.status = message

@@ -29,6 +29,18 @@ def test_app_module_exposes_demo_for_gradio_and_spaces():
     assert out.stdout.strip().splitlines()[-1] == "True 7999"
 
 
+@pytest.mark.parametrize("when", ["while loading", "just after loading, while the engine warms up"])
+def test_the_process_exits_cleanly_whatever_its_threads_are_doing(when):
+    """A daemon thread still inside a torch op when Python finalizes aborts the process (status 134, "terminate
+    called without an active exception"): the Lab and the engine stop their threads at exit first."""
+    wait = "lab.wait()" if when.startswith("just after") else "pass"
+    code = ("from core.config import AppConfig\nfrom core.lab import Lab\n"
+            f"lab = Lab(AppConfig(model='bundled')).start()\nlab.wait_for_imports()\n{wait}\nprint('exiting')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "exiting" in out.stdout.splitlines()
+
+
 def test_header_shows_progress_while_loading_and_facts_when_ready(bundled_lab):
     loading = Lab(AppConfig(model="bundled"))
     assert "starting" in header_markdown(loading)
