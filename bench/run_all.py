@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.bench_startup", "bench.bench_chat", "bench.bench_index", "bench.bench_load"]
+BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_chat", "bench.bench_index", "bench.bench_load"]
 
 
 def main() -> int:

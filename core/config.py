@@ -54,6 +54,7 @@ class AppConfig:
     engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
     engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
     mcp: bool = False  # also serve the API as MCP tools (gradio's MCP server)
+    pack_linears: bool = True  # on the CPU, run linear layers on weights packed for oneDNN (core/packed_linear.py)
 
     @property
     def model_explicit(self) -> bool:
@@ -104,9 +105,13 @@ class AppConfig:
                        help="seconds the server may stay silent before a chat request fails (env ENGINE_TIMEOUT)")
         p.add_argument("--mcp", action="store_true", default=env.get("TOKEN_LAB_MCP", "") == "1",
                        help="also serve the API as MCP tools at /gradio_api/mcp/ (env TOKEN_LAB_MCP=1)")
+        p.add_argument("--no-pack-linears", dest="pack_linears", action="store_false",
+                       default=env.get("TOKEN_LAB_PACK_LINEARS", "1") != "0",
+                       help="on the CPU, keep torch's default matmuls instead of oneDNN's on pre-packed weights "
+                            "(~1.5-2x slower here; env TOKEN_LAB_PACK_LINEARS=0)")
         args, _unknown = p.parse_known_args(argv)
         return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
                    max_sessions=args.max_sessions, max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
                    engine_url=args.engine_url, engine_model=args.engine_model,
-                   engine_timeout=args.engine_timeout, mcp=args.mcp)
+                   engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears)

@@ -108,7 +108,7 @@ class Lab:
                 loaded = load_embeddings_with_fallback(c.model, c.engine_model, c.device, c.dtype, c.cache_dir,
                                                        self._progress)
             else:
-                loaded = load_with_fallback(c.model, c.device, c.dtype, c.cache_dir, self._progress)
+                loaded = load_with_fallback(c.model, c.device, c.dtype, c.cache_dir, self._progress, c.pack_linears)
             self._progress("building the vocabulary index")
             self._finish(loaded)
         except ModelLoadError as exc:
