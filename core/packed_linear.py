@@ -14,6 +14,7 @@ batch-dependent rounding; attention over padded rows remains the other.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -117,4 +118,15 @@ def pack_linear_layers(model: nn.Module) -> PackingResult:
         if id(child.weight) in shared:
             extra += child.weight.numel() * child.weight.element_size()
         setattr(parent, name, PackedLinear(child))
+    _copy_out_of_the_checkpoint(model)
     return PackingResult(len(targets), extra)
+
+
+def _copy_out_of_the_checkpoint(model: nn.Module) -> None:
+    """Copy the remaining parameters and buffers (embeddings, norms) into memory of their own. transformers maps
+    the safetensors file into memory and the weights are views of it; the mapping stays, with every page packing
+    read counted in the process's memory, while any tensor from it lives. Measured with SmolLM2: 1,403 MB after
+    packing, 998 MB once the embedding matrix and the norms no longer hold the file."""
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.data = tensor.data.clone()

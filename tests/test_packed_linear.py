@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from torch import nn
 from core.config import AppConfig
 from core.models import LoadedModel, load_model
 from core.packed_linear import PackedLinear, pack_linear_layers, packing_works
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(not packing_works(torch.float32),
                                 reason="oneDNN's packed linear does not run on this CPU or torch build; models keep "
@@ -79,6 +84,18 @@ def test_packing_again_is_a_no_op_and_counts_only_shared_weights_as_extra(bundle
     x = torch.tensor([[1, 2, 3]])
     with torch.inference_mode():
         assert tied(x).shape == (1, 3, 3)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map from Linux's /proc")
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_packed_model_lets_go_of_the_memory_mapped_checkpoint(pack):
+    """Without packing the weights are views of the mapped safetensors file; with it, nothing holds the file, so
+    its pages do not count twice (packed copy + mapped original) in the process's memory."""
+    code = ("from core.models import load_model\n"
+            f"loaded = load_model('bundled', 'cpu', 'auto', progress=lambda m: None, pack_linears={pack})\n"
+            "print('mapped', any('.safetensors' in line for line in open('/proc/self/maps')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert f"mapped {not pack}" in out.stdout.splitlines(), out.stderr[-2000:]
 
 
 def test_packing_can_be_turned_off(unpacked):
