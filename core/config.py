@@ -48,7 +48,7 @@ class AppConfig:
     max_input_chars: int = 50_000
     max_new_tokens_limit: int = 2048
     max_sessions: int = 1000  # gradio sessions kept in memory (~0.3 MB each here; gradio's default is 10,000)
-    max_batch: int = 0  # requests decoded together (0 = as many as fit in memory at full context, at most 16)
+    max_batch: int = 0  # requests decoded together (0 = as many as fit in memory at full context, at most 32)
     prefix_cache_mb: int = 256  # keys/values of recent prompts and conversations, reused by prompts that start alike
     engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
     engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
@@ -88,7 +88,7 @@ class AppConfig:
                             "without a session_hash is a new session (env TOKEN_LAB_MAX_SESSIONS)")
         p.add_argument("--max-batch", type=int, default=int(env.get("TOKEN_LAB_MAX_BATCH", base.max_batch)),
                        help="the most requests decoded together in one forward pass; 0 = as many as fit in memory "
-                            "with every row at the full context, at most 16 (env TOKEN_LAB_MAX_BATCH)")
+                            "with every row at the full context, at most 32 (env TOKEN_LAB_MAX_BATCH)")
         p.add_argument("--prefix-cache-mb", type=int,
                        default=int(env.get("TOKEN_LAB_PREFIX_CACHE_MB", base.prefix_cache_mb)),
                        help="memory for reusing the attention keys/values of prompts that start alike (the system "

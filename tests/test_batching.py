@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from core.batching import kv_bytes_per_token, rows_that_fit
+from core.batching import MAX_ROWS, kv_bytes_per_token, rows_that_fit
 from core.chat import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
@@ -83,7 +83,7 @@ def test_batch_rows_are_bounded_by_memory_at_full_context(bundled, phi3_tiny):
     per_token = kv_bytes_per_token(bundled.model)
     assert per_token == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims, float32
     full_row = per_token * bundled.context_length
-    assert rows_that_fit(bundled.model, bundled.context_length, free_bytes=100 * full_row) == 16  # capped
+    assert rows_that_fit(bundled.model, bundled.context_length, free_bytes=100 * full_row) == MAX_ROWS  # capped
     assert rows_that_fit(bundled.model, bundled.context_length, free_bytes=10 * full_row) == 6  # 60% of it
     assert rows_that_fit(bundled.model, bundled.context_length, free_bytes=full_row // 2) == 1  # always one
     phi3 = phi3_tiny.model.config
@@ -91,6 +91,6 @@ def test_batch_rows_are_bounded_by_memory_at_full_context(bundled, phi3_tiny):
                                                    * (phi3.hidden_size // phi3.num_attention_heads) * 4)
     engine = ChatEngine(bundled, max_queue=2)
     try:
-        assert 1 <= engine.max_batch <= 16 and engine.stats()["max_batch"] == engine.max_batch
+        assert 1 <= engine.max_batch <= MAX_ROWS and engine.stats()["max_batch"] == engine.max_batch
     finally:
         engine.close()
