@@ -4,6 +4,8 @@ side in one run (alternating, median of several).
 1. Whole forward passes of the bundled SmolLM2-135M, both copies loaded here: decoding steps (1, 8 and 16 rows over
    64 cached tokens) and prefills (1 and 8 prompts of 12 new tokens, one prompt of 200).
 2. Single matmuls of Phi-3-mini's layer shapes (hidden 3072, MLP 8192), with 1, 8 and 96 rows, in GFLOPS.
+3. Memory: oneDNN keeps a kernel per row count it sees. A fresh process per variant runs one prompt of each length
+   from 20 to 319 tokens and reports how much its memory grew (after glibc's malloc_trim).
 
     python -m bench.bench_kernels [--repeats 7]
 """
@@ -13,13 +15,17 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from bench.app_process import ROOT
 from bench.results_io import write_results
 from core.config import default_cache_dir
 from core.models import load_model
@@ -96,17 +102,46 @@ def compare_phi3_matmuls(repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+GROWTH_SCRIPT = """
+import ctypes, gc, sys, torch
+from core.models import load_model
+loaded = load_model("bundled", "cpu", "auto", progress=lambda m: None, pack_linears=sys.argv[1] == "1")
+def rss_mb():
+    gc.collect(); ctypes.CDLL(None).malloc_trim(0)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
+with torch.inference_mode():
+    loaded.model(torch.randint(100, 1000, (1, 5)))
+    start = rss_mb()
+    for width in range(20, 320):
+        loaded.model(torch.randint(100, 1000, (1, width)), logits_to_keep=1)
+    print(rss_mb() - start)
+"""
+
+
+def memory_growth_mb(packed: bool) -> float | None:
+    """RSS growth over 300 distinct prompt lengths, in a fresh process; None where /proc is missing."""
+    if not Path("/proc/self/status").exists():
+        return None
+    out = subprocess.run([sys.executable, "-c", GROWTH_SCRIPT, "1" if packed else "0"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     repeats = parser.parse_args().repeats
     forwards = compare_forwards(repeats)
     matmuls = compare_phi3_matmuls(repeats)
+    growth = {"default": memory_growth_mb(False), "packed": memory_growth_mb(True)}
     table = [(f"SmolLM2-135M {label}: torch default → packed", f"{a:.1f} → {b:.1f} ms ({a / b:.2f}×)")
              for label, a, b in forwards]
     table += [(f"{label}: torch default → packed", f"{a:.0f} → {b:.0f} GFLOPS ({b / a:.2f}×)")
               for label, a, b in matmuls]
-    data = {"threads": torch.get_num_threads(), "past_tokens": PAST,
+    if growth["packed"] is not None:
+        table.append(("memory growth over 300 prompt lengths (20-319 tokens): torch default / packed",
+                      f"{growth['default']:+.0f} MB / {growth['packed']:+.0f} MB"))
+    data = {"threads": torch.get_num_threads(), "past_tokens": PAST, "memory_growth_mb": growth,
             "forwards_ms": {label: {"default": a, "packed": b} for label, a, b in forwards},
             "phi3_matmul_gflops": {label: {"default": a, "packed": b} for label, a, b in matmuls}}
     write_results("kernels", data, table)

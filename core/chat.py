@@ -328,7 +328,7 @@ class ChatEngine(EngineBase):
         atexit.register(self.close)
 
     def stats(self) -> dict[str, Any]:
-        stats = super().stats() | {"max_batch": self.max_batch}
+        stats = super().stats() | {"max_batch": self.max_batch, "heap_trims": self.heap.trims}
         cache = self.prefix_cache
         if cache is not None:
             s = cache.stats

@@ -13,7 +13,7 @@ from torch import nn
 
 from core.config import AppConfig
 from core.models import LoadedModel, load_model
-from core.packed_linear import PackedLinear, pack_linear_layers, packing_works
+from core.packed_linear import PackedLinear, pack_linear_layers, packing_works, row_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +50,23 @@ def test_a_rows_logits_are_bitwise_the_same_alone_and_among_others(bundled, leng
         together = bundled.model(ids).logits
         alone = torch.cat([bundled.model(ids[i:i + 1]).logits for i in range(len(ids))])
     assert torch.equal(together, alone)
+
+
+def test_row_counts_fall_into_few_buckets_with_little_waste():
+    counts = range(1, 131_073)  # up to 32 prompts x 4096 tokens
+    buckets = [row_bucket(n) for n in counts]
+    assert len(set(buckets)) < 130  # oneDNN keeps a kernel per count it sees
+    assert all(n <= b <= max(2, n * 1.125) for n, b in zip(counts, buckets, strict=True))
+    assert buckets[1:32] == list(range(2, 33))  # decoding steps run exact
+
+
+def test_zero_rows_added_for_a_bucket_leave_the_real_rows_bits_unchanged(bundled):
+    layer = bundled.model.model.layers[0].mlp.down_proj
+    x = torch.randn(1, 37, layer.in_features, generator=torch.Generator().manual_seed(0))
+    assert row_bucket(37) == 40
+    with torch.inference_mode():
+        exact = torch.ops.mkldnn._linear_pointwise(x, layer.packed, None, "none", [], "")
+        assert torch.equal(layer(x), exact)
 
 
 def test_a_packed_model_still_saves_a_normal_checkpoint(phi3_tiny, tmp_path):
