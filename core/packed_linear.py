@@ -84,7 +84,8 @@ def _bucketed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor |
 
 
 class PackedLinear(nn.Module):
-    """An nn.Linear whose weight lives in oneDNN's blocked layout. `weight` gives a dense copy, for inspection."""
+    """An nn.Linear whose weight lives in oneDNN's blocked layout, for inference (no gradients reach the packed
+    weight). `weight` gives a dense copy, for inspection."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -129,7 +130,7 @@ class PackingResult:
 def pack_linear_layers(model: nn.Module) -> PackingResult:
     """Replace every plain nn.Linear on the CPU with a PackedLinear, in place; a no-op (0 layers) where packing does
     not work for the model's dtype. Packing frees each original weight, unless another module shares it."""
-    shared = {id(p) for name, module in model.named_modules() if not isinstance(module, nn.Linear)
+    shared = {id(p) for module in model.modules() if not isinstance(module, nn.Linear)
               for p in module.parameters(recurse=False)}
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if type(child) is nn.Linear and child.weight.device.type == "cpu"]
