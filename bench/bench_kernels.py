@@ -91,7 +91,7 @@ def compare_phi3_matmuls(repeats: int) -> list[tuple[str, float, float]]:
         linear = nn.Linear(inputs, outputs, bias=False)
         with torch.no_grad():
             linear.weight.copy_(torch.randn(outputs, inputs, generator=generator) * 0.02)
-        packed = PackedLinear(linear)
+        packed = PackedLinear(linear.weight)
         for count in (1, 8, 96):
             x = torch.randn(count, inputs, generator=generator)
             flops = 2 * count * inputs * outputs

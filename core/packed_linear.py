@@ -84,15 +84,16 @@ def _bucketed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor |
 
 
 class PackedLinear(nn.Module):
-    """An nn.Linear whose weight lives in oneDNN's blocked layout, for inference (no gradients reach the packed
-    weight). `weight` gives a dense copy, for inspection."""
+    """x @ weight.T (+ bias) with the weight in oneDNN's blocked layout, for inference (no gradients reach the packed
+    weight): an nn.Linear's replacement, or any fixed matrix scored against many rows (core/vocab_index.py).
+    `weight` gives a dense copy, for inspection."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.out_features, self.in_features = weight.shape
         with torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_size=BATCH_HINT)
-        self.bias = linear.bias
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_size=BATCH_HINT)
+        self.bias = bias
 
     @property
     def weight(self) -> torch.Tensor:
@@ -140,7 +141,7 @@ def pack_linear_layers(model: nn.Module) -> PackingResult:
     for parent, name, child in targets:
         if id(child.weight) in shared:
             extra += child.weight.numel() * child.weight.element_size()
-        setattr(parent, name, PackedLinear(child))
+        setattr(parent, name, PackedLinear(child.weight, child.bias))
     _copy_out_of_the_checkpoint(model)
     return PackingResult(len(targets), extra)
 

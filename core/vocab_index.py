@@ -47,6 +47,7 @@ import torch
 
 from core.errors import InvalidInputError
 from core.hardware import cpu_has_native_bfloat16
+from core.packed_linear import PackedLinear, packing_works
 from core.table_cache import cached_json
 
 METRICS = ("cosine", "centered", "inner_product")
@@ -508,14 +509,13 @@ class _Space:
 class _Bf16Copy:
     """A space's rows in bfloat16 and the rounding facts that `_Space._bf16_ceiling` needs.
 
-    The rows are kept in oneDNN's blocked layout when this torch has the op inductor uses for that (packing once
-    saves re-blocking 56 MB on every call: 64 queries 4.5 vs 6.8 ms, bit-identical scores), else as a plain
-    tensor."""
+    The rows are packed once in oneDNN's blocked layout (core/packed_linear.py) where that runs here and scores
+    bit-identically to a plain bfloat16 matmul (packing once saves re-blocking 56 MB on every call: 64 queries
+    4.5 vs 6.8 ms), else kept as a plain tensor."""
 
-    rows: torch.Tensor
+    rows: torch.Tensor | PackedLinear
     row_error: float  # the largest |x~ - x| over the rows (float32 arithmetic; 0.1% slack added where used)
     max_norm: float  # the largest |x~|
-    packed: bool = False
 
     @classmethod
     def of(cls, matrix: np.ndarray) -> _Bf16Copy:
@@ -523,20 +523,17 @@ class _Bf16Copy:
         rounded = rows.float().numpy()
         copy = cls(rows, row_error=float(np.linalg.norm(rounded - matrix, axis=1).max()),
                    max_norm=float(np.linalg.norm(rounded, axis=1).max()))
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(rows, 64)
+        if packing_works(torch.bfloat16):
+            packed = PackedLinear(rows)
             probe = rows[:3]
-            if torch.equal(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""), probe @ rows.T):
-                copy.rows, copy.packed = packed, True
-        except (AttributeError, RuntimeError):
-            pass  # a torch without these oneDNN ops: plain matmuls
+            with torch.inference_mode():
+                if torch.equal(packed(probe), probe @ rows.T):
+                    copy.rows = packed
         return copy
 
     def scores(self, queries16: torch.Tensor) -> torch.Tensor:
         """queries16 @ rows.T in bfloat16 (float32 accumulation), [queries, rows]."""
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(queries16, self.rows, None, "none", [], "")
-        return queries16 @ self.rows.T
+        return self.rows(queries16) if isinstance(self.rows, PackedLinear) else queries16 @ self.rows.T
 
 
 class _GpuContext:
