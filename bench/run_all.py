@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_chat", "bench.bench_index", "bench.bench_load"]
+BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_chat", "bench.bench_index", "bench.bench_load",
+              "bench.bench_prompt"]
 
 
 def main() -> int:

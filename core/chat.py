@@ -28,14 +28,16 @@ from typing import Any
 
 import torch
 
+from core import checks
 from core.arrivals import take_burst
 from core.batching import BatchDecoder, Slot, free_memory_bytes, rows_that_fit
 from core.errors import BusyError, GenerationError, InvalidInputError
 from core.generation_settings import GenerationSettings
 from core.heap import HeapTrimmer
+from core.limits import RequestLimits
 from core.models import LoadedModel
 from core.prefix_cache import PrefixCache
-from core.prompt import Prompt, PromptBuilder
+from core.prompt import Prompt, PromptBuilder, check_history, normalize_messages
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +224,14 @@ class EngineBase:
     """What every chat engine shares: the prompt rules (message checks, chat template, special-token safety,
     trimming), the server's limits and the bounded count of requests in progress. Subclasses implement `submit`."""
 
-    def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000) -> None:
+    def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.prompts = PromptBuilder(loaded.tokenizer)
-        self.max_queue = max_queue
-        self.max_new_tokens_limit = max_new_tokens_limit
-        self.max_input_chars = max_input_chars
+        self.limits = limits or RequestLimits()
         self.peak_batch = 0  # the most requests generating together so far (shown in benchmarks)
         self.submitted = 0  # requests accepted so far
+        self.preparing = 0  # prompts being built right now (off the web server's event loop)
         self.stop_ids = self._stop_ids(loaded)
         self._pending = 0
         self._lock = threading.Lock()
@@ -251,25 +251,37 @@ class EngineBase:
 
     def prompt(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
                max_new_tokens: int = 256) -> Prompt:
-        """The exact prompt the model would receive for `message` after `history` (oldest turns dropped to fit)."""
-        if not isinstance(message, str) or not message.strip():
-            raise InvalidInputError("Type a message first.")
-        total = len(message) + len(system_prompt or "")
-        if total > self.max_input_chars:
-            raise InvalidInputError(f"The message is {total:,} characters; the limit is {self.max_input_chars:,}.")
-        return self.prompts.build(message, history, system_prompt or "", max_new_tokens,
-                                  self.loaded.context_length)
+        """The exact prompt the model would receive for `message` after `history` (oldest turns dropped to fit).
+
+        Everything a request sends is checked against the limits before any of it is tokenized."""
+        limits = self.limits
+        message = checks.text(message, "The message", limits.max_input_chars, required=True,
+                              what="Type a message first.")
+        system_prompt = checks.text(system_prompt, "The system prompt", limits.max_input_chars)
+        total = len(message) + len(system_prompt)
+        if total > limits.max_input_chars:
+            raise InvalidInputError(f"The message and the system prompt are {total:,} characters together; the "
+                                    f"limit is {limits.max_input_chars:,}.")
+        messages = normalize_messages(history)
+        check_history(messages, limits.max_history_messages, limits.max_history_chars)
+        with self._lock:
+            self.preparing += 1
+        try:
+            return self.prompts.build(message, messages, system_prompt, max_new_tokens, self.loaded.context_length)
+        finally:
+            with self._lock:
+                self.preparing -= 1
 
     def _reserve(self, prompt: Prompt, settings: GenerationSettings, stream_type: type[ChatStream] = ChatStream):
         """Check a request against the server's limits and take a place for it (every engine's `submit` starts
         here); BusyError when `max_queue` requests are already in progress."""
-        settings = settings.validated(self.max_new_tokens_limit)
+        settings = settings.validated(self.limits.max_new_tokens)
         if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
             raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
                                     f"the context of {self.loaded.context_length}.")
         stream = stream_type(prompt, settings, self.tokenizer)
         with self._lock:
-            if self._pending >= self.max_queue:
+            if self._pending >= self.limits.max_queue:
                 raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")
             self._pending += 1
             self.submitted += 1
@@ -280,7 +292,7 @@ class EngineBase:
 
     def chat(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
              settings: GenerationSettings | None = None) -> ChatStream:
-        settings = (settings or GenerationSettings()).validated(self.max_new_tokens_limit)
+        settings = (settings or GenerationSettings()).validated(self.limits.max_new_tokens)
         return self.submit(self.prompt(message, history, system_prompt, settings.max_new_tokens), settings)
 
     @property
@@ -301,8 +313,9 @@ class EngineBase:
             recent = list(self._recent)
         ttft = sorted(s.ttft_s for s in recent if s.ttft_s is not None)
         queued = sorted(s.queued_s for s in recent)
-        return {"engine": type(self).__name__, "requests_in_progress": self._pending, "max_queue": self.max_queue,
-                "requests_accepted": self.submitted, "peak_batch": self.peak_batch,
+        return {"engine": type(self).__name__, "requests_in_progress": self._pending,
+                "max_queue": self.limits.max_queue, "requests_accepted": self.submitted,
+                "peak_batch": self.peak_batch, "prompts_preparing": self.preparing,
                 "recent": {"requests": len(recent), "ttft_p50_s": _percentile(ttft, 0.5),
                            "ttft_p95_s": _percentile(ttft, 0.95), "queued_p50_s": _percentile(queued, 0.5),
                            "queued_p95_s": _percentile(queued, 0.95)}}
@@ -313,9 +326,9 @@ class ChatEngine(EngineBase):
     reusing the keys/values of prompt prefixes it has seen (core/prefix_cache.py; `prefix_cache_mb=0` turns it off).
     """
 
-    def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000, max_batch: int = 0, prefix_cache_mb: int = 256) -> None:
-        super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
+    def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None, max_batch: int = 0,
+                 prefix_cache_mb: int = 256) -> None:
+        super().__init__(loaded, limits)
         # 0 = as many rows as fit: every row could grow to the full context, and an out-of-memory step fails
         # every request in the batch
         self.max_batch = max_batch or rows_that_fit(loaded.model, loaded.context_length,
@@ -345,10 +358,11 @@ class ChatEngine(EngineBase):
         self._queue.put(stream)
         return stream
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 60.0) -> None:
         """Stop the worker after its current forward pass, waiting for it up to `timeout` seconds. Also runs at
         interpreter exit: a daemon thread still inside a torch op when Python finalizes aborts the process
-        ("terminate called without an active exception", exit status 134)."""
+        ("terminate called without an active exception", exit status 134). The wait is generous because on a busy
+        machine one forward pass (the start-up warm-up, a long prefill) can take seconds."""
         atexit.unregister(self.close)
         self._queue.put(None)
         if self._worker is not threading.current_thread():

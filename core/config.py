@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.limits import RequestLimits
+
 PHI3_MODEL_ID = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
 
@@ -45,8 +47,10 @@ class AppConfig:
     share: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
     max_queue: int = 16
-    max_input_chars: int = 50_000
+    max_input_chars: int = 50_000  # a new message and the system prompt together
     max_new_tokens_limit: int = 2048
+    max_history_messages: int = 10_000  # items in a chat request's history
+    max_history_chars: int = 1_000_000  # characters in the whole history
     max_sessions: int = 1000  # gradio sessions kept in memory (~0.3 MB each here; gradio's default is 10,000)
     max_batch: int = 0  # requests decoded together (0 = as many as fit in memory at full context, at most 32)
     prefix_cache_mb: int = 256  # keys/values of recent prompts and conversations, reused by prompts that start alike
@@ -59,6 +63,12 @@ class AppConfig:
     @property
     def model_explicit(self) -> bool:
         return self.model is not None
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(max_queue=self.max_queue, max_new_tokens=self.max_new_tokens_limit,
+                             max_input_chars=self.max_input_chars, max_history_messages=self.max_history_messages,
+                             max_history_chars=self.max_history_chars)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> AppConfig:
@@ -82,6 +92,14 @@ class AppConfig:
                        help="cache for dequantized weights (env TOKEN_LAB_CACHE, HF_HOME, XDG_CACHE_HOME)")
         p.add_argument("--max-queue", type=int, default=int(env.get("TOKEN_LAB_MAX_QUEUE", base.max_queue)),
                        help="requests waiting beyond this get a 'busy' message")
+        p.add_argument("--max-history-messages", type=int,
+                       default=int(env.get("TOKEN_LAB_MAX_HISTORY_MESSAGES", base.max_history_messages)),
+                       help="the most messages a chat request's history may hold; longer ones are refused before "
+                            "any tokenizing (env TOKEN_LAB_MAX_HISTORY_MESSAGES)")
+        p.add_argument("--max-history-chars", type=int,
+                       default=int(env.get("TOKEN_LAB_MAX_HISTORY_CHARS", base.max_history_chars)),
+                       help="the most characters a chat request's history may hold in all (env "
+                            "TOKEN_LAB_MAX_HISTORY_CHARS)")
         p.add_argument("--max-sessions", type=int,
                        default=int(env.get("TOKEN_LAB_MAX_SESSIONS", base.max_sessions)),
                        help="gradio sessions kept in memory, least recently used dropped first; every API call "
@@ -112,6 +130,7 @@ class AppConfig:
         args, _unknown = p.parse_known_args(argv)
         return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
+                   max_history_messages=args.max_history_messages, max_history_chars=args.max_history_chars,
                    max_sessions=args.max_sessions, max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
                    engine_url=args.engine_url, engine_model=args.engine_model,
                    engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears)

@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from core.errors import InvalidInputError
+from core import checks
+
+MAX_TEMPERATURE = 5.0
+MAX_REPETITION_PENALTY = 5.0
+MAX_TOP_K = 100_000
 
 
 @dataclass
 class GenerationSettings:
-    """Sampling controls; temperature 0 means greedy. The same seed and settings give the same answer."""
+    """Sampling controls; temperature 0 means greedy. The same seed and settings give the same answer.
 
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 256
-    seed: int | None = None
+    The fields may hold whatever a request sent (API callers send JSON); `validated` turns them into checked numbers
+    or raises InvalidInputError naming the field and its range."""
+
+    temperature: Any = 0.7
+    top_p: Any = 0.95
+    top_k: Any = 50
+    repetition_penalty: Any = 1.0
+    max_new_tokens: Any = 256
+    seed: Any = None
 
     def validated(self, max_new_tokens_limit: int) -> GenerationSettings:
-        checks = [
-            (0 <= self.temperature <= 5, f"temperature must be between 0 and 5 (got {self.temperature})"),
-            (0 < self.top_p <= 1, f"top-p must be in (0, 1] (got {self.top_p})"),
-            (self.top_k >= 0, f"top-k must be 0 (off) or more (got {self.top_k})"),
-            (0 < self.repetition_penalty <= 5, f"repetition penalty must be in (0, 5] (got {self.repetition_penalty})"),
-            (1 <= self.max_new_tokens <= max_new_tokens_limit,
-             f"max new tokens must be between 1 and {max_new_tokens_limit} (got {self.max_new_tokens})"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInputError(message)
-        return self
+        return replace(
+            self,
+            temperature=checks.number(self.temperature, "temperature", 0, MAX_TEMPERATURE),
+            top_p=checks.number(self.top_p, "top_p", 0, 1, low_open=True),
+            top_k=checks.integer(self.top_k, "top_k (0 = off)", 0, MAX_TOP_K),
+            repetition_penalty=checks.number(self.repetition_penalty, "repetition_penalty", 0, MAX_REPETITION_PENALTY,
+                                             low_open=True),
+            max_new_tokens=checks.integer(self.max_new_tokens, "max_new_tokens", 1, max_new_tokens_limit),
+            seed=checks.seed(self.seed),
+        )

@@ -128,14 +128,11 @@ class Lab:
 
         c = self.config
         if c.engine_url:
-            return RemoteChatEngine(loaded, c.engine_url, model=c.engine_model, max_queue=c.max_queue,
-                                    max_new_tokens_limit=c.max_new_tokens_limit, max_input_chars=c.max_input_chars,
+            return RemoteChatEngine(loaded, c.engine_url, model=c.engine_model, limits=c.limits,
                                     timeout=c.engine_timeout, api_key=os.environ.get("ENGINE_API_KEY") or None)
         if on_zerogpu():
-            return ZeroGPUChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit,
-                                     max_input_chars=c.max_input_chars)
-        return ChatEngine(loaded, max_queue=c.max_queue, max_new_tokens_limit=c.max_new_tokens_limit,
-                          max_input_chars=c.max_input_chars, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb)
+            return ZeroGPUChatEngine(loaded, c.limits)
+        return ChatEngine(loaded, c.limits, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb)
 
     def _finish(self, loaded: LoadedModel) -> None:
         from core.remote_engine import RemoteChatEngine

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from jinja2 import TemplateError
 from tokenizers import Tokenizer
 from tokenizers import normalizers as tk_normalizers
 from tokenizers import pre_tokenizers as tk_pre
 from transformers import PreTrainedTokenizerBase
 
+from core import checks
+from core.checks import quote
 from core.errors import ContextOverflowError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ class Prompt:
     dropped_turns: int = 0
 
 
-def flatten_content(content: Any) -> str:
+def flatten_content(content: Any, where: str = "content") -> str:
     """gradio 6 message content (a string, or a list of blocks) as plain text for a string chat template."""
     if content is None:
         return ""
@@ -49,28 +52,68 @@ def flatten_content(content: Any) -> str:
         return content
     if isinstance(content, dict):
         if content.get("type") == "text" or "text" in content:
-            return str(content.get("text", ""))
+            return flatten_content(content.get("text"), where)
         name = content.get("path") or content.get("url") or (content.get("file") or {}).get("path") or "file"
         return f"[attachment: {str(name).rsplit('/', 1)[-1]}]"
     if isinstance(content, (list, tuple)):
-        return "".join(flatten_content(part) for part in content)
-    return str(content)
+        return "".join(flatten_content(part, where) for part in content)
+    raise InvalidInputError(f"{where} must be text; got {quote(content)}.")
 
 
-def normalize_messages(history: Sequence[Any] | None) -> list[dict[str, str]]:
-    """Accept openai-style dicts (or gradio ChatMessage objects) and return plain {"role", "content"} dicts."""
+def normalize_messages(history: Any) -> list[dict[str, str]]:
+    """Accept openai-style dicts (or gradio ChatMessage objects) and return plain {"role", "content"} dicts; anything
+    else is an InvalidInputError naming the item."""
+    if history is None:
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise InvalidInputError(f'history must be a list of messages like {{"role": "user", "content": "Hi"}}; '
+                                f"got {quote(history)}.")
     out: list[dict[str, str]] = []
-    for i, item in enumerate(history or []):
+    for i, item in enumerate(history):
         if not isinstance(item, dict):
-            item = {"role": getattr(item, "role", None), "content": getattr(item, "content", None)}
+            if not hasattr(item, "role"):
+                raise InvalidInputError(f'history item {i} is not a message like {{"role": "user", "content": '
+                                        f'"Hi"}}; got {quote(item)}.')
+            item = {"role": item.role, "content": getattr(item, "content", None),
+                    "metadata": getattr(item, "metadata", None)}
         role = item.get("role")
         if role not in ROLES:
-            raise InvalidInputError(f"history item {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+            shown = "no role" if role is None else f"role {quote(role)}"
+            raise InvalidInputError(f"history item {i} has {shown}; expected one of {', '.join(ROLES)}.")
         meta = item.get("metadata") or {}
         if role == "assistant" and isinstance(meta, dict) and meta.get("title"):
             continue  # a stats/thought bubble the UI added, not part of the conversation
-        out.append({"role": role, "content": flatten_content(item.get("content"))})
+        out.append({"role": role, "content": flatten_content(item.get("content"), f"history item {i}'s content")})
     return out
+
+
+def check_history(messages: list[dict[str, str]], max_messages: int, max_chars: int) -> None:
+    """Refuse a conversation beyond the server's bounds before any of it is tokenized."""
+    if len(messages) > max_messages:
+        raise InvalidInputError(f"The history has {len(messages):,} messages; the limit is {max_messages:,}. Send "
+                                "only the newest ones: the model's context cannot hold more than a few thousand.")
+    total = 0
+    for i, message in enumerate(messages):
+        total += len(message["content"])
+        if total > max_chars:
+            raise InvalidInputError(f"The history holds more than {max_chars:,} characters; that is the limit. "
+                                    "Send only the newest messages.")
+        checks.text(message["content"], f"history item {i}", max_chars)
+
+
+def newest_within(history: Sequence[Any], max_messages: int, max_chars: int) -> list[Any]:
+    """The newest messages of `history` within the bounds of `check_history`: a long conversation in the UI keeps
+    working, its oldest messages left out (they would not fit the context anyway)."""
+    kept: list[Any] = []
+    total = 0
+    for item in reversed(history):
+        content = item.get("content") if isinstance(item, dict) else getattr(item, "content", None)
+        total += len(content) if isinstance(content, str) else 0
+        if len(kept) >= max_messages or total > max_chars:
+            break
+        kept.append(item)
+    kept.reverse()
+    return kept
 
 
 def _prepends_prefix_space(backend: Tokenizer) -> bool:
@@ -118,9 +161,15 @@ class PromptBuilder:
                 self._rest.encode_special_tokens = True
         else:
             self._first = self._rest = None
+        self._template_costs: dict[str, int] = {}
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except TemplateError as exc:  # e.g. a template that demands alternating user/assistant turns
+            reason = quote(str(exc), 200)
+            raise InvalidInputError(f"The model's chat template refused this conversation: {reason}") from None
 
     def _encode_text(self, text: str, at_start: bool) -> list[int]:
         """Plain text: added-token strings inside it are spelled out, never parsed as control tokens."""
@@ -183,7 +232,12 @@ class PromptBuilder:
     def build(self, message: str, history: Sequence[Any] | None, system_prompt: str,
               max_new_tokens: int, context_length: int) -> Prompt:
         """The prompt for a new user `message`, dropping the oldest turns (never the system prompt) to fit
-        `prompt + max_new_tokens <= context_length`."""
+        `prompt + max_new_tokens <= context_length`.
+
+        The work is bounded by the context, not by the history: each message's tokens are counted once, newest
+        first and only as far back as the context reaches, to estimate where to cut; the exact prompt is then encoded
+        at that cut, and the cut moved (galloping, then bisection) until it is the oldest turn that still fits.
+        """
         turns = normalize_messages(history)
         system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
         if turns and turns[0]["role"] == "system":
@@ -192,20 +246,95 @@ class PromptBuilder:
             turns = turns[1:]
         new = [{"role": "user", "content": message}]
         budget = context_length - max_new_tokens
-        dropped = 0
+        # where the conversation may start: its beginning, any later user message (a turn is a user message with
+        # the replies that follow it), or nothing before the new message
+        cuts = sorted({0, len(turns), *(i for i in range(1, len(turns)) if turns[i]["role"] == "user")})
+        prompts: dict[int, Prompt] = {}
+
+        def fits(k: int) -> bool:
+            if k not in prompts:
+                prompts[k] = self.encode(system + turns[cuts[k]:] + new)
+                prompts[k].dropped_turns = cuts[k]
+            return len(prompts[k].ids) <= budget
+
+        last = len(cuts) - 1
+        if not fits(last):
+            raise ContextOverflowError(
+                f"This message needs {len(prompts[last].ids)} prompt tokens; with {max_new_tokens} new tokens that "
+                f"exceeds the model's context of {context_length} tokens. Shorten it (or lower max new tokens).")
+        room = budget - len(prompts[last].ids)
+        return prompts[_first_true(self._estimated_cut(turns, cuts, room), last, fits)]
+
+    def _estimated_cut(self, turns: list[dict[str, str]], cuts: list[int], room: int) -> int:
+        """The index into `cuts` of the oldest cut whose turns fit in `room` tokens by estimate: each message
+        costs its content's tokens plus its role's template tokens. Messages are counted newest first, in growing
+        batches, and counting stops once the running total exceeds `room`."""
+        costs: dict[int, int] = {}
+        total, end, batch = 0, len(turns), 64
+        while end > 0 and total <= room:
+            start = max(0, end - batch)
+            counts = self._count_tokens([m["content"] for m in turns[start:end]])
+            for i in range(end - 1, start - 1, -1):
+                costs[i] = counts[i - start] + self._template_cost(turns[i]["role"])
+                total += costs[i]
+            end, batch = start, batch * 2
+        suffix, best = 0, len(cuts) - 1
+        position = len(turns)
+        for k in range(len(cuts) - 2, -1, -1):
+            for i in range(cuts[k], position):
+                if i not in costs:
+                    return best
+                suffix += costs[i]
+            position = cuts[k]
+            if suffix > room:
+                return best
+            best = k
+        return best
+
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        if self._rest is not None:
+            return [len(e.ids) for e in self._rest.encode_batch(texts, add_special_tokens=False)]
+        return [len(self._encode_text(t, at_start=False)) for t in texts]
+
+    def _template_cost(self, role: str) -> int:
+        """Tokens the chat template adds around one message of `role` (its markers), measured once per role."""
+        if role not in self._template_costs:
+            probe = [{"role": "user", "content": "x"}]
+            try:
+                alone = len(self.encode(probe).ids)
+                both = len(self.encode([*probe, {"role": role, "content": "x"}]).ids)
+                cost = max(0, both - alone - self._count_tokens(["x"])[0])
+            except InvalidInputError:  # a template that refuses this order of roles: the exact check still holds
+                cost = 0
+            self._template_costs[role] = cost
+        return self._template_costs[role]
+
+
+def _first_true(start: int, last: int, ok: Callable[[int], bool]) -> int:
+    """The smallest k in [0, last] with ok(k), for an `ok` that is False up to some point and True from there on (and
+    True at `last`), searched from a guess `start`: galloping away from it, then bisecting."""
+    if ok(start):
+        good, step = start, 1
+        while good > 0:
+            probe = max(0, good - step)
+            if not ok(probe):
+                bad = probe
+                break
+            good, step = probe, step * 2
+        else:
+            return 0
+    else:
+        bad, step = start, 1
         while True:
-            prompt = self.encode(system + turns + new)
-            if len(prompt.ids) <= budget:
-                prompt.dropped_turns = dropped
-                return prompt
-            if not turns:
-                alone = len(prompt.ids)
-                raise ContextOverflowError(
-                    f"This message needs {alone} prompt tokens; with {max_new_tokens} new tokens that exceeds the "
-                    f"model's context of {context_length} tokens. Shorten it (or lower max new tokens).")
-            # drop the oldest turn: a user message with the replies that follow it
-            cut = 1
-            while cut < len(turns) and turns[cut]["role"] != "user":
-                cut += 1
-            dropped += cut
-            turns = turns[cut:]
+            probe = min(last, bad + step)
+            if ok(probe):
+                good = probe
+                break
+            bad, step = probe, step * 2
+    while good - bad > 1:
+        middle = (good + bad) // 2
+        if ok(middle):
+            good = middle
+        else:
+            bad = middle
+    return good

@@ -28,6 +28,7 @@ import httpx
 
 from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStats, ChatStream, EngineBase, GenerationSettings
 from core.errors import BusyError, GenerationError, InvalidInputError, ModelNotReadyError, TokenLabError
+from core.limits import RequestLimits
 from core.models import LoadedModel
 from core.prompt import Prompt
 
@@ -128,10 +129,9 @@ class _Retry(Exception):
 class RemoteChatEngine(EngineBase):
     """Sends each chat request to an OpenAI-compatible `/v1/chat/completions` with `stream: true`."""
 
-    def __init__(self, loaded: LoadedModel, url: str, model: str | None = None, max_queue: int = 16,
-                 max_new_tokens_limit: int = 2048, max_input_chars: int = 50_000, timeout: float = 120.0,
-                 api_key: str | None = None) -> None:
-        super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)
+    def __init__(self, loaded: LoadedModel, url: str, model: str | None = None, limits: RequestLimits | None = None,
+                 timeout: float = 120.0, api_key: str | None = None) -> None:
+        super().__init__(loaded, limits)
         self.base_url = api_base(url)
         self.chat_url = f"{self.base_url}/chat/completions"
         self.model_name = model
@@ -142,7 +142,8 @@ class RemoteChatEngine(EngineBase):
         self._loop = asyncio.new_event_loop()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=10.0), headers=self._headers,
-            limits=httpx.Limits(max_connections=max_queue + 2, max_keepalive_connections=max_queue))
+            limits=httpx.Limits(max_connections=self.limits.max_queue + 2,
+                                max_keepalive_connections=self.limits.max_queue))
         self._thread = threading.Thread(target=self._loop.run_forever, name="token-lab-remote", daemon=True)
         self._thread.start()
 

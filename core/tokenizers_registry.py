@@ -29,6 +29,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from core import checks
+from core.checks import quote
 from core.config import PHI3_MODEL_ID
 from core.errors import InvalidInputError, ModelLoadError
 from core.tokens import tokenizer_family
@@ -130,7 +132,7 @@ class TokenizerRegistry:
     # -- loading -----------------------------------------------------------------------------------------------
     def load(self, name: str) -> NamedTokenizer:
         """An offline tokenizer by key, or a hub id; InvalidInputError with a reason when it cannot be had."""
-        key = (name or "").strip()
+        key = checks.text(name, "tokenizer", 200).strip()
         if not key:
             raise InvalidInputError("Name a tokenizer: " + ", ".join(OFFLINE_KEYS) + ", or a hub id like gpt2")
         offline = key.lower() in OFFLINE_KEYS
@@ -197,7 +199,7 @@ class TokenizerRegistry:
 
     def _load_hub(self, repo_id: str) -> NamedTokenizer:
         if not HUB_ID.fullmatch(repo_id) or ".." in repo_id:
-            raise InvalidInputError(f"{repo_id[:60]!r} is not a tokenizer here: use one of "
+            raise InvalidInputError(f"{quote(repo_id)} is not a tokenizer here: use one of "
                                     f"{', '.join(OFFLINE_KEYS)}, or a Hugging Face hub id like gpt2 or "
                                     "Qwen/Qwen2.5-0.5B-Instruct.")
         from huggingface_hub import snapshot_download
@@ -209,7 +211,7 @@ class TokenizerRegistry:
             folder = None
         if folder is None or not any(Path(folder).iterdir()):
             if not self._hub_reachable():
-                raise InvalidInputError(f"The Hugging Face hub is not reachable from this server, and {repo_id!r} "
+                raise InvalidInputError(f"The Hugging Face hub is not reachable from this server, and {quote(repo_id)} "
                                         "is not in its local cache. Offline tokenizers: "
                                         f"{', '.join(t.key for t in self.available())}.")
             try:
@@ -222,7 +224,7 @@ class TokenizerRegistry:
                     reason = "no such repository on the hub"
                 else:
                     reason = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise InvalidInputError(f"Could not download {repo_id!r} from the hub: {reason}.") from exc
+                raise InvalidInputError(f"Could not download {quote(repo_id)} from the hub: {reason}.") from exc
         return self._named(repo_id, repo_id, self._from_folder(Path(folder), repo_id))
 
 

@@ -26,6 +26,7 @@ from typing import TypedDict
 
 from transformers import PreTrainedTokenizerBase
 
+from core import checks
 from core.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ MAX_IDS = 50_000
 _MAX_IDS_TEXT = 16 * MAX_IDS  # characters of pasted ids
 _MAX_NAMED = 8  # bad ids named in an error message
 _ID_SPLIT = re.compile(r"[\s,;]+")
-_INT = re.compile(r"[+-]?\d{1,12}")
+_INT = re.compile(r"[+-]?[0-9]{1,12}")  # ASCII digits only: "٣" is not the id 3
 
 
 class TokenDict(TypedDict):
@@ -168,16 +169,7 @@ def tokenizer_family(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def check_text(text: str, max_chars: int = MAX_CHARS) -> None:
     """Raise InvalidInputError when `text` is not a string, is longer than `max_chars`, or is not valid Unicode."""
-    if not isinstance(text, str):
-        raise InvalidInputError("the text must be a string")
-    if len(text) > max_chars:
-        raise InvalidInputError(f"The text has {len(text):,} characters; the limit is {max_chars:,}. "
-                                "Paste a shorter passage.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInputError("The text contains unpaired surrogate characters (broken UTF-16), which no "
-                                "tokenizer accepts. Remove them and try again.") from None
+    checks.text(text, "The input", max_chars)
 
 
 def _stream_texts(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[tuple[str, int]]:
@@ -324,7 +316,7 @@ def check_ids(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> None:
 
 def _id_items(ids_text: str) -> list[str]:
     if not isinstance(ids_text, str):
-        raise InvalidInputError("the ids must be given as text, e.g. '306, 5360, 8720'")
+        raise InvalidInputError(f"The ids must be given as text, e.g. '306, 5360, 8720'; got {checks.quote(ids_text)}.")
     if len(ids_text) > _MAX_IDS_TEXT:
         raise InvalidInputError(f"That is {len(ids_text):,} characters of ids; the limit is {_MAX_IDS_TEXT:,}.")
     body = ids_text.strip().removeprefix("[").removesuffix("]")

@@ -45,6 +45,8 @@ import faiss
 import numpy as np
 import torch
 
+from core import checks
+from core.checks import quote
 from core.errors import InvalidInputError
 from core.hardware import cpu_has_native_bfloat16
 from core.packed_linear import PackedLinear, packing_works
@@ -71,7 +73,8 @@ VOCAB_TABLES_FORMAT = "vocab-tables-v1"  # change it when the tables' contents o
 OUTLIER_Z = 3.0  # a norm this many standard deviations from the mean is flagged
 COSMUL_EPS = 1e-3  # as in gensim's most_similar_cosmul
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
-_TOKEN_ID = re.compile(r"^#(\d{1,9})$")
+_TOKEN_ID = re.compile(r"^#([0-9]{1,9})$")
+_NUMBER_LIKE = re.compile(r"^#[-+]?[\d.,eE_]*\d[\d.,eE_]*$")  # "#-5", "#1e3", "#٣": meant as ids, not valid ones
 _WORD_MARKERS = ("Ġ", "▁")
 _VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
@@ -113,20 +116,10 @@ def variant_key(text: str) -> str:
     return word
 
 
-def normalize_metric(metric: str) -> str:
-    """`cosine`, `centered` (alias `centred`) or `inner_product` (alias `ip`); anything else is an InvalidInputError."""
-    key = str(metric or "cosine").strip().lower()
-    if key not in _METRIC_ALIASES:
-        raise InvalidInputError(f"Unknown metric {metric!r}: use one of {', '.join(METRICS)}.")
-    return _METRIC_ALIASES[key]
-
-
-def split_terms(terms: str | Sequence[str] | None) -> list[str]:
-    """A comma-separated string or a list of words, as a list of non-empty words."""
-    if terms is None:
-        return []
-    items = terms.split(",") if isinstance(terms, str) else list(terms)
-    return [str(t).strip() for t in items if str(t).strip()]
+def normalize_metric(metric: str | None) -> str:
+    """`cosine` (also for None), `centered` (alias `centred`) or `inner_product` (alias `ip`); anything else is an
+    InvalidInputError."""
+    return checks.choice("cosine" if metric is None else metric, "metric", METRICS, _METRIC_ALIASES)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -745,17 +738,17 @@ class VocabIndex:
 
     def resolve(self, query: str | int, exact: bool = False) -> ResolvedQuery:
         """A word → its word-initial token(s); `exact` → the piece as typed; `#1234` or an int → that token id."""
-        if isinstance(query, (int, np.integer)):
+        if isinstance(query, (int, np.integer)) and not isinstance(query, bool):
             return self._resolve_id(int(query), f"#{int(query)}")
-        text = "" if query is None else str(query)
+        text = checks.text(query, "A query", MAX_QUERY_CHARS, required=True,
+                           what="Type a word, a token piece, or a token id like #1234.")
         stripped = text.strip()
-        if not stripped:
-            raise InvalidInputError("Type a word, a token piece, or a token id like #1234.")
-        if len(text) > MAX_QUERY_CHARS:
-            raise InvalidInputError(f"A query has at most {MAX_QUERY_CHARS} characters; this one has {len(text)}.")
         match = _TOKEN_ID.match(stripped)
         if match:
             return self._resolve_id(int(match.group(1)), stripped)
+        if _NUMBER_LIKE.match(stripped):
+            raise InvalidInputError(f"Token ids are written #1234, a whole number from 0 to {self.size - 1:,}; got "
+                                    f"{quote(stripped)}.")
         if exact:
             if text in self.vocab:
                 return ResolvedQuery(text, (self.token(self.vocab[text]),), "exact piece")
@@ -790,34 +783,26 @@ class VocabIndex:
     def _checked(self, label: str, ids: Sequence[int], how: str) -> ResolvedQuery:
         ids = [int(i) for i in ids]
         if not ids:
-            raise InvalidInputError(f"{label!r} gives no tokens.")
+            raise InvalidInputError(f"{quote(label)} gives no tokens.")
         unk = getattr(self.tokenizer, "unk_token_id", None)
         unk_piece = getattr(self.tokenizer, "unk_token", None)
         if unk is not None and unk in ids and label.strip() != unk_piece:
-            raise InvalidInputError(f"{label!r} is not in the vocabulary (the tokenizer maps it to {unk_piece}).")
+            raise InvalidInputError(f"{quote(label)} is not in the vocabulary (the tokenizer maps it to {unk_piece}).")
         if any(i >= self.size or i < 0 for i in ids):
-            raise InvalidInputError(f"{label!r} maps to a token id outside the indexed vocabulary.")
+            raise InvalidInputError(f"{quote(label)} maps to a token id outside the indexed vocabulary.")
         if len(ids) > MAX_QUERY_PIECES:
-            raise InvalidInputError(f"{label!r} splits into {len(ids)} tokens; a query may have at most "
+            raise InvalidInputError(f"{quote(label)} splits into {len(ids)} tokens; a query may have at most "
                                     f"{MAX_QUERY_PIECES}.")
         return ResolvedQuery(label, tuple(self.token(i) for i in ids), how)
 
     def _resolve_terms(self, terms: str | Sequence[str] | None, exact: bool, what: str) -> list[ResolvedQuery]:
-        words = split_terms(terms)
-        if len(words) > MAX_TERMS:
-            raise InvalidInputError(f"At most {MAX_TERMS} {what} words, please ({len(words)} given).")
+        words = checks.words(terms, what, MAX_TERMS, MAX_QUERY_CHARS)
         return [self.resolve(w, exact=exact) for w in words]
 
     # -- neighbours ----------------------------------------------------------------------------------------------
 
     def _check_k(self, k: int) -> int:
-        try:
-            k = int(k)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"k must be a whole number, not {k!r}.") from None
-        if k < 1:
-            raise InvalidInputError("k must be at least 1.")
-        return min(k, MAX_K, self.size)
+        return min(checks.integer(k, "k", 1, MAX_K), self.size)
 
     def _excluded_keys(self, terms: Iterable[ResolvedQuery]) -> set[str]:
         keys: set[str] = set()
@@ -885,9 +870,7 @@ class VocabIndex:
         """Tokens nearest to sum(positive) − sum(negative), as gensim's most_similar (3CosAdd: the mean of unit
         vectors with weights +1/−1) or most_similar_cosmul (3CosMul, Levy & Goldberg 2014). The input words and
         their variants are excluded. Lists may be comma-separated strings."""
-        method = str(method or "3cosadd").strip().lower()
-        if method not in ANALOGY_METHODS:
-            raise InvalidInputError(f"Unknown analogy method {method!r}: use 3cosadd or 3cosmul.")
+        method = checks.choice("3cosadd" if method is None else method, "method", ANALOGY_METHODS)
         k = self._check_k(k)
         pos = self._resolve_terms(positive, exact, "positive")
         neg = self._resolve_terms(negative, exact, "negative")
@@ -944,7 +927,7 @@ class VocabIndex:
         metric = normalize_metric(metric)
         if metric == "inner_product":
             metric = "cosine"
-        terms = self._resolve_terms(words, exact, "")
+        terms = self._resolve_terms(words, exact, "words")
         if len({tuple(t.ids) for t in terms}) < 3:
             raise InvalidInputError("Give at least three different words, separated by commas.")
         vecs = np.stack([self._query_vector(t.ids, metric) for t in terms])

@@ -23,6 +23,7 @@ import torch
 
 from core.batching import BatchDecoder, Slot
 from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream, EngineBase, GenerationSettings
+from core.limits import RequestLimits
 from core.models import LoadedModel
 from core.prompt import Prompt
 from core.zerogpu import gpu
@@ -56,9 +57,8 @@ def generate_ids(model_key: int, prompt_ids: list[int], params: GenerationSettin
 class ZeroGPUChatEngine(EngineBase):
     """Generates each request inside a `gpu` call, from a helper thread that carries the request's context."""
 
-    def __init__(self, loaded: LoadedModel, max_queue: int = 16, max_new_tokens_limit: int = 2048,
-                 max_input_chars: int = 50_000) -> None:
-        super().__init__(loaded, max_queue, max_new_tokens_limit, max_input_chars)  # each request: its own GPU call
+    def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None) -> None:
+        super().__init__(loaded, limits)  # each request: its own GPU call
         self._key = next(_keys)
         _MODELS[self._key] = (loaded.model, self.stop_ids)
 

@@ -8,13 +8,14 @@ import pytest
 
 from core.batching import MAX_ROWS, kv_bytes_per_token, rows_that_fit
 from core.chat import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
+from core.limits import RequestLimits
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
 
 
 @pytest.fixture(scope="module")
 def engine(bundled) -> ChatEngine:
-    return ChatEngine(bundled, max_queue=8, max_batch=8)
+    return ChatEngine(bundled, RequestLimits(max_queue=8), max_batch=8)
 
 
 
@@ -89,7 +90,7 @@ def test_batch_rows_are_bounded_by_memory_at_full_context(bundled, phi3_tiny):
     phi3 = phi3_tiny.model.config
     assert kv_bytes_per_token(phi3_tiny.model) == (2 * phi3.num_hidden_layers * phi3.num_key_value_heads
                                                    * (phi3.hidden_size // phi3.num_attention_heads) * 4)
-    engine = ChatEngine(bundled, max_queue=2)
+    engine = ChatEngine(bundled, RequestLimits(max_queue=2))
     try:
         assert 1 <= engine.max_batch <= MAX_ROWS and engine.stats()["max_batch"] == engine.max_batch
     finally:

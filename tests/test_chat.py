@@ -6,6 +6,7 @@ import pytest
 
 from core.chat import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
 from core.errors import BusyError, ContextOverflowError, GenerationError, InvalidInputError
+from core.limits import RequestLimits
 from core.prompt import Prompt, PromptBuilder
 from tests import phi3
 
@@ -20,7 +21,7 @@ BENIGN = [
 
 @pytest.fixture(scope="module")
 def engine(bundled) -> ChatEngine:
-    return ChatEngine(bundled, max_queue=2)
+    return ChatEngine(bundled, RequestLimits(max_queue=2))
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_same_seed_same_answer(engine):
 
 
 def test_queue_overflow_is_busy(bundled):
-    small = ChatEngine(bundled, max_queue=1)
+    small = ChatEngine(bundled, RequestLimits(max_queue=1))
     long = small.chat(LONG_PROMPT, [], "", GenerationSettings(temperature=0, max_new_tokens=500))
     with pytest.raises(BusyError, match="busy"):
         small.chat("Hi", [], "", GREEDY)
@@ -165,9 +166,9 @@ def test_oversized_message_is_refused_with_counts(bundled):
 
 @pytest.mark.parametrize("settings,match", [
     (GenerationSettings(temperature=-1), "temperature"),
-    (GenerationSettings(max_new_tokens=0), "max new tokens"),
-    (GenerationSettings(max_new_tokens=10**6), "max new tokens"),
-    (GenerationSettings(top_p=0), "top-p"),
+    (GenerationSettings(max_new_tokens=0), "max_new_tokens must be a whole number from 1 to 2,048"),
+    (GenerationSettings(max_new_tokens=10**6), "max_new_tokens"),
+    (GenerationSettings(top_p=0), r"top_p must be a number in \(0, 1\]"),
 ])
 def test_bad_settings_are_explained(engine, settings, match):
     with pytest.raises(InvalidInputError, match=match):

@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from core.chat import ChatEngine, GenerationSettings
 from core.config import AppConfig
+from core.limits import RequestLimits
 from core.prefix_cache import PrefixCache, common_prefix_length
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
@@ -52,7 +53,8 @@ def test_store_drops_covered_prefixes_and_evicts_the_least_recently_used():
 
 @pytest.fixture(scope="module")
 def engines(bundled):
-    cached, plain = ChatEngine(bundled, max_queue=8), ChatEngine(bundled, max_queue=8, prefix_cache_mb=0)
+    limits = RequestLimits(max_queue=8)
+    cached, plain = ChatEngine(bundled, limits), ChatEngine(bundled, limits, prefix_cache_mb=0)
     yield cached, plain
     cached.close()
     plain.close()
@@ -99,7 +101,7 @@ def test_a_mixed_batch_of_cached_and_fresh_prompts_answers_as_alone(engines):
 def test_stored_keys_equal_a_fresh_forward_on_phi3(phi3_tiny):
     """The cache stores what the model would compute from scratch, for prompt and generated tokens alike
     (Phi-3's shape: 32 query heads of 96 dims, float32)."""
-    engine = ChatEngine(phi3_tiny, max_queue=2)
+    engine = ChatEngine(phi3_tiny, RequestLimits(max_queue=2))
     try:
         stream = engine.chat("Hello there", [], "", GenerationSettings(temperature=0, max_new_tokens=6))
         stream.collect()

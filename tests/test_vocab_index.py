@@ -241,11 +241,18 @@ def test_pca_map_keeps_distances_of_three_points(index, unit):
     (lambda ix: ix.neighbors(""), "Type a word"),
     (lambda ix: ix.neighbors("   "), "Type a word"),
     (lambda ix: ix.neighbors("#49152"), "not in the vocabulary"),
-    (lambda ix: ix.neighbors("king", k=0), "at least 1"),
-    (lambda ix: ix.neighbors("king", metric="euclid"), "Unknown metric"),
-    (lambda ix: ix.neighbors("x" * 500), "at most"),
+    (lambda ix: ix.neighbors("king", k=0), "k must be a whole number from 1 to 200; got the number 0"),
+    (lambda ix: ix.neighbors("king", k=201), "k must be a whole number from 1 to 200; got the number 201"),
+    (lambda ix: ix.neighbors("king", k=True), "k must be a whole number from 1 to 200; got true"),
+    (lambda ix: ix.neighbors("king", metric="euclid"), "metric must be one of cosine, centered, inner_product"),
+    (lambda ix: ix.neighbors("x" * 500), "A query is 500 characters; the limit is 100"),
+    (lambda ix: ix.neighbors("#-5"), "Token ids are written #1234, a whole number from 0 to 49,151; got '#-5'"),
+    (lambda ix: ix.neighbors("#1e3"), "Token ids are written #1234"),
+    (lambda ix: ix.neighbors("#\u0663"), "Token ids are written #1234"),
+    (lambda ix: ix.neighbors("\ud800"), "unpaired surrogate"),
     (lambda ix: ix.analogy("", "man"), "at least one positive"),
-    (lambda ix: ix.analogy("king", "man", method="vectors"), "Unknown analogy method"),
+    (lambda ix: ix.analogy("king", "man", method="vectors"), "method must be one of 3cosadd, 3cosmul"),
+    (lambda ix: ix.analogy(["king", 5], "man"), "must hold words"),
     (lambda ix: ix.doesnt_match("king, queen"), "at least three"),
     (lambda ix: ix.pca_map(["king"]), "at least two"),
 ])
@@ -254,8 +261,8 @@ def test_bad_queries_raise_clear_errors(index, call, message):
         call(index)
 
 
-def test_k_is_capped(index):
-    assert len(index.neighbors("king", k=10_000).neighbors) == MAX_K
+def test_k_up_to_the_limit_is_served(index):
+    assert len(index.neighbors("king", k=MAX_K).neighbors) == MAX_K
 
 
 def test_concurrent_searches_agree(index):

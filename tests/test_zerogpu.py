@@ -15,6 +15,7 @@ import pytest
 from core.chat import GenerationSettings
 from core.config import AppConfig
 from core.lab import Lab
+from core.limits import RequestLimits
 from core.zerogpu import gpu, on_zerogpu
 from core.zerogpu_engine import ZeroGPUChatEngine
 
@@ -65,7 +66,7 @@ def test_lab_uses_the_per_request_engine_on_zerogpu(fake_zerogpu: list, bundled)
 
 
 def test_same_greedy_answer_as_the_local_engine(bundled, bundled_lab):
-    engine = ZeroGPUChatEngine(bundled, max_queue=2)
+    engine = ZeroGPUChatEngine(bundled, RequestLimits(max_queue=2))
     try:
         stream = engine.chat("What is the capital of France?", [], "", GREEDY)
         texts = list(stream)
@@ -81,7 +82,7 @@ def test_same_greedy_answer_as_the_local_engine(bundled, bundled_lab):
 def test_cancel_and_busy(bundled):
     from core.errors import BusyError
 
-    engine = ZeroGPUChatEngine(bundled, max_queue=1)
+    engine = ZeroGPUChatEngine(bundled, RequestLimits(max_queue=1))
     try:
         stream = engine.chat("Write a very long essay about the history of Europe.", [], "",
                              GenerationSettings(temperature=0.0, max_new_tokens=1000))
