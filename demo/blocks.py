@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from core.config import AppConfig
 from core.lab import Lab
 from demo.chat_tab import build_chat_tab
 from demo.embeddings_tab import build_embeddings_tab
+from demo.rest_defaults import RestDefaults
+from demo.security import ContentSecurityPolicy
 from demo.tokens_tab import build_tokens_tab
 
 TITLE = "Token Lab"
@@ -31,11 +34,12 @@ def header_markdown(lab: Lab) -> str:
 def launch_options(config: AppConfig) -> dict[str, Any]:
     """`demo.launch` arguments from the configuration (app.py and the tests launch with these).
 
-    state_session_capacity: gradio keeps every session's copy of the app's config (~0.3 MB for this app), and each
-    API call made without a session_hash opens a new session: at gradio's default bound, 10,000 such calls would
-    hold ~3 GB."""
+    state_session_capacity: gradio keeps every session's copy of the app's config, and each API call made without a
+    session_hash opens a new session, so gradio's default bound would let anonymous calls hold gigabytes.
+    The middleware adds the page's Content-Security-Policy and completes REST calls that leave out trailing values."""
     return {"server_name": config.host, "server_port": config.port, "share": config.share,
             "state_session_capacity": config.max_sessions,
+            "app_kwargs": {"middleware": [Middleware(ContentSecurityPolicy), Middleware(RestDefaults)]},
             "mcp_server": True if config.mcp else None}  # None leaves gradio's GRADIO_MCP_SERVER variable in charge
 
 

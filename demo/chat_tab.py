@@ -1,7 +1,8 @@
 """Chat tab: a streaming chat through the model's own chat template, with stats and a prompt inspector.
 
 gr.ChatInterface provides retry, undo, edit, clear, Stop and examples; the handler below streams from the shared
-ChatEngine and cancels its request when the user stops or disconnects.
+ChatEngine and cancels its request when the user stops or disconnects. Building a prompt (checking, templating and
+tokenizing a conversation) runs in a worker thread: the event loop that serves every user only awaits.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
+from anyio import to_thread
 
 from core.chat import ChatStream, GenerationSettings
 from core.lab import Lab
+from core.prompt import newest_within
 from core.tokens import tokens_for_ids
-from demo.errors import user_errors
+from demo.chat_markdown import safe_chatbot
+from demo.errors import api_errors, ui_errors
 from demo.token_view import token_highlights, token_view
 
 INTRO = ("Talk to the model. Each message goes through the model's own chat template; the answer streams in and "
@@ -24,11 +28,12 @@ EXAMPLES = ["What is the capital of France?", "Explain tokenization to a ten-yea
             "Write a haiku about embeddings.", "Translate 'good morning' into French, Spanish and German."]
 
 
-def _settings(temperature: float, top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int,
-              seed: float | int | None) -> GenerationSettings:
-    return GenerationSettings(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
-                              repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-                              seed=None if seed in (None, "", -1) else int(seed))
+def _settings(temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any, max_new_tokens: Any,
+              seed: Any, max_new_tokens_limit: int) -> GenerationSettings:
+    """The request's sampling controls, checked (types and ranges) against the server's limits."""
+    return GenerationSettings(temperature=temperature, top_p=top_p, top_k=top_k,
+                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                              seed=seed).validated(max_new_tokens_limit)
 
 
 def _stats_message(stream: ChatStream) -> dict[str, Any]:
@@ -48,19 +53,30 @@ def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_chat_tab(lab: Lab) -> None:
+    limits = lab.config.limits
+
+    def ui_history(history: list[dict]) -> list[dict]:
+        """The page sends its whole conversation; only the newest messages within the limits can reach the model."""
+        return newest_within(history or [], limits.max_history_messages, limits.max_history_chars)
+
     def prompt_tokens(message: str, history: list[dict], system_prompt: str, max_new_tokens: int) -> list:
         parts = lab.require()
-        prompt = parts.engine.prompt(message, history, system_prompt, int(max_new_tokens))
+        prompt = parts.engine.prompt(message, ui_history(history), system_prompt, int(max_new_tokens))
         return token_highlights(tokens_for_ids(parts.loaded.tokenizer, prompt.ids))
 
-    @user_errors
+    @ui_errors
     async def respond(message: str, history: list[dict], system_prompt: str, temperature: float, top_p: float,
                       top_k: int, repetition_penalty: float, max_new_tokens: int,
                       seed: float | None) -> AsyncIterator[tuple[list[dict[str, Any]], list]]:
         parts = lab.require()
-        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
-        prompt = parts.engine.prompt(message, history, system_prompt, settings.max_new_tokens)
-        inspector = token_highlights(tokens_for_ids(parts.loaded.tokenizer, prompt.ids))
+        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
+                             limits.max_new_tokens)
+
+        def prepare() -> tuple[Any, list]:
+            prompt = parts.engine.prompt(message, ui_history(history), system_prompt, settings.max_new_tokens)
+            return prompt, token_highlights(tokens_for_ids(parts.loaded.tokenizer, prompt.ids))
+
+        prompt, inspector = await to_thread.run_sync(prepare)
         if prompt.dropped_turns:
             gr.Info(f"Dropped the {prompt.dropped_turns} oldest messages so the conversation fits the context.")
         stream = parts.engine.submit(prompt, settings)
@@ -69,7 +85,7 @@ def build_chat_tab(lab: Lab) -> None:
         if not stream.text.strip():
             gr.Warning(f"The model returned an empty answer (stop: {stream.stop_reason}).")
 
-    @user_errors
+    @api_errors
     async def chat(message: str, history: list[dict], system_prompt: str = "", temperature: float = 0.7,
                    top_p: float = 0.95, max_new_tokens: int = 256, seed: int | None = None, top_k: int = 50,
                    repetition_penalty: float = 1.0) -> AsyncIterator[str]:
@@ -79,20 +95,21 @@ def build_chat_tab(lab: Lab) -> None:
             message: the new user message.
             history: earlier turns as [{"role": "user" | "assistant" | "system", "content": str}].
             system_prompt: optional instructions placed first in the prompt.
-            temperature: 0 for greedy decoding; higher is more random.
-            top_p: nucleus sampling probability mass.
+            temperature: 0 for greedy decoding; higher is more random (0 to 5).
+            top_p: nucleus sampling probability mass (above 0, at most 1).
             max_new_tokens: the most tokens to generate.
-            seed: a seed for reproducible sampling (same seed and settings, same answer).
+            seed: a seed for reproducible sampling (same seed and settings, same answer); null for random.
             top_k: sample among the k most likely tokens (0 = off).
             repetition_penalty: > 1 discourages repeating tokens.
         """
-        parts = lab.require()
-        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed)
-        stream = parts.engine.chat(message, history, system_prompt, settings)
+        engine = lab.require().engine
+        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
+                             limits.max_new_tokens)
+        stream = await to_thread.run_sync(lambda: engine.chat(message, history, system_prompt, settings))
         async for text in stream:
             yield text
 
-    @user_errors
+    @api_errors
     def prompt(message: str, history: list[dict], system_prompt: str = "") -> dict[str, Any]:
         """The exact token ids the model would receive for `message` after `history`, via its chat template.
 
@@ -106,7 +123,7 @@ def build_chat_tab(lab: Lab) -> None:
         p = lab.require().engine.prompt(message, history, system_prompt)
         return {"text": p.text, "ids": p.ids, "count": len(p.ids), "dropped_turns": p.dropped_turns}
 
-    @user_errors
+    @api_errors
     def engine_stats() -> dict[str, Any]:
         """What the chat engine is doing: requests in progress, the largest batch so far, and (for the in-process
         engine) the prefix cache's size and how much of the prompts it served.
@@ -135,7 +152,7 @@ def build_chat_tab(lab: Lab) -> None:
                 seed = gr.Number(value=None, precision=0, label="Seed (empty = random)")
         inspector = token_view("Prompt tokens (last message); control tokens are marked", elem_id="prompt-inspector",
                                render=False)
-        chatbot = gr.Chatbot(height=460, elem_id="chatbot", label="Conversation")
+        chatbot = safe_chatbot(height=460, elem_id="chatbot", label="Conversation")
         textbox = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1, max_lines=8,
                              submit_btn=True, stop_btn=True, elem_id="chat-input", render=False)
         interface = gr.ChatInterface(
@@ -150,7 +167,7 @@ def build_chat_tab(lab: Lab) -> None:
             preview = gr.Button("Preview the prompt for the text in the box", size="sm")
 
         textbox.stop(mark_stopped, chatbot, chatbot, queue=False, api_visibility="private")
-        preview.click(user_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
+        preview.click(ui_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
                       inspector, api_visibility="private")
         gr.api(chat, api_name="chat", concurrency_limit=None)
         gr.api(prompt, api_name="prompt", concurrency_limit=None)

@@ -11,8 +11,10 @@ import gradio as gr
 import pandas as pd
 from gradio.components.plot import AltairPlotData, PlotData
 
+from core import checks
 from core.lab import Lab
 from core.vocab_index import (
+    MAX_QUERY_CHARS,
     METRIC_LABELS,
     NeighborResult,
     NeighborsDict,
@@ -23,7 +25,7 @@ from core.vocab_index import (
     VectorInfo,
     VocabIndex,
 )
-from demo.errors import user_errors
+from demo.errors import api_errors, ui_errors
 
 INTRO = ("Every token has a vector in the model's input embedding matrix, and tokens used alike sit close together: "
          "type a word to see its nearest tokens, or try an analogy such as king − man + woman. "
@@ -123,7 +125,12 @@ def build_embeddings_tab(lab: Lab) -> None:
     def index() -> VocabIndex:
         return lab.require().index
 
-    @user_errors
+    def word(value: object, name: str) -> str:
+        """API callers must send a query as text: a number is not silently read as a token id."""
+        return checks.text(value, name, MAX_QUERY_CHARS, required=True,
+                           what=f"{name} is empty: type a word, a token piece, or a token id like #1234.")
+
+    @ui_errors
     def show_neighbors(query: str, k: float, metric: str, exact: bool, group: bool,
                        hide: bool) -> tuple[str, pd.DataFrame, str, pd.DataFrame, PlotData | None]:
         ix = index()
@@ -133,19 +140,19 @@ def build_embeddings_tab(lab: Lab) -> None:
         return (resolved_text(result), neighbors_frame(result), vector_text(info), vector_frame(info),
                 neighbors_map(ix, result, title))
 
-    @user_errors
+    @ui_errors
     def show_analogy(positive: str, negative: str, k: float, method: str, group: bool,
                      hide: bool) -> tuple[str, pd.DataFrame, PlotData | None]:
         ix = index()
         result = ix.analogy(positive, negative, k=int(k), method=method, group_variants=group, hide_special=hide)
         return resolved_text(result), neighbors_frame(result), neighbors_map(ix, result, f"{result.query}, PCA")
 
-    @user_errors
+    @ui_errors
     def show_similarity(a: str, b: str, metric: str) -> str:
         sim = index().similarity(a, b, metric=metric)
         return f"{METRIC_LABELS[sim.metric]} = {sim.score:.4f}\n{sim.a.describe()}\n{sim.b.describe()}"
 
-    @user_errors
+    @ui_errors
     def show_odd_one_out(words: str) -> tuple[str, pd.DataFrame]:
         odd = index().doesnt_match(words)
         frame = pd.DataFrame([[w.query, " + ".join(t.shown for t in w.tokens), round(s, 4)]
@@ -155,7 +162,7 @@ def build_embeddings_tab(lab: Lab) -> None:
 
     # -- typed API -------------------------------------------------------------------------------------------------
 
-    @user_errors
+    @api_errors
     def neighbors(query: str, k: int = 10, metric: str = "cosine") -> NeighborsDict:
         """The k tokens nearest to a word in the model's input embedding space.
 
@@ -168,9 +175,9 @@ def build_embeddings_tab(lab: Lab) -> None:
             k: how many neighbours, 1 to 200.
             metric: "cosine", "centered" (cosine after subtracting the mean embedding) or "inner_product".
         """
-        return index().neighbors(query, k=k, metric=metric).to_dict()
+        return index().neighbors(word(query, "query"), k=k, metric=metric).to_dict()
 
-    @user_errors
+    @api_errors
     def analogy(positive: str, negative: str = "", k: int = 10) -> NeighborsDict:
         """Tokens nearest to the positive words minus the negative ones (3CosAdd, like gensim's most_similar).
 
@@ -183,7 +190,7 @@ def build_embeddings_tab(lab: Lab) -> None:
         """
         return index().analogy(positive, negative, k=k).to_dict()
 
-    @user_errors
+    @api_errors
     def similarity(a: str, b: str) -> SimilarityDict:
         """Cosine similarity of two words' input embeddings (a multi-token word is the mean of its pieces).
 
@@ -191,9 +198,9 @@ def build_embeddings_tab(lab: Lab) -> None:
             a: the first word (or piece, or "#id").
             b: the second word (or piece, or "#id").
         """
-        return index().similarity(a, b).to_dict()
+        return index().similarity(word(a, "a"), word(b, "b")).to_dict()
 
-    @user_errors
+    @api_errors
     def doesnt_match(words: str) -> OddOneOutDict:
         """The word least like the others: the lowest cosine to the mean of all the words (gensim's doesnt_match).
 

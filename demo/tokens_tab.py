@@ -4,15 +4,13 @@ Also the API: /tokenize, /detokenize and /compare_tokenizers (typed, documented:
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
 """
 
-import functools
-import html
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import gradio as gr
 from transformers import PreTrainedTokenizerBase
 
+from core import checks
 from core.errors import InvalidInputError, TokenLabError
 from core.prompt import PromptBuilder, normalize_messages
 from core.tokenizers_registry import MAX_HUB_TOKENIZERS, registry_for
@@ -26,7 +24,7 @@ from core.tokens import (
     tokenizer_family,
     tokens_for_ids,
 )
-from demo.errors import user_errors
+from demo.errors import api_errors, ui_errors
 from demo.token_view import (
     TABLE_HEADERS,
     TABLE_TYPES,
@@ -56,6 +54,7 @@ EXAMPLE_CONVERSATION = [
     ["user", "How many tokens is 🎵 鸟?"],
 ]
 MODEL_KEY = "model"
+MAX_NAME_CHARS = 200  # a tokenizer key or hub id
 MAX_HUB_IDS = MAX_HUB_TOKENIZERS - 1
 COMPARE_HEADERS = ["tokenizer", "kind", "tokens", "characters per token", "note"]
 
@@ -70,26 +69,9 @@ class CompareRow(TypedDict):
     error: str
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def ui_errors(fn: F) -> F:
-    """`user_errors` for UI handlers: gradio renders an error toast as (sanitized) HTML, so a message that quotes
-    the user's input (`'<img src=x ...>' is not an id`) is escaped to show literally. API endpoints use
-    `user_errors` alone, so API clients get the message unescaped."""
-
-    @functools.wraps(fn)
-    def escaped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TokenLabError as exc:
-            raise type(exc)(html.escape(str(exc), quote=False)) from exc
-
-    return user_errors(escaped)  # type: ignore[return-value]
-
-
 def _hub_ids(text: str) -> list[str]:
-    ids = [part.strip() for part in (text or "").replace("\n", ",").split(",") if part.strip()]
+    ids = [part.strip() for part in checks.text(text, "hub ids", MAX_NAME_CHARS * 8).replace("\n", ",").split(",")
+           if part.strip()]
     if len(ids) > MAX_HUB_IDS:
         raise InvalidInputError(f"Compare at most {MAX_HUB_IDS} hub tokenizers at a time.")
     return ids
@@ -104,7 +86,7 @@ def build_tokens_tab(lab: "Lab") -> None:
 
     def resolve(name: str) -> tuple[str, PreTrainedTokenizerBase]:
         """'' or 'model': the loaded model's tokenizer; otherwise an offline key or a hub id."""
-        key = (name or "").strip()
+        key = checks.text(name, "tokenizer", MAX_NAME_CHARS).strip()
         if key in ("", MODEL_KEY):
             loaded = lab.require().loaded
             return loaded.name, loaded.tokenizer
@@ -199,7 +181,7 @@ def build_tokens_tab(lab: "Lab") -> None:
         return token_highlights(tokenized), counts_line(tokenized), prompt.text
 
     # -- API ---------------------------------------------------------------------------------------------------
-    @user_errors
+    @api_errors
     def tokenize_text(text: str, tokenizer: str = "") -> TokenizeResult:
         """Split text into the tokens a model sees, with ids, vocabulary pieces and character spans.
 
@@ -215,7 +197,7 @@ def build_tokens_tab(lab: "Lab") -> None:
         name, tok = resolve(tokenizer)
         return tokenize(tok, text, name, max_chars).to_dict()
 
-    @user_errors
+    @api_errors
     def detokenize_ids(ids: str, tokenizer: str = "") -> DetokenizeResult:
         """Turn token ids back into text, with each token's piece and its span in that text.
 
@@ -230,7 +212,7 @@ def build_tokens_tab(lab: "Lab") -> None:
         tokenized = detokenize(tok, ids, name)
         return DetokenizeResult(text=tokenized.text, tokens=[t.to_dict() for t in tokenized.tokens])
 
-    @user_errors
+    @api_errors
     def compare_tokenizers(text: str, tokenizers: str = "") -> list[CompareRow]:
         """Count the tokens of the same text under several tokenizers.
 
@@ -242,7 +224,7 @@ def build_tokens_tab(lab: "Lab") -> None:
             One {"tokenizer", "kind", "count", "chars_per_token", "error"} per tokenizer, in the order asked; a
             tokenizer that cannot be loaded has count 0 and the reason in "error".
         """
-        keys = [k.strip() for k in (tokenizers or "").split(",") if k.strip()]
+        keys = [k.strip() for k in checks.text(tokenizers, "tokenizers", MAX_NAME_CHARS * 8).split(",") if k.strip()]
         keys = keys or [MODEL_KEY] + [t.key for t in registry.available()]
         if len(keys) > 1 + len(offline) + MAX_HUB_IDS:
             raise InvalidInputError(f"Compare at most {1 + len(offline) + MAX_HUB_IDS} tokenizers at a time.")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.config import AppConfig, default_cache_dir
 from core.models import LoadedModel, load_model
@@ -66,6 +67,26 @@ def phi3_scripted(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_chat(bundled: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """A tiny random Llama (2 layers, 64 wide) with the bundled model's tokenizer, chat template and 8,192-token
+    context: its answers are noise, but it prefills a full context in a moment, for tests about long prompts."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    tokenizer = bundled.tokenizer
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=bundled.context_length, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    model.generation_config = GenerationConfig(eos_token_id=bundled.model.generation_config.eos_token_id)
+    model.save_pretrained(folder)
+    return load_model(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def bundled_lab(bundled: LoadedModel):
     from core.lab import Lab
 
@@ -74,16 +95,11 @@ def bundled_lab(bundled: LoadedModel):
 
 @pytest.fixture(scope="session")
 def app_url(bundled_lab) -> Iterator[str]:
-    """The full Blocks app on the bundled model, launched on a free loopback port."""
-    from demo import build_demo
+    """The full Blocks app on the bundled model, launched as app.py launches it on a free loopback port."""
+    from tests.servers import launched
 
-    demo = build_demo(bundled_lab)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with launched(bundled_lab) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

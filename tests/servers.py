@@ -41,3 +41,94 @@ def running(command: list[str], log: Path, ready: Callable[[], bool], what: str,
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def launched(lab) -> Iterator[str]:
+    """The full app around `lab`, launched as app.py launches it (same options and middleware) on a free loopback
+    port; yields its URL and closes it afterwards."""
+    import dataclasses
+
+    from demo import build_demo, launch_options
+    from tests.conftest import free_port
+
+    config = dataclasses.replace(lab.config, host="127.0.0.1", port=free_port(), share=False)
+    demo = build_demo(lab, config)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(config))
+    try:
+        yield f"http://127.0.0.1:{config.port}/"
+    finally:
+        demo.close()
+
+
+class ScriptedChatServer:
+    """An OpenAI-compatible chat server on loopback that streams the same answer to every request, word by word:
+    a way to put any text in a chat answer (the remote-engine path is the real one the app uses)."""
+
+    def __init__(self, answer: str) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._send(200, json.dumps({"data": [{"id": "scripted"}]}).encode())
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                pieces = [{"choices": [{"delta": {"content": word}, "finish_reason": None}]}
+                          for word in server.answer.split(" ")[:1]] + \
+                         [{"choices": [{"delta": {"content": " " + word}, "finish_reason": None}]}
+                          for word in server.answer.split(" ")[1:]] + \
+                         [{"choices": [{"delta": {}, "finish_reason": "stop"}]}]
+                body = "".join(f"data: {json.dumps(p)}\n\n" for p in pieces) + "data: [DONE]\n\n"
+                self._send(200, body.encode(), "text/event-stream")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.answer = answer
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+
+
+class HitCounter:
+    """A plain HTTP server that records every path requested from it: a "foreign host" for leak tests."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hits: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                self.send_response(404)
+                self.end_headers()
+
+            do_POST = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.hits = hits
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()

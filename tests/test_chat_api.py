@@ -86,7 +86,7 @@ def test_rest_api_chat_and_clear_error(app_url):
     body = call("chat", ["What is the capital of France?", [], "", 0.0, 1.0, 32, None, 50, 1.0])
     assert "event: complete" in body and "Paris" in body
     body = call("chat", ["Hi", [], "", 9.0, 1.0, 32, None, 50, 1.0])
-    assert "event: error" in body and "temperature must be between 0 and 5" in body
+    assert "event: error" in body and "temperature must be a number in [0, 5]; got the number 9.0" in body
     assert "Traceback" not in body
 
 

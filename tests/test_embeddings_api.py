@@ -66,9 +66,9 @@ def test_analogy_similarity_and_odd_one_out(client):
 def test_api_errors_are_clear_messages(client):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="Type a word"):
+    with pytest.raises(AppError, match="query is empty: type a word"):
         client.predict("", 10, "cosine", api_name="/neighbors")
-    with pytest.raises(AppError, match="Unknown metric"):
+    with pytest.raises(AppError, match="metric must be one of cosine, centered, inner_product; got 'manhattan'"):
         client.predict("king", 10, "manhattan", api_name="/neighbors")
     with pytest.raises(AppError, match="at least one positive"):
         client.predict("", "man", 10, api_name="/analogy")

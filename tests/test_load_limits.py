@@ -8,20 +8,15 @@ from gradio_client.exceptions import AppError
 
 from core.config import AppConfig
 from core.lab import Lab
-from tests.conftest import free_port
+from tests.servers import launched
 
 
 @pytest.fixture(scope="module")
 def small_app(bundled):
-    from demo import build_demo
-
     lab = Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=1, max_new_tokens_limit=64))
-    demo = build_demo(lab)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", lab
+    with launched(lab) as url:
+        yield url, lab
     lab.require().engine.close()
-    demo.close()
 
 
 def test_overflowing_the_queue_returns_busy(small_app):
@@ -40,7 +35,7 @@ def test_overflowing_the_queue_returns_busy(small_app):
 def test_api_callers_get_the_same_limits(small_app):
     url, _ = small_app
     client = Client(url, verbose=False)
-    with pytest.raises(AppError, match="between 1 and 64"):
+    with pytest.raises(AppError, match="from 1 to 64"):
         client.predict("Hi", [], "", 0.0, 1.0, 10_000, None, api_name="/chat")
     with pytest.raises(AppError, match="limit is 50,000"):
         client.predict("a" * 60_000, [], "", 0.0, 1.0, 8, None, api_name="/chat")

@@ -27,7 +27,7 @@ from core.lab import Lab
 from core.models import LoadedModel, bundled_checkpoint
 from core.remote_engine import RemoteChatEngine, api_base
 from tests.conftest import free_port
-from tests.servers import http_ok, running
+from tests.servers import http_ok, launched, running
 
 GREEDY = GenerationSettings(temperature=0.0, top_p=1.0, max_new_tokens=48)
 LONG_PROMPT = "Write a very long essay about the history of Europe, with many details."  # runs to the token limit
@@ -92,15 +92,8 @@ def remote_lab(server: Server, embeddings: LoadedModel) -> Iterator[Lab]:
 def remote_client(remote_lab: Lab):
     from gradio_client import Client
 
-    from demo import build_demo
-
-    demo = build_demo(remote_lab)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+    with launched(remote_lab) as url:
+        yield Client(url, verbose=False)
 
 
 def test_api_base_accepts_the_usual_spellings():
@@ -189,8 +182,6 @@ def test_server_down_gives_a_clear_message(embeddings):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from demo import build_demo
-
     port = free_port()  # nothing listens here
     engine = RemoteChatEngine(embeddings, f"http://127.0.0.1:{port}/v1", model="m")
     try:
@@ -203,16 +194,13 @@ def test_server_down_gives_a_clear_message(embeddings):
     lab = Lab.from_loaded(embeddings, AppConfig(model="bundled", engine_url=f"http://127.0.0.1:{port}",
                                                 engine_model="m"))
     assert "chat runs on" in lab.status and "Cannot reach" in lab.status
-    demo = build_demo(lab)
-    app_port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=app_port, prevent_thread_lock=True, quiet=True)
     try:
-        client = Client(f"http://127.0.0.1:{app_port}/", verbose=False)
-        with pytest.raises(AppError, match="Cannot reach the inference server") as info:
-            client.predict("Hi", [], "", 0.0, 1.0, 16, None, api_name="/chat")
-        assert "Traceback" not in str(info.value)
+        with launched(lab) as url:
+            client = Client(url, verbose=False)
+            with pytest.raises(AppError, match="Cannot reach the inference server") as info:
+                client.predict("Hi", [], "", 0.0, 1.0, 16, None, api_name="/chat")
+            assert "Traceback" not in str(info.value)
     finally:
-        demo.close()
         lab.require().engine.close()
 
 

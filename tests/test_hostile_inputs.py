@@ -1,0 +1,296 @@
+"""Every endpoint against what a hostile or careless caller sends, through REST and gradio_client on the launched app.
+
+Each case must end, within a bounded time, in either a normal answer or a sentence a person can act on (not
+`{"error": null}`, not an exception's repr, not a 1 MB echo of the input), and the app must answer a normal chat
+afterwards. The bodies are written as raw JSON so that NaN and lone surrogates reach the server as a client would
+send them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+
+import httpx
+import pytest
+from gradio_client.exceptions import AppError
+
+from core.config import AppConfig
+from core.lab import Lab
+from tests.servers import launched
+
+TIMEOUT = httpx.Timeout(120.0)  # liveness only: a request that never ends fails here instead of hanging the suite
+HUGE = "a" * 1_000_000
+CHAT_DEFAULTS = ["", 0.0, 1.0, 4, None, 50, 1.0]  # system_prompt .. repetition_penalty
+BAD_PHRASES = ("Something went wrong", "Traceback", "Error(", "Exception")
+
+
+def chat_args(message: object = "Hi", history: object = (), **changes: object) -> list:
+    args = [message, list(history) if isinstance(history, tuple) else history, *CHAT_DEFAULTS]
+    names = ["message", "history", "system_prompt", "temperature", "top_p", "max_new_tokens", "seed", "top_k",
+             "repetition_penalty"]
+    for name, value in changes.items():
+        args[names.index(name)] = value
+    return args
+
+
+class Rest:
+    """gradio's REST API as a script would use it: one session, raw JSON bodies."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(timeout=TIMEOUT)
+        self.session = uuid.uuid4().hex
+
+    def call(self, name: str, body: str) -> tuple[str, str]:
+        """('complete' | 'error' | 'http NNN', the last data or message)."""
+        response = self.http.post(f"{self.url}gradio_api/call/{name}", content=body.encode("utf-8", "surrogatepass"),
+                                  headers={"Content-Type": "application/json"})
+        if response.status_code != 200:
+            return f"http {response.status_code}", response.text
+        event_id = response.json()["event_id"]
+        kind, data = "", ""
+        with self.http.stream("GET", f"{self.url}gradio_api/call/{name}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.removeprefix("event:").strip()
+                elif line.startswith("data:"):
+                    data = line.removeprefix("data:").strip()
+        return kind, data
+
+    def send(self, name: str, data: list | str) -> tuple[str, str]:
+        raw = data if isinstance(data, str) else json.dumps(data)
+        return self.call(name, f'{{"data": {raw}, "session_hash": "{self.session}"}}')
+
+
+def error_message(data: str) -> str:
+    return json.loads(data)["error"] if data.startswith("{") else data
+
+
+# (endpoint, data as a JSON list or a Python list, expected sentence); None = a normal answer is expected
+S = "\\ud800"  # a lone surrogate, as JSON spells it
+CASES = [
+    # chat
+    ("chat", chat_args(""), "Type a message first"),
+    ("chat", chat_args("   \n\t "), "Type a message first"),
+    ("chat", chat_args(HUGE), "The message is 1,000,000 characters; the limit is 50,000"),
+    ("chat", chat_args("\x00\x01 hi \x7f"), None),
+    ("chat", f'["{S}x", [], "", 0.0, 1.0, 4, null, 50, 1.0]', "The message contains unpaired surrogate"),
+    ("chat", chat_args(123), r"The message must be text \(a string\); got the number 123"),
+    ("chat", chat_args(history="not a list"), "history must be a list of messages"),
+    ("chat", chat_args(history=[1, 2]), "history item 0 is not a message"),
+    ("chat", chat_args(history=[{"content": "x"}]), "history item 0 has no role"),
+    ("chat", chat_args(history=[{"role": "robot", "content": "x"}]), "history item 0 has role 'robot'"),
+    ("chat", chat_args(history=[{"role": "user", "content": 5}]), "history item 0's content must be text"),
+    ("chat", f'["Hi", [{{"role": "user", "content": "{S}"}}], "", 0.0, 1.0, 4, null, 50, 1.0]',
+     "history item 0 contains unpaired surrogate"),
+    ("chat", chat_args(history=[{"role": "user", "content": "hi"}] * 10_001),
+     "The history has 10,001 messages; the limit is 10,000"),
+    ("chat", chat_args(history=[{"role": "user", "content": "x" * 600_000}] * 2),
+     "more than 1,000,000 characters"),
+    ("chat", chat_args(system_prompt=5), r"The system prompt must be text \(a string\)"),
+    ("chat", chat_args(temperature=None), r"temperature must be a number in \[0, 5\]; got null"),
+    ("chat", chat_args(temperature="hot"), r"temperature must be a number in \[0, 5\]; got 'hot'"),
+    ("chat", '["Hi", [], "", NaN, 1.0, 4, null, 50, 1.0]', r"temperature must be .*; got the number nan"),
+    ("chat", chat_args(temperature=1e308), "temperature must be a number"),
+    ("chat", chat_args(top_p=0), r"top_p must be a number in \(0, 1\]"),
+    ("chat", chat_args(top_p=None), "top_p must be a number"),
+    ("chat", chat_args(max_new_tokens=-5), "max_new_tokens must be a whole number from 1 to 2,048; got the number -5"),
+    ("chat", chat_args(max_new_tokens=1e30), "max_new_tokens must be a whole number"),
+    ("chat", chat_args(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+    ("chat", chat_args(max_new_tokens="10"), "max_new_tokens must be a whole number from 1 to 2,048; got '10'"),
+    ("chat", chat_args(seed=10**30), r"seed must be empty \(random\) or a whole number from 0 to 2\^63 - 1"),
+    ("chat", chat_args(seed="x"), "seed must be empty"),
+    ("chat", chat_args(top_k=-1), r"top_k \(0 = off\) must be a whole number"),
+    ("chat", chat_args(top_k=True), "got true"),
+    ("chat", '["Hi", [], "", 0.0, 1.0, 4, null, 50, NaN]', "repetition_penalty must be a number"),
+    # prompt
+    ("prompt", ["", [], ""], "Type a message first"),
+    ("prompt", [HUGE, [], ""], "limit is 50,000"),
+    ("prompt", ["Hi", {"role": "user"}, ""], "history must be a list"),
+    ("prompt", ["Hi", [], ["a list"]], "The system prompt must be text"),
+    ("prompt", ["Hi\x00", [], ""], None),
+    # engine_stats
+    ("engine_stats", [], None),
+    # tokenize
+    ("tokenize", ["", ""], None),
+    ("tokenize", ["   ", ""], None),
+    ("tokenize", ["\x00\x07 ok", ""], None),
+    ("tokenize", [HUGE, ""], "The input is 1,000,000 characters; the limit is 50,000"),
+    ("tokenize", f'["{S}", ""]', "unpaired surrogate"),
+    ("tokenize", [123, ""], r"The input must be text \(a string\); got the number 123"),
+    ("tokenize", ["hi", 5], r"tokenizer must be text \(a string\); got the number 5"),
+    ("tokenize", ["hi", HUGE], "tokenizer is 1,000,000 characters; the limit is 200"),
+    ("tokenize", ["hi", "../../etc/passwd"], "is not a tokenizer here"),
+    ("tokenize", ["hi", "/etc/passwd"], "is not a tokenizer here"),
+    ("tokenize", ["hi", "no-such-tokenizer-xyz"], "hub is not reachable"),
+    # detokenize
+    ("detokenize", ["", ""], None),
+    ("detokenize", ["1, 2, x", ""], "not whole numbers: 'x'"),
+    ("detokenize", ["99999999", ""], "not in the vocabulary"),
+    ("detokenize", ["-5", ""], "not in the vocabulary"),
+    ("detokenize", ["\u0663", ""], "not whole numbers"),
+    ("detokenize", [[1, 2], ""], "The ids must be given as text"),
+    ("detokenize", ["1 " * 500_000, ""], "characters of ids; the limit is"),
+    # compare_tokenizers
+    ("compare_tokenizers", ["hi", 5], "tokenizers must be text"),
+    ("compare_tokenizers", ["hi", HUGE], "tokenizers is 1,000,000 characters; the limit is 1,600"),
+    ("compare_tokenizers", f'["{S}", ""]', "unpaired surrogate"),
+    ("compare_tokenizers", [HUGE, ""], "limit is 50,000"),
+    # neighbors
+    ("neighbors", ["", 10, "cosine"], "query is empty"),
+    ("neighbors", [123, 10, "cosine"], r"query must be text \(a string\); got the number 123"),
+    ("neighbors", [True, 10, "cosine"], "query must be text .*; got true"),
+    ("neighbors", ["#-5", 10, "cosine"], "Token ids are written #1234, a whole number from 0 to 49,151; got '#-5'"),
+    ("neighbors", ["#1e3", 10, "cosine"], "Token ids are written #1234"),
+    ("neighbors", ["#\u0663", 10, "cosine"], "Token ids are written #1234"),
+    ("neighbors", ["#99999999", 10, "cosine"], "not in the vocabulary"),
+    ("neighbors", ["king", 0, "cosine"], "k must be a whole number from 1 to 200; got the number 0"),
+    ("neighbors", ["king", 201, "cosine"], "k must be a whole number from 1 to 200; got the number 201"),
+    ("neighbors", ["king", "10", "cosine"], "k must be a whole number from 1 to 200; got '10'"),
+    ("neighbors", '["king", NaN, "cosine"]', "k must be a whole number"),
+    ("neighbors", ["king", 1e30, "cosine"], "k must be a whole number"),
+    ("neighbors", ["king", True, "cosine"], "k must be a whole number from 1 to 200; got true"),
+    ("neighbors", ["king", 10, HUGE], "metric must be one of cosine, centered, inner_product; got 'aaaa"),
+    ("neighbors", ["king", 10, 5], "metric must be one of"),
+    ("neighbors", f'["{S}", 10, "cosine"]', "unpaired surrogate"),
+    ("neighbors", [HUGE, 10, "cosine"], "query is 1,000,000 characters; the limit is 100"),
+    # analogy
+    ("analogy", ["", "man", 10], "at least one positive"),
+    ("analogy", [5, "man", 10], "positive must be comma-separated words"),
+    ("analogy", [["king", 5], "man", 10], "positive must hold words"),
+    ("analogy", ["king, woman", "man", 500], "k must be a whole number from 1 to 200"),
+    ("analogy", ["a,b,c,d,e,f,g,h,i,j,k,l,m", "", 10], "positive has 13 words; the limit is 12"),
+    ("analogy", f'["{S}", "man", 10]', "unpaired surrogate"),
+    ("analogy", [HUGE, "man", 10], "Each word in positive has at most 100 characters"),
+    # similarity
+    ("similarity", ["king", ""], "b is empty"),
+    ("similarity", ["king", 5], r"b must be text \(a string\)"),
+    # doesnt_match
+    ("doesnt_match", ["king, queen"], "at least three"),
+    ("doesnt_match", [123], "words must be comma-separated words"),
+    ("doesnt_match", [HUGE], "Each word in words has at most 100 characters"),
+]
+
+
+@pytest.fixture(scope="module")
+def rest(app_url: str) -> Rest:
+    return Rest(app_url)
+
+
+@pytest.mark.parametrize(("endpoint", "data", "expected"), CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_rest_callers_get_an_answer_or_a_sentence(rest, endpoint, data, expected):
+    kind, body = rest.send(endpoint, data)
+    if expected is None:
+        assert kind == "complete", body[:300]
+        return
+    assert kind == "error", f"expected a refusal, got {kind}: {body[:300]}"
+    message = error_message(body)
+    assert message and isinstance(message, str), body[:300]
+    assert len(message) < 400, f"the message repeats the input: {message[:200]}…"
+    assert not any(phrase in message for phrase in BAD_PHRASES), message
+    assert re.search(expected, message), message
+
+
+GRADIO_CLIENT_CASES = [
+    (chat_args(temperature=None), "/chat", r"temperature must be a number in \[0, 5\]; got null"),
+    (chat_args(seed=10**30), "/chat", "seed must be empty"),
+    (chat_args(HUGE), "/chat", "limit is 50,000"),
+    (chat_args(history=[{"role": "robot", "content": "x"}]), "/chat", "role 'robot'"),
+    ([123, 10, "cosine"], "/neighbors", "query must be text"),
+    (["king", 1e30, "cosine"], "/neighbors", "k must be a whole number"),
+    (["hi", 5], "/tokenize", "tokenizer must be text"),
+    (["1, 2, x", ""], "/detokenize", "not whole numbers"),
+]
+
+
+@pytest.mark.parametrize(("args", "api_name", "expected"), GRADIO_CLIENT_CASES,
+                         ids=[f"{c[1]}-{i}" for i, c in enumerate(GRADIO_CLIENT_CASES)])
+def test_gradio_client_callers_get_the_same_sentences(client, args, api_name, expected):
+    with pytest.raises(AppError, match=expected) as info:
+        client.predict(*args, api_name=api_name)
+    assert not any(phrase in str(info.value) for phrase in BAD_PHRASES[:2])
+
+
+def test_rest_calls_may_leave_out_trailing_values(rest):
+    kind, data = rest.send("chat", ["What is the capital of France?", [], "", 0.0])
+    assert kind == "complete" and "Paris" in data
+    kind, data = rest.send("neighbors", ["king"])
+    assert kind == "complete" and json.loads(data)[0]["neighbors"][0]["rank"] == 1
+
+
+def test_rest_calls_without_a_required_value_are_told_which(rest):
+    kind, body = rest.send("neighbors", [])
+    assert kind == "http 422"
+    assert "/neighbors takes its values in this order: query, k, metric. 0 sent; query cannot be left out." \
+        in json.loads(body)["detail"]
+    kind, body = rest.send("chat", ["Hi"])
+    assert kind == "http 422" and "history cannot be left out" in json.loads(body)["detail"]
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tiny_chat):
+    """The app on a tiny random model with the bundled tokenizer: a full 8,192-token prompt prefills in a moment."""
+    lab = Lab.from_loaded(tiny_chat, AppConfig(model="tiny", max_queue=4, max_history_messages=200_000,
+                                               max_history_chars=4_000_000))
+    with launched(lab) as url:
+        yield url
+    lab.require().engine.close()
+
+
+def test_ten_thousand_turns_are_trimmed_and_answered(rest, tiny_app):
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi" if i % 2 == 0 else "hello"}
+               for i in range(10_000)]
+    kind, data = rest.send("prompt", ["What is 2+2?", history, ""])  # the bundled model's app
+    assert kind == "complete", data[:300]
+    prompt = json.loads(data)[0]
+    assert prompt["dropped_turns"] > 8_000 and prompt["count"] <= 8192 - 256
+    kind, data = Rest(tiny_app).send("chat", chat_args("What is 2+2?", history, max_new_tokens=8))
+    assert kind == "complete", data[:300]
+
+
+def test_after_all_that_a_normal_chat_answers(client):
+    answer = client.predict("What is the capital of France?", [], "", 0.0, 1.0, 32, None, api_name="/chat")
+    assert "Paris" in answer
+
+
+def test_other_endpoints_answer_while_a_huge_request_is_prepared(tiny_app):
+    """While the server is preparing a huge chat request it answers /engine_stats (which says so: a prompt is being
+    prepared) and a short /tokenize, between two such answers: preparing a request never holds the event loop."""
+    events: list[tuple[str, object]] = []
+    started = threading.Event()
+    answered = threading.Event()
+
+    def huge_chat() -> None:
+        history = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi there"} for i in range(150_000)]
+        body = json.dumps({"data": chat_args("Say OK.", history, max_new_tokens=4), "session_hash": "huge"})
+        with httpx.Client(timeout=TIMEOUT) as http:
+            started.set()
+            event_id = http.post(f"{tiny_app}gradio_api/call/chat", content=body,
+                                 headers={"Content-Type": "application/json"}).json()["event_id"]
+            with http.stream("GET", f"{tiny_app}gradio_api/call/chat/{event_id}") as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("event:") and "heartbeat" not in line:
+                        events.append(("chat", line))
+                        break
+        answered.set()
+
+    worker = threading.Thread(target=huge_chat)
+    worker.start()
+    started.wait(30)
+    rest = Rest(tiny_app)
+    while not answered.is_set():
+        kind, data = rest.send("engine_stats", [])
+        events.append(("stats", json.loads(data)[0]["prompts_preparing"] if kind == "complete" else None))
+        kind, _ = rest.send("tokenize", ["A short text.", ""])
+        events.append(("tokenize", kind))
+    worker.join(120)
+    assert any(name == "chat" for name, _ in events)
+    served_while_preparing = [
+        i for i in range(len(events) - 2)
+        if events[i][0] == "stats" and events[i][1] and events[i + 1] == ("tokenize", "complete")
+        and events[i + 2][0] == "stats" and events[i + 2][1]]
+    assert served_while_preparing, events
