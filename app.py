@@ -16,28 +16,28 @@ import sys
 # once they are frozen (below), and its later full collections skip them: no 250 ms pauses while serving.
 gc.disable()
 
-from core import zerogpu  # noqa: E402, F401  (first: on ZeroGPU `spaces` must be imported before torch)
 from core.config import AppConfig  # noqa: E402
-from core.lab import Lab  # noqa: E402
+from core.engine import zerogpu  # noqa: E402, F401  (first: on ZeroGPU `spaces` must be imported before torch)
+from core.host import ModelHost  # noqa: E402
 
 config = AppConfig.from_args()
-lab = Lab(config).start()  # loading starts now, while gradio is imported and the UI is built below
+host = ModelHost(config).start()  # loading starts now, while gradio is imported and the UI is built below
 
 import gradio  # noqa: E402, F401  (imported here, in parallel with the loader thread's torch and transformers)
 
-lab.wait_for_imports()
+host.wait_for_imports()
 from demo import build_demo, launch_options  # noqa: E402
 
-demo = build_demo(lab, config)
+demo = build_demo(host, config)
 gc.freeze()
 gc.enable()
 
 
 def main() -> int:
     demo.launch(prevent_thread_lock=True, **launch_options(config))
-    lab.wait()
-    if lab.error is not None and config.model_explicit:
-        print(f"error: {lab.error}", file=sys.stderr, flush=True)
+    host.wait()
+    if host.error is not None and config.model_explicit:
+        print(f"error: {host.error}", file=sys.stderr, flush=True)
         demo.close()
         return 2
     with contextlib.suppress(KeyboardInterrupt):

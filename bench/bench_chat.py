@@ -22,8 +22,8 @@ from bench.app_process import start_app
 from bench.clients import client_chat, new_session, rest_chat
 from bench.results_io import write_results
 from core.config import default_cache_dir
-from core.models import load_model
-from core.prompt import PromptBuilder
+from core.model.loading import load_model
+from core.text.prompt import PromptBuilder
 
 PROMPT = "Write a long story about a dragon who learns to read."
 

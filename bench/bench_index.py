@@ -5,7 +5,7 @@
   (IndexFlatIP with VocabIndex's BLAS threshold and with FAISS's default; float16 and 8-bit IndexScalarQuantizers,
   unsharded and without re-ranking);
 - `/neighbors` through gradio's REST API, p50, each against a no-op endpoint on the same app (launched in-process
-  with Lab.from_loaded): the documented two steps (POST /gradio_api/call/neighbors, then read the event stream)
+  with ModelHost.from_loaded): the documented two steps (POST /gradio_api/call/neighbors, then read the event stream)
   within one session, as a browser tab or gradio_client keeps one; the same with a new session per call (a body
   without "session_hash": gradio then builds a session, ~10 ms here); and one request (POST /gradio_api/run/...,
   open where the API is open).
@@ -140,11 +140,11 @@ def rest_benchmark(loaded, calls: int) -> dict:
     import gradio as gr
     import httpx
 
-    from core.lab import Lab
+    from core.host import ModelHost
     from demo import build_demo
 
-    lab = Lab.from_loaded(loaded)
-    demo = build_demo(lab)
+    host = ModelHost.from_loaded(loaded)
+    demo = build_demo(host)
 
     def noop(text: str) -> str:
         """Returns its input: the cost of a gradio API call itself.
@@ -196,8 +196,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from core.config import default_cache_dir
-    from core.models import load_model
-    from core.vocab_index import VocabIndex
+    from core.embeddings.index import VocabIndex
+    from core.model.loading import load_model
 
     loaded = load_model("bundled", device="cpu", dtype="auto", cache_dir=default_cache_dir(), progress=lambda m: None)
     index = VocabIndex.from_model(loaded.model, loaded.tokenizer)

@@ -28,8 +28,8 @@ from transformers import DynamicCache
 from bench.app_process import ROOT
 from bench.results_io import write_results
 from core.config import default_cache_dir
-from core.models import load_model
-from core.packed_linear import PackedLinear
+from core.model.loading import load_model
+from core.model.packed_linear import PackedLinear
 
 PAST = 64
 FORWARDS = [("decode step, 1 row", 1, 1), ("decode step, 8 rows", 8, 1), ("decode step, 16 rows", 16, 1),
@@ -104,7 +104,7 @@ def compare_phi3_matmuls(repeats: int) -> list[tuple[str, float, float]]:
 
 GROWTH_SCRIPT = """
 import ctypes, gc, sys, torch
-from core.models import load_model
+from core.model.loading import load_model
 loaded = load_model("bundled", "cpu", "auto", progress=lambda m: None, pack_linears=sys.argv[1] == "1")
 def rss_mb():
     gc.collect(); ctypes.CDLL(None).malloc_trim(0)

@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.limits import RequestLimits
-
 PHI3_MODEL_ID = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
 
@@ -28,6 +26,17 @@ def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["HF_HOME"]) / "token-lab"
     xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "token-lab"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for, and how many may be in progress at once."""
+
+    max_queue: int = 16  # requests in progress (generating or waiting for a row) before new ones get "busy"
+    max_new_tokens: int = 2048
+    max_input_chars: int = 50_000  # the new message plus the system prompt
+    max_history_messages: int = 10_000  # items in a conversation's history
+    max_history_chars: int = 1_000_000  # characters in all of them together
 
 
 @dataclass

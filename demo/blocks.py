@@ -8,7 +8,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from core.config import AppConfig
-from core.lab import Lab
+from core.host import ModelHost
 from demo.chat_tab import build_chat_tab
 from demo.embeddings_tab import build_embeddings_tab
 from demo.rest_defaults import RestDefaults
@@ -20,15 +20,15 @@ INTRO = ("Chat with a language model and look inside it: how your text becomes t
          "in the model's own embedding space.")
 
 
-def header_markdown(lab: Lab) -> str:
+def header_markdown(host: ModelHost) -> str:
     """Model, device, dtype, vocabulary size and context length; while loading, the loader's progress."""
-    if not lab.ready:
-        return f"**Model:** {lab.config.model or 'default'} · **Status:** {lab.status}"
-    loaded = lab.require().loaded
+    if not host.ready:
+        return f"**Model:** {host.config.model or 'default'} · **Status:** {host.status}"
+    loaded = host.require().loaded
     note = f"\n\n⚠️ {loaded.note}" if loaded.note else ""
     return (f"**Model:** `{loaded.name}` · **Device:** {loaded.device} · **dtype:** {loaded.dtype} · "
             f"**Vocabulary:** {loaded.vocab_size:,} tokens · **Context:** {loaded.context_length:,} tokens"
-            f"{note}\n\n<small>{lab.status}</small>")
+            f"{note}\n\n<small>{host.status}</small>")
 
 
 def launch_options(config: AppConfig) -> dict[str, Any]:
@@ -43,23 +43,23 @@ def launch_options(config: AppConfig) -> dict[str, Any]:
             "mcp_server": True if config.mcp else None}  # None leaves gradio's GRADIO_MCP_SERVER variable in charge
 
 
-def build_demo(lab: Lab, config: AppConfig | None = None) -> gr.Blocks:
-    """Build the whole app around `lab` (which may still be loading), with its queue configured."""
-    config = config or lab.config
+def build_demo(host: ModelHost, config: AppConfig | None = None) -> gr.Blocks:
+    """Build the whole app around `host` (which may still be loading), with its queue configured."""
+    config = config or host.config
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        header = gr.Markdown(header_markdown(lab), elem_id="model-header")
-        timer = gr.Timer(1.0, active=not lab.ready)
+        header = gr.Markdown(header_markdown(host), elem_id="model-header")
+        timer = gr.Timer(1.0, active=not host.ready)
 
         def refresh_header() -> tuple[str, gr.Timer]:
-            return header_markdown(lab), gr.Timer(active=not lab.ready)
+            return header_markdown(host), gr.Timer(active=not host.ready)
 
         timer.tick(refresh_header, outputs=[header, timer], show_progress="hidden", api_visibility="private")
         demo.load(refresh_header, outputs=[header, timer], show_progress="hidden", api_visibility="private")
         with gr.Tabs():
-            build_chat_tab(lab)
-            build_tokens_tab(lab)
-            build_embeddings_tab(lab)
+            build_chat_tab(host)
+            build_tokens_tab(host)
+            build_embeddings_tab(host)
     # Bounded waiting line: beyond it gradio answers "queue full" instead of letting requests wait forever.
     demo.queue(max_size=config.max_queue * 4, default_concurrency_limit=1)
     return demo

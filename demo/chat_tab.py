@@ -13,10 +13,10 @@ from typing import Any
 import gradio as gr
 from anyio import to_thread
 
-from core.chat import ChatStream, GenerationSettings
-from core.lab import Lab
-from core.prompt import newest_within
-from core.tokens import tokens_for_ids
+from core.engine.local import ChatStream, GenerationSettings
+from core.host import ModelHost
+from core.text.prompt import newest_within
+from core.text.tokens import tokens_for_ids
 from demo.chat_markdown import safe_chatbot
 from demo.errors import api_errors, ui_errors
 from demo.token_view import token_highlights, token_view
@@ -52,15 +52,15 @@ def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return history
 
 
-def build_chat_tab(lab: Lab) -> None:
-    limits = lab.config.limits
+def build_chat_tab(host: ModelHost) -> None:
+    limits = host.config.limits
 
     def ui_history(history: list[dict]) -> list[dict]:
         """The page sends its whole conversation; only the newest messages within the limits can reach the model."""
         return newest_within(history or [], limits.max_history_messages, limits.max_history_chars)
 
     def prompt_tokens(message: str, history: list[dict], system_prompt: str, max_new_tokens: int) -> list:
-        parts = lab.require()
+        parts = host.require()
         prompt = parts.engine.prompt(message, ui_history(history), system_prompt, int(max_new_tokens))
         return token_highlights(tokens_for_ids(parts.loaded.tokenizer, prompt.ids))
 
@@ -68,7 +68,7 @@ def build_chat_tab(lab: Lab) -> None:
     async def respond(message: str, history: list[dict], system_prompt: str, temperature: float, top_p: float,
                       top_k: int, repetition_penalty: float, max_new_tokens: int,
                       seed: float | None) -> AsyncIterator[tuple[list[dict[str, Any]], list]]:
-        parts = lab.require()
+        parts = host.require()
         settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
                              limits.max_new_tokens)
 
@@ -102,7 +102,7 @@ def build_chat_tab(lab: Lab) -> None:
             top_k: sample among the k most likely tokens (0 = off).
             repetition_penalty: > 1 discourages repeating tokens.
         """
-        engine = lab.require().engine
+        engine = host.require().engine
         settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
                              limits.max_new_tokens)
         stream = await to_thread.run_sync(lambda: engine.chat(message, history, system_prompt, settings))
@@ -120,7 +120,7 @@ def build_chat_tab(lab: Lab) -> None:
         Returns:
             {"text": rendered prompt, "ids": token ids, "count": number of ids, "dropped_turns": int}
         """
-        p = lab.require().engine.prompt(message, history, system_prompt)
+        p = host.require().engine.prompt(message, history, system_prompt)
         return {"text": p.text, "ids": p.ids, "count": len(p.ids), "dropped_turns": p.dropped_turns}
 
     @api_errors
@@ -135,7 +135,7 @@ def build_chat_tab(lab: Lab) -> None:
              "max_batch": int, "prefix_cache": {"sequences": int, "bytes": int, "max_bytes": int,
              "lookups": int, "hits": int, "reused_token_share": float}}
         """
-        return lab.require().engine.stats()
+        return host.require().engine.stats()
 
     with gr.Tab("Chat", id="chat"):
         gr.Markdown(INTRO)
@@ -147,7 +147,7 @@ def build_chat_tab(lab: Lab) -> None:
                 top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
                 top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
                 repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
-                max_new_tokens = gr.Slider(1, lab.config.max_new_tokens_limit, value=256, step=1,
+                max_new_tokens = gr.Slider(1, host.config.max_new_tokens_limit, value=256, step=1,
                                            label="Max new tokens")
                 seed = gr.Number(value=None, precision=0, label="Seed (empty = random)")
         inspector = token_view("Prompt tokens (last message); control tokens are marked", elem_id="prompt-inspector",

@@ -1,5 +1,5 @@
 """Embeddings tab: nearest tokens, analogies, similarity, odd one out, a token's vector and a 2D map, plus the typed
-API endpoints /neighbors, /analogy, /similarity and /doesnt_match. All the maths lives in core.vocab_index.
+API endpoints /neighbors, /analogy, /similarity and /doesnt_match. All the maths lives in core.embeddings.index.
 
 Vocabulary pieces only ever reach the page as data (table cells, text boxes, chart data), never as HTML.
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
@@ -12,8 +12,7 @@ import pandas as pd
 from gradio.components.plot import AltairPlotData, PlotData
 
 from core import checks
-from core.lab import Lab
-from core.vocab_index import (
+from core.embeddings.index import (
     MAX_QUERY_CHARS,
     METRIC_LABELS,
     NeighborResult,
@@ -25,6 +24,7 @@ from core.vocab_index import (
     VectorInfo,
     VocabIndex,
 )
+from core.host import ModelHost
 from demo.errors import api_errors, ui_errors
 
 INTRO = ("Every token has a vector in the model's input embedding matrix, and tokens used alike sit close together: "
@@ -119,11 +119,11 @@ def neighbors_map(index: VocabIndex, result: NeighborResult, title: str) -> Plot
 
 # -- the tab ---------------------------------------------------------------------------------------------------------
 
-def build_embeddings_tab(lab: Lab) -> None:
+def build_embeddings_tab(host: ModelHost) -> None:
     """The Embeddings tab and its API endpoints, inside the current gr.Blocks."""
 
     def index() -> VocabIndex:
-        return lab.require().index
+        return host.require().index
 
     def word(value: object, name: str) -> str:
         """API callers must send a query as text: a number is not silently read as a token id."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.tokens import TokenizedText
+from core.text.tokens import TokenizedText
 
 SPECIAL = "special"
 CYCLE = ("t1", "t2", "t3", "t4", "t5", "t6")

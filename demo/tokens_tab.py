@@ -12,9 +12,9 @@ from transformers import PreTrainedTokenizerBase
 
 from core import checks
 from core.errors import InvalidInputError, TokenLabError
-from core.prompt import PromptBuilder, normalize_messages
-from core.tokenizers_registry import MAX_HUB_TOKENIZERS, registry_for
-from core.tokens import (
+from core.text.prompt import PromptBuilder, normalize_messages
+from core.text.registry import MAX_HUB_TOKENIZERS, registry_for
+from core.text.tokens import (
     DetokenizeResult,
     TokenizedText,
     TokenizeResult,
@@ -36,7 +36,7 @@ from demo.token_view import (
 )
 
 if TYPE_CHECKING:
-    from core.lab import Lab
+    from core.host import ModelHost
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,10 @@ def _hub_ids(text: str) -> list[str]:
     return ids
 
 
-def build_tokens_tab(lab: "Lab") -> None:
+def build_tokens_tab(host: "ModelHost") -> None:
     """The Tokens tab and its API endpoints, inside the caller's gr.Blocks."""
-    registry = registry_for(lab.config.cache_dir)
-    max_chars = lab.config.max_input_chars
+    registry = registry_for(host.config.cache_dir)
+    max_chars = host.config.max_input_chars
     offline = registry.available()
     builders: dict[int, PromptBuilder] = {}
 
@@ -88,7 +88,7 @@ def build_tokens_tab(lab: "Lab") -> None:
         """'' or 'model': the loaded model's tokenizer; otherwise an offline key or a hub id."""
         key = checks.text(name, "tokenizer", MAX_NAME_CHARS).strip()
         if key in ("", MODEL_KEY):
-            loaded = lab.require().loaded
+            loaded = host.require().loaded
             return loaded.name, loaded.tokenizer
         named = registry.load(key)
         return named.name, named.tokenizer
@@ -104,8 +104,8 @@ def build_tokens_tab(lab: "Lab") -> None:
 
     def on_open(text: str, tokenizer: str) -> Any:
         """Opening the tab shows the current text's tokens, quietly waiting while the model loads."""
-        if not (tokenizer or "").strip() and not lab.ready:
-            return gr.skip(), f"The model is still loading ({lab.status}).", gr.skip(), gr.skip()
+        if not (tokenizer or "").strip() and not host.ready:
+            return gr.skip(), f"The model is still loading ({host.status}).", gr.skip(), gr.skip()
         return tokenize_ui(text, tokenizer)
 
     # -- ids -> text -------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def build_tokens_tab(lab: "Lab") -> None:
     # -- chat template -----------------------------------------------------------------------------------------
     @ui_errors
     def template_ui(rows: list[list[Any]] | None, add_generation_prompt: bool) -> tuple[list, str, str]:
-        loaded = lab.require().loaded
+        loaded = host.require().loaded
         raw = []
         for row in rows or []:
             role, content = [*list(row), "", ""][:2]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.config import AppConfig, default_cache_dir
-from core.models import LoadedModel, load_model
+from core.model.loading import LoadedModel, load_model
 from tests import phi3
 from tests.browser import browser, browser_page  # noqa: F401  (fixtures for browser tests)
 
@@ -87,18 +87,18 @@ def tiny_chat(bundled: LoadedModel, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def bundled_lab(bundled: LoadedModel):
-    from core.lab import Lab
+def bundled_host(bundled: LoadedModel):
+    from core.host import ModelHost
 
-    return Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=4))
+    return ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=4))
 
 
 @pytest.fixture(scope="session")
-def app_url(bundled_lab) -> Iterator[str]:
+def app_url(bundled_host) -> Iterator[str]:
     """The full Blocks app on the bundled model, launched as app.py launches it on a free loopback port."""
     from tests.servers import launched
 
-    with launched(bundled_lab) as url:
+    with launched(bundled_host) as url:
         yield url
 
 

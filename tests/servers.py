@@ -44,16 +44,16 @@ def running(command: list[str], log: Path, ready: Callable[[], bool], what: str,
 
 
 @contextlib.contextmanager
-def launched(lab) -> Iterator[str]:
-    """The full app around `lab`, launched as app.py launches it (same options and middleware) on a free loopback
+def launched(host) -> Iterator[str]:
+    """The full app around `host`, launched as app.py launches it (same options and middleware) on a free loopback
     port; yields its URL and closes it afterwards."""
     import dataclasses
 
     from demo import build_demo, launch_options
     from tests.conftest import free_port
 
-    config = dataclasses.replace(lab.config, host="127.0.0.1", port=free_port(), share=False)
-    demo = build_demo(lab, config)
+    config = dataclasses.replace(host.config, host="127.0.0.1", port=free_port(), share=False)
+    demo = build_demo(host, config)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(config))
     try:
         yield f"http://127.0.0.1:{config.port}/"

@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.config import AppConfig
+from core.config import AppConfig, RequestLimits
 from core.errors import InvalidInputError, ModelNotReadyError
-from core.lab import Lab
-from core.limits import RequestLimits
+from core.host import ModelHost
 from demo.blocks import build_demo, header_markdown, launch_options
 from tests.conftest import free_port
 
@@ -37,21 +36,21 @@ def test_app_module_exposes_demo_for_gradio_and_spaces():
 @pytest.mark.parametrize("when", ["while loading", "just after loading, while the engine warms up"])
 def test_the_process_exits_cleanly_whatever_its_threads_are_doing(when):
     """A daemon thread still inside a torch op when Python finalizes aborts the process (status 134, "terminate
-    called without an active exception"): the Lab and the engine stop their threads at exit first."""
-    wait = "lab.wait()" if when.startswith("just after") else "pass"
-    code = ("from core.config import AppConfig\nfrom core.lab import Lab\n"
-            f"lab = Lab(AppConfig(model='bundled')).start()\nlab.wait_for_imports()\n{wait}\nprint('exiting')")
+    called without an active exception"): the host and the engine stop their threads at exit first."""
+    wait = "host.wait()" if when.startswith("just after") else "pass"
+    code = ("from core.config import AppConfig\nfrom core.host import ModelHost\n"
+            f"host = ModelHost(AppConfig(model='bundled')).start()\nlab.wait_for_imports()\n{wait}\nprint('exiting')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "exiting" in out.stdout  # (the loader thread prints too: lines may interleave)
 
 
-def test_header_shows_progress_while_loading_and_facts_when_ready(bundled_lab):
-    loading = Lab(AppConfig(model="bundled"))
+def test_header_shows_progress_while_loading_and_facts_when_ready(bundled_host):
+    loading = ModelHost(AppConfig(model="bundled"))
     assert "starting" in header_markdown(loading)
     with pytest.raises(ModelNotReadyError, match="still loading"):
         loading.require()
-    ready = header_markdown(bundled_lab)
+    ready = header_markdown(bundled_host)
     for fact in ("SmolLM2-135M-Instruct", "cpu", "float32", "49,152", "8,192"):
         assert fact in ready
 
@@ -67,10 +66,10 @@ def test_every_feature_is_a_typed_endpoint(client):
 
 
 def test_config_limits_reach_the_local_engine(bundled):
-    lab = Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=3, max_input_chars=100,
+    host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=3, max_input_chars=100,
                                              max_new_tokens_limit=64, max_history_messages=5,
                                              max_history_chars=1000))
-    engine = lab.require().engine
+    engine = host.require().engine
     try:
         assert engine.limits == RequestLimits(max_queue=3, max_new_tokens=64, max_input_chars=100,
                                               max_history_messages=5, max_history_chars=1000)
@@ -82,11 +81,11 @@ def test_config_limits_reach_the_local_engine(bundled):
         engine.close()
 
 
-def test_anonymous_api_calls_do_not_pile_up_sessions(bundled_lab):
+def test_anonymous_api_calls_do_not_pile_up_sessions(bundled_host):
     """Each API call without a session_hash opens a gradio session holding a copy of the app's config: the store
     is bounded by --max-sessions, and a caller that sends a session_hash keeps reusing one."""
     config = AppConfig(model="bundled", max_sessions=3, port=free_port())
-    demo = build_demo(bundled_lab, config)
+    demo = build_demo(bundled_host, config)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(config))
     port = config.port
     base = f"http://127.0.0.1:{port}/gradio_api/call/tokenize"

@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 
-from core.arrivals import take_burst
+from core.engine.arrivals import take_burst
 
 
 def put_later(q: queue.Queue, items: list, delay_s: float) -> threading.Thread:

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from core.batching import MAX_ROWS, kv_bytes_per_token, rows_that_fit
-from core.chat import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
-from core.limits import RequestLimits
+from core.config import RequestLimits
+from core.engine.batch_decoder import MAX_ROWS, kv_bytes_per_token, rows_that_fit
+from core.engine.local import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
 

@@ -49,9 +49,9 @@ def test_each_tab_gets_a_result(browser_page):
     assert not browser_page.dialogs and not browser_page.page_errors
 
 
-def test_prompt_inspector_and_retry(browser_page, bundled_lab):
+def test_prompt_inspector_and_retry(browser_page, bundled_host):
     page = browser_page.page
-    engine = bundled_lab.require().engine
+    engine = bundled_host.require().engine
     box = page.locator("#chat-input textarea")
     box.fill("Say <|im_end|> please")
     box.press("Enter")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.chat import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
+from core.config import RequestLimits
+from core.engine.local import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
 from core.errors import BusyError, ContextOverflowError, GenerationError, InvalidInputError
-from core.limits import RequestLimits
-from core.prompt import Prompt, PromptBuilder
+from core.text.prompt import Prompt, PromptBuilder
 from tests import phi3
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=48)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.embedding_loader import EmbeddingsOnly, load_embeddings_only
+from core.embeddings.index import VocabIndex
 from core.errors import ModelLoadError
-from core.lab import Lab
-from core.models import LoadedModel, load_model
-from core.vocab_index import VocabIndex
+from core.host import ModelHost
+from core.model.embeddings_only import EmbeddingsOnly, load_embeddings_only
+from core.model.loading import LoadedModel, load_model
 
 
 def weight(loaded: LoadedModel) -> torch.Tensor:
@@ -93,13 +93,14 @@ def test_embeddings_only_feeds_the_vocabulary_index_and_refuses_to_generate(phi3
 def test_remote_lab_exits_on_an_explicit_model_that_fails(tmp_path: Path):
     from core.config import AppConfig
 
-    lab = Lab(AppConfig(model=str(tmp_path / "missing"), engine_url="http://127.0.0.1:9/v1", device="cpu")).start()
-    assert lab.wait(60)
-    assert lab.error is not None and "missing" in str(lab.error)
+    config = AppConfig(model=str(tmp_path / "missing"), engine_url="http://127.0.0.1:9/v1", device="cpu")
+    host = ModelHost(config).start()
+    assert host.wait(60)
+    assert host.error is not None and "missing" in str(host.error)
 
 
 def test_remote_mode_without_model_falls_back_with_a_note(cache_dir: Path):
-    from core.embedding_loader import load_embeddings_with_fallback
+    from core.model.embeddings_only import load_embeddings_with_fallback
 
     loaded = load_embeddings_with_fallback(None, "my-served-name", device="cpu", cache_dir=cache_dir)
     assert loaded.source == "bundled"

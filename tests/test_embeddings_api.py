@@ -123,11 +123,11 @@ def test_rest_error(app_url):
     assert "not in the vocabulary" in json.dumps(data)
 
 
-def test_map_is_a_labelled_scatter_plot(bundled_lab):
+def test_map_is_a_labelled_scatter_plot(bundled_host):
     """The 2D map's Vega-Lite spec: one point and one text label per token, labels as data (never markup)."""
     from demo.embeddings_tab import neighbors_map
 
-    index = bundled_lab.require().index
+    index = bundled_host.require().index
     result = index.neighbors("king", k=5)
     plot = neighbors_map(index, result, "title")
     spec = json.loads(plot.plot)

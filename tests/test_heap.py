@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from core.heap import HeapTrimmer
+from core.engine.heap import HeapTrimmer
 
 
 def rss_mb() -> float:

@@ -18,7 +18,7 @@ import pytest
 from gradio_client.exceptions import AppError
 
 from core.config import AppConfig
-from core.lab import Lab
+from core.host import ModelHost
 from tests.servers import launched
 
 TIMEOUT = httpx.Timeout(120.0)  # liveness only: a request that never ends fails here instead of hanging the suite
@@ -234,11 +234,11 @@ def test_rest_calls_without_a_required_value_are_told_which(rest):
 @pytest.fixture(scope="module")
 def tiny_app(tiny_chat):
     """The app on a tiny random model with the bundled tokenizer: a full 8,192-token prompt prefills in a moment."""
-    lab = Lab.from_loaded(tiny_chat, AppConfig(model="tiny", max_queue=4, max_history_messages=200_000,
+    host = ModelHost.from_loaded(tiny_chat, AppConfig(model="tiny", max_queue=4, max_history_messages=200_000,
                                                max_history_chars=4_000_000))
-    with launched(lab) as url:
+    with launched(host) as url:
         yield url
-    lab.require().engine.close()
+    host.require().engine.close()
 
 
 def test_ten_thousand_turns_are_trimmed_and_answered(rest, tiny_app):

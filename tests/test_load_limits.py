@@ -7,21 +7,21 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from core.config import AppConfig
-from core.lab import Lab
+from core.host import ModelHost
 from tests.servers import launched
 
 
 @pytest.fixture(scope="module")
 def small_app(bundled):
-    lab = Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=1, max_new_tokens_limit=64))
-    with launched(lab) as url:
-        yield url, lab
-    lab.require().engine.close()
+    host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=1, max_new_tokens_limit=64))
+    with launched(host) as url:
+        yield url, host
+    host.require().engine.close()
 
 
 def test_overflowing_the_queue_returns_busy(small_app):
-    url, lab = small_app
-    engine = lab.require().engine
+    url, host = small_app
+    engine = host.require().engine
     first = Client(url, verbose=False).submit("Write a long story about a dragon.", [], "", 0.0, 1.0, 64, None,
                                                api_name="/chat")
     for _ in first:  # wait until the first request is generating

@@ -47,18 +47,18 @@ def mcp_app(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield url
 
 
-def _docstrings(bundled_lab) -> dict[str, str]:
+def _docstrings(bundled_host) -> dict[str, str]:
     """The API functions' own docstrings, by function name, from the app's Blocks (not launched)."""
     from demo import build_demo
 
-    demo = build_demo(bundled_lab)
+    demo = build_demo(bundled_host)
     return {fn.fn.__name__: inspect.getdoc(fn.fn) or "" for fn in demo.fns.values()
             if fn.fn is not None and fn.api_name}
 
 
-def test_schema_lists_the_tools_with_their_docstrings(mcp_app: str, bundled_lab):
+def test_schema_lists_the_tools_with_their_docstrings(mcp_app: str, bundled_host):
     schema = {tool["name"]: tool for tool in httpx.get(f"{mcp_app}/gradio_api/mcp/schema", timeout=30).json()}
-    docs = _docstrings(bundled_lab)
+    docs = _docstrings(bundled_host)
     for name in TOOLS:
         assert name in schema, f"{name} is not an MCP tool: {sorted(schema)}"
         summary = docs[name].split("\n\n")[0].replace("\n", " ")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import core.models
+import core.model.loading
 from core.config import BUNDLED, PHI3_MODEL_ID, AppConfig
 from core.errors import ModelLoadError
-from core.models import bundled_checkpoint, load_model, load_with_fallback
+from core.model.loading import bundled_checkpoint, load_model, load_with_fallback
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,11 +26,11 @@ def test_bundled_model_facts(bundled):
 
 
 def test_auto_dtype_follows_the_hardware():
-    assert core.models.resolve_dtype("auto", "cuda") == torch.bfloat16
-    assert core.models.resolve_dtype("auto", "cpu") == torch.float32  # batch-invariant greedy answers
-    assert core.models.resolve_dtype("float32", "cpu") == torch.float32
+    assert core.model.loading.resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert core.model.loading.resolve_dtype("auto", "cpu") == torch.float32  # batch-invariant greedy answers
+    assert core.model.loading.resolve_dtype("float32", "cpu") == torch.float32
     with pytest.raises(ModelLoadError, match="unknown dtype"):
-        core.models.resolve_dtype("int3", "cpu")
+        core.model.loading.resolve_dtype("int3", "cpu")
 
 
 def test_bundled_weights_are_cached(bundled, cache_dir):
@@ -67,14 +67,14 @@ def test_failures_are_one_clear_line(model_id, reason):
 
 
 def test_cuda_device_without_gpu_is_explained():
-    if core.models.torch.cuda.is_available():
+    if core.model.loading.torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="no CUDA GPU is available"):
         load_model(BUNDLED, device="cuda")
 
 
 def test_default_phi3_falls_back_to_bundled_and_says_so(monkeypatch, cache_dir):
-    monkeypatch.setattr(core.models, "default_model_id", lambda: PHI3_MODEL_ID)  # as on a CUDA machine
+    monkeypatch.setattr(core.model.loading, "default_model_id", lambda: PHI3_MODEL_ID)  # as on a CUDA machine
     messages: list[str] = []
     loaded = load_with_fallback(None, device="cpu", cache_dir=cache_dir, progress=messages.append)
     assert loaded.source == "bundled"

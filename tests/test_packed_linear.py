@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from core.config import AppConfig
-from core.models import LoadedModel, load_model
-from core.packed_linear import PackedLinear, pack_linear_layers, packing_works, row_bucket
+from core.model.loading import LoadedModel, load_model
+from core.model.packed_linear import PackedLinear, pack_linear_layers, packing_works, row_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_packing_again_is_a_no_op_and_counts_only_shared_weights_as_extra(bundle
 def test_a_packed_model_lets_go_of_the_memory_mapped_checkpoint(pack):
     """Without packing the weights are views of the mapped safetensors file; with it, nothing holds the file, so
     its pages do not count twice (packed copy + mapped original) in the process's memory."""
-    code = ("from core.models import load_model\n"
+    code = ("from core.model.loading import load_model\n"
             f"loaded = load_model('bundled', 'cpu', 'auto', progress=lambda m: None, pack_linears={pack})\n"
             "print('mapped', any('.safetensors' in line for line in open('/proc/self/maps')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)

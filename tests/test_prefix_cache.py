@@ -7,10 +7,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from core.chat import ChatEngine, GenerationSettings
-from core.config import AppConfig
-from core.limits import RequestLimits
-from core.prefix_cache import PrefixCache, common_prefix_length
+from core.config import AppConfig, RequestLimits
+from core.engine.local import ChatEngine, GenerationSettings
+from core.engine.prefix_cache import PrefixCache, common_prefix_length
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from core.chat import GenerationSettings
 from core.config import AppConfig
-from core.embedding_loader import load_embeddings_only
+from core.engine.local import GenerationSettings
+from core.engine.remote import RemoteChatEngine, api_base
 from core.errors import GenerationError, ModelNotReadyError
-from core.lab import Lab
-from core.models import LoadedModel, bundled_checkpoint
-from core.remote_engine import RemoteChatEngine, api_base
+from core.host import ModelHost
+from core.model.embeddings_only import load_embeddings_only
+from core.model.loading import LoadedModel, bundled_checkpoint
 from tests.conftest import free_port
 from tests.servers import http_ok, launched, running
 
@@ -81,18 +81,18 @@ def embeddings(cache_dir: Path) -> LoadedModel:
 
 
 @pytest.fixture(scope="module")
-def remote_lab(server: Server, embeddings: LoadedModel) -> Iterator[Lab]:
-    lab = Lab.from_loaded(embeddings, AppConfig(model="bundled", engine_url=server.url, engine_model=server.model,
-                                                max_queue=4))
-    yield lab
-    lab.require().engine.close()
+def remote_host(server: Server, embeddings: LoadedModel) -> Iterator[ModelHost]:
+    config = AppConfig(model="bundled", engine_url=server.url, engine_model=server.model, max_queue=4)
+    host = ModelHost.from_loaded(embeddings, config)
+    yield host
+    host.require().engine.close()
 
 
 @pytest.fixture(scope="module")
-def remote_client(remote_lab: Lab):
+def remote_client(remote_host: ModelHost):
     from gradio_client import Client
 
-    with launched(remote_lab) as url:
+    with launched(remote_host) as url:
         yield Client(url, verbose=False)
 
 
@@ -101,17 +101,17 @@ def test_api_base_accepts_the_usual_spellings():
         assert api_base(url) == "http://h:8000/v1"
 
 
-def test_greedy_answer_through_the_app(remote_client, remote_lab):
+def test_greedy_answer_through_the_app(remote_client, remote_host):
     answer = remote_client.predict("What is the capital of France?", [], "", 0.0, 1.0, 48, None,
                                    api_name="/chat")
     assert "Paris" in answer
     # the chat tab's default top-k (50) is outside the OpenAI schema: transformers serve refuses it, the engine
     # then leaves it out and the answer still comes
-    assert remote_lab.require().engine.extras_supported is False
+    assert remote_host.require().engine.extras_supported is False
 
 
-def test_server_receives_the_prompt_the_inspector_shows(remote_lab):
-    engine = remote_lab.require().engine
+def test_server_receives_the_prompt_the_inspector_shows(remote_host):
+    engine = remote_host.require().engine
     stream = engine.chat("What is the capital of France?", [{"role": "user", "content": "Hi"},
                                                              {"role": "assistant", "content": "Hello!"}],
                          "Be brief.", GREEDY)
@@ -120,15 +120,15 @@ def test_server_receives_the_prompt_the_inspector_shows(remote_lab):
     assert stream.usage["prompt_tokens"] == len(stream.prompt.ids)  # the server's count of the same prompt
     stats = stream.stats
     assert stats.generated_tokens == stream.usage["completion_tokens"] and stats.ttft_s is not None
-    assert stream.token_ids and "Paris" in remote_lab.require().loaded.tokenizer.decode(stream.token_ids)
+    assert stream.token_ids and "Paris" in remote_host.require().loaded.tokenizer.decode(stream.token_ids)
 
 
-def test_tokens_and_embeddings_tabs_work_from_the_embedding_matrix(remote_client, remote_lab, embeddings):
-    loaded = remote_lab.require().loaded
+def test_tokens_and_embeddings_tabs_work_from_the_embedding_matrix(remote_client, remote_host, embeddings):
+    loaded = remote_host.require().loaded
     assert (loaded.name, loaded.vocab_size, loaded.context_length, loaded.device) == \
         ("SmolLM2-135M-Instruct (bundled GGUF)", 49152, 8192, "cpu")
-    assert "chat runs on" in remote_lab.status and "reachable" in remote_lab.status
-    assert "index: 49,152 tokens" in remote_lab.status
+    assert "chat runs on" in remote_host.status and "reachable" in remote_host.status
+    assert "index: 49,152 tokens" in remote_host.status
     tokens = remote_client.predict("Hello world", "", api_name="/tokenize")
     assert [t["text"] for t in tokens["tokens"]] == ["Hello", " world"]
     neighbors = remote_client.predict("king", 10, "cosine", api_name="/neighbors")
@@ -136,16 +136,16 @@ def test_tokens_and_embeddings_tabs_work_from_the_embedding_matrix(remote_client
 
 
 def test_lab_started_in_remote_mode_loads_only_the_embeddings(server: Server, cache_dir: Path):
-    from core.embedding_loader import EmbeddingsOnly
-    from core.remote_engine import RemoteChatEngine as Remote
+    from core.engine.remote import RemoteChatEngine as Remote
+    from core.model.embeddings_only import EmbeddingsOnly
 
-    lab = Lab(AppConfig(model="bundled", device="cpu", cache_dir=cache_dir, engine_url=server.url,
+    host = ModelHost(AppConfig(model="bundled", device="cpu", cache_dir=cache_dir, engine_url=server.url,
                         engine_model=server.model)).start()
-    assert lab.wait(120) and lab.error is None, lab.status
-    parts = lab.require()
+    assert host.wait(120) and host.error is None, host.status
+    parts = host.require()
     try:
         assert isinstance(parts.loaded.model, EmbeddingsOnly) and isinstance(parts.engine, Remote)
-        assert "tokenizer and embeddings loaded" in lab.status and server.url in lab.status
+        assert "tokenizer and embeddings loaded" in host.status and server.url in host.status
     finally:
         parts.engine.close()
 
@@ -166,8 +166,8 @@ def test_stop_ends_the_server_side_stream(remote_client, server):
     assert time.monotonic() - start < 30, "the server was still busy with the stopped answer"
 
 
-def test_engine_cancel_closes_the_stream_at_once(remote_lab, server):
-    engine = remote_lab.require().engine
+def test_engine_cancel_closes_the_stream_at_once(remote_host, server):
+    engine = remote_host.require().engine
     stream = engine.chat(LONG_PROMPT, [], "", GenerationSettings(temperature=0.0, top_p=1.0, max_new_tokens=2000))
     for i, _text in enumerate(stream):
         if i == 3:
@@ -191,17 +191,17 @@ def test_server_down_gives_a_clear_message(embeddings):
     finally:
         engine.close()
 
-    lab = Lab.from_loaded(embeddings, AppConfig(model="bundled", engine_url=f"http://127.0.0.1:{port}",
+    host = ModelHost.from_loaded(embeddings, AppConfig(model="bundled", engine_url=f"http://127.0.0.1:{port}",
                                                 engine_model="m"))
-    assert "chat runs on" in lab.status and "Cannot reach" in lab.status
+    assert "chat runs on" in host.status and "Cannot reach" in host.status
     try:
-        with launched(lab) as url:
+        with launched(host) as url:
             client = Client(url, verbose=False)
             with pytest.raises(AppError, match="Cannot reach the inference server") as info:
                 client.predict("Hi", [], "", 0.0, 1.0, 16, None, api_name="/chat")
             assert "Traceback" not in str(info.value)
     finally:
-        lab.require().engine.close()
+        host.require().engine.close()
 
 
 def test_http_error_status_is_explained(server, embeddings):

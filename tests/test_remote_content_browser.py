@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from core.config import AppConfig
-from core.embedding_loader import load_embeddings_only
-from core.lab import Lab
+from core.host import ModelHost
+from core.model.embeddings_only import load_embeddings_only
 from tests.servers import HitCounter, ScriptedChatServer, launched
 
 pytestmark = pytest.mark.browser
@@ -37,12 +37,12 @@ def foreign() -> Iterator[HitCounter]:
 def scripted_app(cache_dir, foreign) -> Iterator[str]:
     server = ScriptedChatServer(payload(foreign.url, "answer"))
     embeddings = load_embeddings_only("bundled", device="cpu", dtype="auto", cache_dir=cache_dir)
-    lab = Lab.from_loaded(embeddings, AppConfig(model="bundled", engine_url=server.url, engine_model="scripted"))
+    host = ModelHost.from_loaded(embeddings, AppConfig(model="bundled", engine_url=server.url, engine_model="scripted"))
     try:
-        with launched(lab) as url:
+        with launched(host) as url:
             yield url
     finally:
-        lab.require().engine.close()
+        host.require().engine.close()
         server.close()
 
 

@@ -12,9 +12,9 @@ import pytest
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from core.errors import InvalidInputError
-from core.prompt import PromptBuilder
-from core.tokenizers_registry import PHI3_ENV, TokenizerRegistry
-from core.tokens import MAX_CHARS, TokenizedText, detokenize, group_tokens, parse_ids, tokenize, tokens_for_ids
+from core.text.prompt import PromptBuilder
+from core.text.registry import PHI3_ENV, TokenizerRegistry
+from core.text.tokens import MAX_CHARS, TokenizedText, detokenize, group_tokens, parse_ids, tokenize, tokens_for_ids
 from demo.token_view import SPECIAL, show_whitespace, token_highlights, token_rows
 from tests import phi3
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from gradio_client.exceptions import AppError
 
-from core.models import LoadedModel
+from core.model.loading import LoadedModel
 from demo.tokens_tab import SEED_SAMPLE
 
 TEXT = "I love programming. 🎵 鸟\n\tend"

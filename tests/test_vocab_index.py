@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from core import vocab_index
+from core.embeddings.index import MAX_K, SMALL_BATCH, VocabIndex, gpu_available, variant_key, visible
 from core.errors import InvalidInputError
-from core.hardware import cpu_has_native_bfloat16
-from core.vocab_index import MAX_K, SMALL_BATCH, VocabIndex, gpu_available, variant_key, visible
+from core.model.hardware import cpu_has_native_bfloat16
 
 WORDS = ["king", "Paris", "swim", "computer", "happy", "the", "apologizing"]
 
@@ -389,7 +389,7 @@ def test_use_gpu_without_a_gpu_is_an_error(bundled):
 
 
 def test_vocabulary_tables_are_cached_and_keyed_by_tokenizer(bundled, phi3_tiny, tmp_path):
-    from core.vocab_index import VocabIndex
+    from core.embeddings.index import VocabIndex
 
     fresh = VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=False, cache_dir=tmp_path)
     again = VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=False, cache_dir=tmp_path)

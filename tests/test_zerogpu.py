@@ -1,5 +1,5 @@
 """ZeroGPU support, off ZeroGPU: `gpu` is the identity, the per-request engine gives the local engine's answers, and
-on a (simulated) ZeroGPU platform `gpu` hands functions to `spaces.GPU` and the Lab picks the per-request engine.
+on a (simulated) ZeroGPU platform `gpu` hands functions to `spaces.GPU` and the host picks the per-request engine.
 
 Real ZeroGPU hardware cannot run here; `spaces` is replaced by a stand-in module only to see what is passed to it.
 """
@@ -12,12 +12,11 @@ import types
 
 import pytest
 
-from core.chat import GenerationSettings
-from core.config import AppConfig
-from core.lab import Lab
-from core.limits import RequestLimits
-from core.zerogpu import gpu, on_zerogpu
-from core.zerogpu_engine import ZeroGPUChatEngine
+from core.config import AppConfig, RequestLimits
+from core.engine.local import GenerationSettings
+from core.engine.zerogpu import gpu, on_zerogpu
+from core.engine.zerogpu_engine import ZeroGPUChatEngine
+from core.host import ModelHost
 
 GREEDY = GenerationSettings(temperature=0.0, top_p=1.0, max_new_tokens=48)
 
@@ -58,20 +57,20 @@ def test_gpu_uses_spaces_gpu_on_zerogpu(fake_zerogpu: list):
 
 
 def test_lab_uses_the_per_request_engine_on_zerogpu(fake_zerogpu: list, bundled):
-    lab = Lab.from_loaded(bundled, AppConfig(model="bundled", max_queue=2))
+    host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=2))
     try:
-        assert isinstance(lab.require().engine, ZeroGPUChatEngine)
+        assert isinstance(host.require().engine, ZeroGPUChatEngine)
     finally:
-        lab.require().engine.close()
+        host.require().engine.close()
 
 
-def test_same_greedy_answer_as_the_local_engine(bundled, bundled_lab):
+def test_same_greedy_answer_as_the_local_engine(bundled, bundled_host):
     engine = ZeroGPUChatEngine(bundled, RequestLimits(max_queue=2))
     try:
         stream = engine.chat("What is the capital of France?", [], "", GREEDY)
         texts = list(stream)
         assert "Paris" in texts[-1] and stream.stop_reason == "end of turn"
-        local = bundled_lab.require().engine.chat("What is the capital of France?", [], "", GREEDY)
+        local = bundled_host.require().engine.chat("What is the capital of France?", [], "", GREEDY)
         local.wait(120)
         assert stream.token_ids == local.token_ids
         assert stream.stats.generated_tokens == len(stream.token_ids) and stream.stats.ttft_s is not None

@@ -29,15 +29,15 @@ from typing import Any
 import torch
 
 from core import checks
-from core.arrivals import take_burst
-from core.batching import BatchDecoder, Slot, free_memory_bytes, rows_that_fit
+from core.config import RequestLimits
+from core.engine.arrivals import take_burst
+from core.engine.batch_decoder import BatchDecoder, Slot, free_memory_bytes, rows_that_fit
+from core.engine.heap import HeapTrimmer
+from core.engine.prefix_cache import PrefixCache
+from core.engine.settings import GenerationSettings
 from core.errors import BusyError, GenerationError, InvalidInputError
-from core.generation_settings import GenerationSettings
-from core.heap import HeapTrimmer
-from core.limits import RequestLimits
-from core.models import LoadedModel
-from core.prefix_cache import PrefixCache
-from core.prompt import Prompt, PromptBuilder, check_history, normalize_messages
+from core.model.loading import LoadedModel
+from core.text.prompt import Prompt, PromptBuilder, check_history, normalize_messages
 
 log = logging.getLogger(__name__)
 

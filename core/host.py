@@ -1,7 +1,7 @@
-"""The Lab: one object that owns the loaded model, the chat engine and the vocabulary index.
+"""The model host: one object that owns the loaded model, the chat engine and the vocabulary index.
 
 It loads in a background thread so the UI can come up at once and show progress; every request asks
-`lab.require()`, which waits briefly for the load and otherwise says, in words, why it cannot serve yet.
+`host.require()`, which waits briefly for the load and otherwise says, in words, why it cannot serve yet.
 
 Which chat engine: `RemoteChatEngine` when `engine_url` is set (then only the tokenizer and the embedding matrix are
 loaded locally), `ZeroGPUChatEngine` on Hugging Face ZeroGPU hardware, else the in-process `ChatEngine`.
@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 from core.config import AppConfig
+from core.engine.zerogpu import on_zerogpu
 from core.errors import ModelLoadError, ModelNotReadyError
-from core.zerogpu import on_zerogpu
 
 if TYPE_CHECKING:
-    from core.chat import ChatEngine
-    from core.models import LoadedModel
-    from core.remote_engine import RemoteChatEngine
-    from core.vocab_index import VocabIndex
-    from core.zerogpu_engine import ZeroGPUChatEngine
+    from core.embeddings.index import VocabIndex
+    from core.engine.local import ChatEngine
+    from core.engine.remote import RemoteChatEngine
+    from core.engine.zerogpu_engine import ZeroGPUChatEngine
+    from core.model.loading import LoadedModel
 
 # the same interface: prompt, submit, chat, pending, close
 Engine = Union["ChatEngine", "RemoteChatEngine", "ZeroGPUChatEngine"]
@@ -40,7 +40,7 @@ LOADER_EXIT_WAIT_S = 30.0  # the longest an exit waits for loading to end (a hub
 
 
 @dataclass
-class LabParts:
+class ModelParts:
     """What a request works with once the model is loaded."""
 
     loaded: LoadedModel
@@ -48,25 +48,25 @@ class LabParts:
     index: VocabIndex
 
 
-class Lab:
+class ModelHost:
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self.status = "starting"
         self.error: ModelLoadError | None = None
-        self._parts: LabParts | None = None
+        self._parts: ModelParts | None = None
         self._ready = threading.Event()
         self._imported = threading.Event()
         self._started = time.perf_counter()
         self.ready_seconds: float | None = None
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModel, config: AppConfig | None = None) -> Lab:
-        """A Lab around an already loaded model (tests, benchmarks, embedding in other apps)."""
-        lab = cls(config or AppConfig(model=loaded.name))
-        lab._finish(loaded)
-        return lab
+    def from_loaded(cls, loaded: LoadedModel, config: AppConfig | None = None) -> ModelHost:
+        """A ModelHost around an already loaded model (tests, benchmarks, embedding in other apps)."""
+        host = cls(config or AppConfig(model=loaded.name))
+        host._finish(loaded)
+        return host
 
-    def start(self) -> Lab:
+    def start(self) -> ModelHost:
         """Begin loading in a background thread; returns at once."""
         self._loader = threading.Thread(target=self._load, name="token-lab-loader", daemon=True)
         self._loader.start()
@@ -93,15 +93,11 @@ class Lab:
     def _load(self) -> None:
         try:
             try:
-                import core.chat
-                import core.remote_engine
-                import core.tokens
-                import core.vocab_index
-                import core.zerogpu_engine  # noqa: F401  (imported here, off the main thread)
+                pass
             finally:
                 self._imported.set()
-            from core.embedding_loader import load_embeddings_with_fallback
-            from core.models import load_with_fallback
+            from core.model.embeddings_only import load_embeddings_with_fallback
+            from core.model.loading import load_with_fallback
 
             c = self.config
             if c.engine_url:
@@ -122,9 +118,9 @@ class Lab:
             self._ready.set()
 
     def _make_engine(self, loaded: LoadedModel) -> Engine:
-        from core.chat import ChatEngine
-        from core.remote_engine import RemoteChatEngine
-        from core.zerogpu_engine import ZeroGPUChatEngine
+        from core.engine.local import ChatEngine
+        from core.engine.remote import RemoteChatEngine
+        from core.engine.zerogpu_engine import ZeroGPUChatEngine
 
         c = self.config
         if c.engine_url:
@@ -135,14 +131,14 @@ class Lab:
         return ChatEngine(loaded, c.limits, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb)
 
     def _finish(self, loaded: LoadedModel) -> None:
-        from core.remote_engine import RemoteChatEngine
-        from core.vocab_index import VocabIndex
+        from core.embeddings.index import VocabIndex
+        from core.engine.remote import RemoteChatEngine
 
         # On ZeroGPU the weights sit on a GPU lent only inside `gpu` calls: index on the CPU.
         index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False if on_zerogpu() else None,
                                       cache_dir=self.config.cache_dir)
         engine = self._make_engine(loaded)
-        self._parts = LabParts(loaded=loaded, engine=engine, index=index)
+        self._parts = ModelParts(loaded=loaded, engine=engine, index=index)
         self.ready_seconds = time.perf_counter() - self._started
         note = f" {loaded.note}" if loaded.note else ""
         remote = isinstance(engine, RemoteChatEngine)
@@ -161,7 +157,7 @@ class Lab:
     def ready(self) -> bool:
         return self._parts is not None
 
-    def require(self, timeout: float = 0.0) -> LabParts:
+    def require(self, timeout: float = 0.0) -> ModelParts:
         """The loaded parts, or ModelNotReadyError saying why not."""
         if self._parts is None:
             self._ready.wait(timeout)

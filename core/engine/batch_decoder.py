@@ -33,8 +33,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from core.generation_settings import GenerationSettings
-from core.prefix_cache import LayerKV, PrefixCache
+from core.engine.prefix_cache import LayerKV, PrefixCache
+from core.engine.settings import GenerationSettings
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Chat through an OpenAI-compatible inference server (vLLM, SGLang, TGI, `transformers serve`) instead of in-process.
 
-`RemoteChatEngine` has the interface the chat tab uses from `core.chat.ChatEngine` (`prompt`, `submit`, `chat`,
+`RemoteChatEngine` has the interface the chat tab uses from `core.engine.local.ChatEngine` (`prompt`, `submit`, `chat`,
 `pending`, `max_queue`, `close`), and its streams are `ChatStream`s: iterate them (sync or async) for the cumulative
 answer, `cancel()` them, read `.stats`. Prompts are still built locally with the model's tokenizer, for the prompt
 inspector and the context check; the server receives the same (trimmed) messages and applies its own chat template.
@@ -26,11 +26,11 @@ from typing import Any
 
 import httpx
 
-from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStats, ChatStream, EngineBase, GenerationSettings
+from core.config import RequestLimits
+from core.engine.local import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStats, ChatStream, EngineBase, GenerationSettings
 from core.errors import BusyError, GenerationError, InvalidInputError, ModelNotReadyError, TokenLabError
-from core.limits import RequestLimits
-from core.models import LoadedModel
-from core.prompt import Prompt
+from core.model.loading import LoadedModel
+from core.text.prompt import Prompt
 
 log = logging.getLogger(__name__)
 

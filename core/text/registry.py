@@ -33,7 +33,7 @@ from core import checks
 from core.checks import quote
 from core.config import PHI3_MODEL_ID
 from core.errors import InvalidInputError, ModelLoadError
-from core.tokens import tokenizer_family
+from core.text.tokens import tokenizer_family
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class TokenizerRegistry:
     def _load_offline(self, key: str) -> NamedTokenizer:
         name = next(t.name for t in OFFLINE if t.key == key)
         if key == "smollm2":
-            from core.models import bundled_checkpoint
+            from core.model.loading import bundled_checkpoint
 
             try:
                 folder, _cached = bundled_checkpoint(self.cache_dir)
@@ -193,7 +193,7 @@ class TokenizerRegistry:
     def _hub_reachable(self) -> bool:
         if self._hub_check is not None:
             return self._hub_check()
-        from core.models import hub_reachable
+        from core.model.loading import hub_reachable
 
         return hub_reachable()
 

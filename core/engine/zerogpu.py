@@ -2,8 +2,8 @@
 
 On ZeroGPU a Space has no GPU of its own: a function decorated with `spaces.GPU`, called while handling a request,
 borrows one for the length of the call (it runs in a forked worker process that sees the GPU). CUDA work anywhere
-else, such as the local chat engine's long-lived worker thread, finds no GPU. So on ZeroGPU the Lab uses
-`core.zerogpu_engine.ZeroGPUChatEngine`, which generates inside a `gpu`-decorated call per request.
+else, such as the local chat engine's long-lived worker thread, finds no GPU. So on ZeroGPU the host uses
+`core.engine.zerogpu_engine.ZeroGPUChatEngine`, which generates inside a `gpu`-decorated call per request.
 
 Import this module before torch (app.py does): the `spaces` package patches torch when it is imported.
 """

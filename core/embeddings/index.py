@@ -47,10 +47,10 @@ import torch
 
 from core import checks
 from core.checks import quote
+from core.embeddings.table_cache import cached_json
 from core.errors import InvalidInputError
-from core.hardware import cpu_has_native_bfloat16
-from core.packed_linear import PackedLinear, packing_works
-from core.table_cache import cached_json
+from core.model.hardware import cpu_has_native_bfloat16
+from core.model.packed_linear import PackedLinear, packing_works
 
 METRICS = ("cosine", "centered", "inner_product")
 METRIC_LABELS = {"cosine": "cosine", "centered": "centred cosine (mean removed)", "inner_product": "inner product"}

@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from core.config import BUNDLED, PHI3_MODEL_ID, default_cache_dir
 from core.errors import ModelLoadError
-from core.models import (
+from core.model.loading import (
     BUNDLED_NAME,
     LoadedModel,
     Progress,

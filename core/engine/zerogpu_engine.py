@@ -1,9 +1,9 @@
 """Chat on Hugging Face ZeroGPU: each request generates inside its own `gpu`-decorated call.
 
 ZeroGPU lends a GPU only to a `spaces.GPU` call made while a request is handled, and runs it in a forked worker
-process; `core.chat.ChatEngine`'s long-lived worker thread never gets one. This engine keeps the same interface
+process; `core.engine.local.ChatEngine`'s long-lived worker thread never gets one. This engine keeps the same interface
 (`prompt`, `submit`, `chat`, `pending`, `max_queue`, `close`) and the same `ChatStream`s, but each request runs
-`generate_ids` (decorated with `core.zerogpu.gpu`) on a helper thread that carries the request's context (ZeroGPU
+`generate_ids` (decorated with `core.engine.zerogpu.gpu`) on a helper thread that carries the request's context (ZeroGPU
 reads the user's quota from it) and pushes the token ids it yields into the stream. Requests are not batched
 together: ZeroGPU schedules each call on its own.
 
@@ -21,12 +21,12 @@ from collections.abc import Iterator
 
 import torch
 
-from core.batching import BatchDecoder, Slot
-from core.chat import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream, EngineBase, GenerationSettings
-from core.limits import RequestLimits
-from core.models import LoadedModel
-from core.prompt import Prompt
-from core.zerogpu import gpu
+from core.config import RequestLimits
+from core.engine.batch_decoder import BatchDecoder, Slot
+from core.engine.local import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream, EngineBase, GenerationSettings
+from core.engine.zerogpu import gpu
+from core.model.loading import LoadedModel
+from core.text.prompt import Prompt
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from core.config import BUNDLED, PHI3_MODEL_ID
 from core.errors import ModelLoadError
-from core.hardware import cpu_has_native_bfloat16
-from core.packed_linear import pack_linear_layers
+from core.model.hardware import cpu_has_native_bfloat16
+from core.model.packed_linear import pack_linear_layers
 
 log = logging.getLogger(__name__)
 
