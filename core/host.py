@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from core.config import AppConfig
 from core.engine.zerogpu import on_zerogpu
@@ -26,13 +26,8 @@ from core.errors import ModelLoadError, ModelNotReadyError
 
 if TYPE_CHECKING:
     from core.embeddings.index import VocabIndex
-    from core.engine.local import ChatEngine
-    from core.engine.remote import RemoteChatEngine
-    from core.engine.zerogpu_engine import ZeroGPUChatEngine
+    from core.engine.base import Engine
     from core.model.loading import LoadedModel
-
-# the same interface: prompt, submit, chat, pending, close
-Engine = Union["ChatEngine", "RemoteChatEngine", "ZeroGPUChatEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +44,8 @@ class ModelParts:
 
 
 class ModelHost:
+    """Loads the model in the background and holds what is built on it (`ModelParts`)."""
+
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self.status = "starting"
@@ -141,11 +138,10 @@ class ModelHost:
         self._parts = ModelParts(loaded=loaded, engine=engine, index=index)
         self.ready_seconds = time.perf_counter() - self._started
         note = f" {loaded.note}" if loaded.note else ""
-        remote = isinstance(engine, RemoteChatEngine)
-        what = " tokenizer and embeddings" if remote else ""
-        where = f" {engine.describe()};" if remote else ""
+        what = " tokenizer and embeddings" if isinstance(engine, RemoteChatEngine) else ""
         self.status = (f"ready: {loaded.name}{what} loaded in {loaded.load_seconds:.1f} s"
-                       f"{' (cached weights)' if loaded.from_cache else ''};{where} index: {index.describe()}.{note}")
+                       f"{' (cached weights)' if loaded.from_cache else ''}; {engine.describe()}; "
+                       f"index: {index.describe()}.{note}")
         self._progress(self.status)
         self._ready.set()
 

@@ -13,7 +13,8 @@ from typing import Any
 import gradio as gr
 from anyio import to_thread
 
-from core.engine.local import ChatStream, GenerationSettings
+from core.engine.settings import GenerationSettings
+from core.engine.stream import ChatStream
 from core.host import ModelHost
 from core.text.prompt import newest_within
 from core.text.tokens import tokens_for_ids

@@ -39,7 +39,7 @@ def test_the_process_exits_cleanly_whatever_its_threads_are_doing(when):
     called without an active exception"): the host and the engine stop their threads at exit first."""
     wait = "host.wait()" if when.startswith("just after") else "pass"
     code = ("from core.config import AppConfig\nfrom core.host import ModelHost\n"
-            f"host = ModelHost(AppConfig(model='bundled')).start()\nlab.wait_for_imports()\n{wait}\nprint('exiting')")
+            f"host = ModelHost(AppConfig(model='bundled')).start()\nhost.wait_for_imports()\n{wait}\nprint('exiting')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "exiting" in out.stdout  # (the loader thread prints too: lines may interleave)

@@ -7,8 +7,10 @@ import threading
 import pytest
 
 from core.config import RequestLimits
-from core.engine.batch_decoder import MAX_ROWS, kv_bytes_per_token, rows_that_fit
-from core.engine.local import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
+from core.engine.capacity import MAX_ROWS, kv_bytes_per_token, rows_that_fit
+from core.engine.local import ChatEngine
+from core.engine.settings import GenerationSettings
+from core.engine.stream import END_OF_TURN, LENGTH, STOPPED
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
 

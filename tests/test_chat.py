@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from core.config import RequestLimits
-from core.engine.local import END_OF_TURN, LENGTH, STOPPED, ChatEngine, GenerationSettings
+from core.engine.local import ChatEngine
+from core.engine.settings import GenerationSettings
+from core.engine.stream import END_OF_TURN, LENGTH, STOPPED
 from core.errors import BusyError, ContextOverflowError, GenerationError, InvalidInputError
 from core.text.prompt import Prompt, PromptBuilder
 from tests import phi3

@@ -8,8 +8,9 @@ import torch
 from transformers import DynamicCache
 
 from core.config import AppConfig, RequestLimits
-from core.engine.local import ChatEngine, GenerationSettings
+from core.engine.local import ChatEngine
 from core.engine.prefix_cache import PrefixCache, common_prefix_length
+from core.engine.settings import GenerationSettings
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 

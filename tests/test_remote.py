@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from core.config import AppConfig
-from core.engine.local import GenerationSettings
 from core.engine.remote import RemoteChatEngine, api_base
+from core.engine.settings import GenerationSettings
 from core.errors import GenerationError, ModelNotReadyError
 from core.host import ModelHost
 from core.model.embeddings_only import load_embeddings_only

@@ -13,7 +13,7 @@ import types
 import pytest
 
 from core.config import AppConfig, RequestLimits
-from core.engine.local import GenerationSettings
+from core.engine.settings import GenerationSettings
 from core.engine.zerogpu import gpu, on_zerogpu
 from core.engine.zerogpu_engine import ZeroGPUChatEngine
 from core.host import ModelHost

@@ -26,15 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
-from transformers.generation.logits_process import (
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from core.engine.prefix_cache import LayerKV, PrefixCache
+from core.engine.sampling import sample
 from core.engine.settings import GenerationSettings
+from core.engine.stream import END_OF_TURN, LENGTH
 
 
 @dataclass
@@ -68,32 +64,19 @@ class BatchDecoder:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [batch, cache length], 1 = real token
 
-    # -- sampling ----------------------------------------------------------------------------------------------
-    def _pick(self, logits: torch.Tensor, slot: Slot) -> int:
-        """The next token for one row from its last logits [vocab], with the row's own settings and RNG."""
-        p = slot.params
-        scores = logits.float().unsqueeze(0)
-        if p.repetition_penalty != 1.0:
-            seen = torch.tensor([slot.prompt_ids + slot.generated], device=scores.device)
-            scores = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(seen, scores)
-        if p.temperature <= 0:
-            return int(scores.argmax(-1))
-        scores = TemperatureLogitsWarper(p.temperature)(None, scores)
-        if p.top_k > 0:
-            scores = TopKLogitsWarper(p.top_k)(None, scores)
-        if p.top_p < 1.0:
-            scores = TopPLogitsWarper(p.top_p)(None, scores)
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=slot.generator))
+    @staticmethod
+    def _pick(logits: torch.Tensor, slot: Slot) -> int:
+        """The next token for one row, with the row's own settings and random generator."""
+        return sample(logits, slot.params, slot.prompt_ids + slot.generated, slot.generator)
 
     def _accept(self, slot: Slot, token: int) -> None:
         """Record and emit a sampled token; decide whether the row is finished."""
         slot.generated.append(token)
         slot.emit(token)
         if token in self.stop_ids:
-            slot.finish_reason = "end of turn"
+            slot.finish_reason = END_OF_TURN
         elif len(slot.generated) >= slot.max_new_tokens:
-            slot.finish_reason = "length"
+            slot.finish_reason = LENGTH
         slot.pending = token
 
     # -- membership --------------------------------------------------------------------------------------------
@@ -207,40 +190,6 @@ class BatchDecoder:
     @property
     def size(self) -> int:
         return len(self.slots)
-
-
-def kv_bytes_per_token(model: PreTrainedModel) -> int:
-    """Bytes of keys and values one token takes in every layer's cache (Phi-3-mini in bfloat16: 384 KiB)."""
-    config = model.config.get_text_config()
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
-
-
-MAX_ROWS = 32  # the bundled model on 2 CPU cores, a decoding step: 16 rows 33 ms, 32 rows 49 ms (20 tokens/s each)
-
-
-def rows_that_fit(model: PreTrainedModel, context_length: int, free_bytes: int, cap: int = MAX_ROWS,
-                  share: float = 0.6) -> int:
-    """How many rows may decode together so that, even with every row at the full context, their caches take at
-    most `share` of `free_bytes`; between 1 and `cap`. Beyond the cap, requests wait for a row.
-
-    Phi-3-mini (bfloat16, 4096 tokens: 1.5 GiB per full row) on a 24 GB A10G with ~15 GB free after the weights:
-    5 rows; the bundled model (float32, 8192 tokens: 377 MB per full row) on a CPU with 20 GB free: 31."""
-    per_row = kv_bytes_per_token(model) * context_length
-    return max(1, min(cap, int(free_bytes * share // per_row)))
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    """Free memory where the cache will live: the GPU's, or the machine's available RAM."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return 8 << 30  # not Linux: assume a modest machine
 
 
 def _stack_past(reused: list[tuple[int, LayerKV]], past: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -14,317 +14,35 @@ the worker gives the "busy" behaviour, and the worker decodes all running reques
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import collections
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from core import checks
 from core.config import RequestLimits
 from core.engine.arrivals import take_burst
-from core.engine.batch_decoder import BatchDecoder, Slot, free_memory_bytes, rows_that_fit
+from core.engine.base import Engine
+from core.engine.batch_decoder import BatchDecoder, Slot
+from core.engine.capacity import free_memory_bytes, rows_that_fit
 from core.engine.heap import HeapTrimmer
 from core.engine.prefix_cache import PrefixCache
 from core.engine.settings import GenerationSettings
-from core.errors import BusyError, GenerationError, InvalidInputError
+from core.engine.stream import ERROR, STOPPED, ChatStream
 from core.model.loading import LoadedModel
-from core.text.prompt import Prompt, PromptBuilder, check_history, normalize_messages
+from core.text.prompt import Prompt
 
 log = logging.getLogger(__name__)
 
-END_OF_TURN, LENGTH, STOPPED, ERROR = "end of turn", "length", "stopped", "error"
-RECENT_REQUESTS = 256  # finished requests whose timings /engine_stats summarises
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else None
-
-
-@dataclass
-class ChatStats:
-    """Shown under each answer."""
-
-    prompt_tokens: int
-    generated_tokens: int = 0
-    ttft_s: float | None = None
-    tokens_per_s: float | None = None
-    stop_reason: str = ""
-    dropped_turns: int = 0
-    queued_s: float = 0.0
-    cached_prompt_tokens: int = 0  # reused from the prefix cache, not recomputed
-
-    def summary(self) -> str:
-        cached = f" ({self.cached_prompt_tokens} reused from cache)" if self.cached_prompt_tokens else ""
-        parts = [f"{self.prompt_tokens} prompt tokens{cached}", f"{self.generated_tokens} generated"]
-        if self.ttft_s is not None:
-            parts.append(f"first token {self.ttft_s:.2f} s")
-        if self.tokens_per_s is not None:
-            parts.append(f"{self.tokens_per_s:.1f} tok/s")
-        parts.append(f"stop: {self.stop_reason or 'running'}")
-        if self.dropped_turns:
-            parts.append(f"{self.dropped_turns} oldest messages dropped to fit the context")
-        return " · ".join(parts)
-
-
-class ChatStream:
-    """One request: iterate (sync or async) for the cumulative answer text; `cancel()` stops it within one step.
-
-    Iteration coalesces updates: it yields at most once per `interval` seconds (plus the final text), however
-    fast tokens arrive, so the UI is not flooded with one update per token.
-    """
-
-    _ids = itertools.count(1)
-
-    def __init__(self, prompt: Prompt, settings: GenerationSettings, tokenizer: Any, interval: float = 0.1):
-        self.id = next(self._ids)
-        self.prompt = prompt
-        self.settings = settings
-        self.interval = interval
-        self._tokenizer = tokenizer
-        self._tokens: list[int] = []
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self.error: BaseException | None = None
-        self.created = time.perf_counter()
-        self.started: float | None = None
-        self.first_token_at: float | None = None
-        self.finished_at: float | None = None
-        self.stop_reason = ""
-        self.cached_tokens = 0  # prompt tokens the engine did not have to recompute
-
-    # -- worker side -------------------------------------------------------------------------------------------
-    def _notify(self) -> None:
-        """Wake the consumers. An async consumer registers only while it waits and is woken once: the worker does
-        not poke the web server's event loop for every token (that steals CPU from decoding on small machines)."""
-        with self._cond:
-            self._cond.notify_all()
-            waiters, self._waiters = self._waiters, []
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
-
-    def _push(self, token_ids: list[int]) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self._tokens.extend(token_ids)
-        self._notify()
-
-    def _finish(self, reason: str, error: BaseException | None = None) -> None:
-        self.stop_reason = reason
-        self.error = error
-        self.finished_at = time.perf_counter()
-        self._done.set()
-        self._notify()
-
-    # -- consumer side -----------------------------------------------------------------------------------------
-    def cancel(self) -> None:
-        """Ask the worker to stop; it does so before the next decoding step."""
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def token_ids(self) -> list[int]:
-        return list(self._tokens)
-
-    @property
-    def text(self) -> str:
-        """The answer so far, without special tokens; a trailing incomplete UTF-8 character is held back."""
-        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
-        return text if self.done else text.rstrip("\ufffd")
-
-    @property
-    def stats(self) -> ChatStats:
-        stats = ChatStats(prompt_tokens=len(self.prompt.ids), generated_tokens=len(self._tokens),
-                          stop_reason=self.stop_reason, dropped_turns=self.prompt.dropped_turns,
-                          cached_prompt_tokens=self.cached_tokens)
-        if self.started is not None:
-            stats.queued_s = self.started - self.created
-            if self.first_token_at is not None:
-                stats.ttft_s = self.first_token_at - self.created
-                end = self.finished_at or time.perf_counter()
-                if len(self._tokens) > 1 and end > self.first_token_at:
-                    stats.tokens_per_s = (len(self._tokens) - 1) / (end - self.first_token_at)
-        return stats
-
-    def _raise_if_failed(self) -> None:
-        if self.error is not None:
-            raise GenerationError(f"Generation failed: {self.error}") from self.error
-
-    def __iter__(self) -> Iterator[str]:
-        last_sent = 0  # nothing is sent before the first token: an empty update would only delay the first token
-        try:
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda seen=last_sent: self.done or len(self._tokens) != seen, timeout=1.0)
-                if self.done:
-                    break
-                if len(self._tokens) != last_sent:
-                    last_sent = len(self._tokens)
-                    yield self.text
-                    time.sleep(self.interval)
-            self._raise_if_failed()
-            yield self.text
-        finally:
-            if not self.done:
-                self.cancel()  # the consumer went away (Stop, disconnect, error): stop generating
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        last_sent = 0  # as in __iter__: the first update carries the first token and is sent the moment it exists
-        try:
-            while not self.done:
-                if len(self._tokens) == last_sent:
-                    event = asyncio.Event()
-                    with self._cond:
-                        if len(self._tokens) == last_sent and not self.done:
-                            self._waiters.append((loop, event))
-                        else:
-                            event.set()
-                    await event.wait()
-                    continue
-                last_sent = len(self._tokens)
-                yield self.text
-                await asyncio.sleep(self.interval)
-            self._raise_if_failed()
-            yield self.text
-        finally:
-            if not self.done:
-                self.cancel()
-
-    def collect(self) -> str:
-        """Consume the stream and return the final answer (raises GenerationError if generation failed)."""
-        text = ""
-        for text in self:  # noqa: B007  (the last update is the answer)
-            pass
-        return text
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the request has finished (in any way)."""
-        return self._done.wait(timeout)
-
-
-class EngineBase:
-    """What every chat engine shares: the prompt rules (message checks, chat template, special-token safety,
-    trimming), the server's limits and the bounded count of requests in progress. Subclasses implement `submit`."""
-
-    def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None) -> None:
-        self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
-        self.prompts = PromptBuilder(loaded.tokenizer)
-        self.limits = limits or RequestLimits()
-        self.peak_batch = 0  # the most requests generating together so far (shown in benchmarks)
-        self.submitted = 0  # requests accepted so far
-        self.preparing = 0  # prompts being built right now (off the web server's event loop)
-        self.stop_ids = self._stop_ids(loaded)
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._recent: collections.deque[ChatStats] = collections.deque(maxlen=RECENT_REQUESTS)
-
-    @staticmethod
-    def _stop_ids(loaded: LoadedModel) -> list[int]:
-        """generation_config's eos ids (Phi-3: 32000, 32001, 32007) plus the tokenizer's eos, never replacing them."""
-        ids: list[int] = []
-        generation_config = getattr(loaded.model, "generation_config", None)  # absent on an embeddings-only model
-        for source in (getattr(generation_config, "eos_token_id", None),
-                       getattr(loaded.model.config, "eos_token_id", None), loaded.tokenizer.eos_token_id):
-            for i in source if isinstance(source, (list, tuple)) else [source]:
-                if i is not None and int(i) not in ids:
-                    ids.append(int(i))
-        return ids
-
-    def prompt(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
-               max_new_tokens: int = 256) -> Prompt:
-        """The exact prompt the model would receive for `message` after `history` (oldest turns dropped to fit).
-
-        Everything a request sends is checked against the limits before any of it is tokenized."""
-        limits = self.limits
-        message = checks.text(message, "The message", limits.max_input_chars, required=True,
-                              what="Type a message first.")
-        system_prompt = checks.text(system_prompt, "The system prompt", limits.max_input_chars)
-        total = len(message) + len(system_prompt)
-        if total > limits.max_input_chars:
-            raise InvalidInputError(f"The message and the system prompt are {total:,} characters together; the "
-                                    f"limit is {limits.max_input_chars:,}.")
-        messages = normalize_messages(history)
-        check_history(messages, limits.max_history_messages, limits.max_history_chars)
-        with self._lock:
-            self.preparing += 1
-        try:
-            return self.prompts.build(message, messages, system_prompt, max_new_tokens, self.loaded.context_length)
-        finally:
-            with self._lock:
-                self.preparing -= 1
-
-    def _reserve(self, prompt: Prompt, settings: GenerationSettings, stream_type: type[ChatStream] = ChatStream):
-        """Check a request against the server's limits and take a place for it (every engine's `submit` starts
-        here); BusyError when `max_queue` requests are already in progress."""
-        settings = settings.validated(self.limits.max_new_tokens)
-        if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
-            raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
-                                    f"the context of {self.loaded.context_length}.")
-        stream = stream_type(prompt, settings, self.tokenizer)
-        with self._lock:
-            if self._pending >= self.limits.max_queue:
-                raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")
-            self._pending += 1
-            self.submitted += 1
-        return stream
-
-    def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
-        raise NotImplementedError
-
-    def chat(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
-             settings: GenerationSettings | None = None) -> ChatStream:
-        settings = (settings or GenerationSettings()).validated(self.limits.max_new_tokens)
-        return self.submit(self.prompt(message, history, system_prompt, settings.max_new_tokens), settings)
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    def _release(self, stream: ChatStream) -> None:
-        """A finished request gives its place back; its timings join the recent window /engine_stats reports."""
-        with self._lock:
-            self._pending -= 1
-            self._recent.append(stream.stats)
-
-    def stats(self) -> dict[str, Any]:
-        """What the engine is doing, for operators and load tests (the /engine_stats API). `recent` covers the last
-        RECENT_REQUESTS finished requests, timed inside the server (from submission), so a load test can tell the
-        engine's share of a client's wait from the web stack's."""
-        with self._lock:
-            recent = list(self._recent)
-        ttft = sorted(s.ttft_s for s in recent if s.ttft_s is not None)
-        queued = sorted(s.queued_s for s in recent)
-        return {"engine": type(self).__name__, "requests_in_progress": self._pending,
-                "max_queue": self.limits.max_queue, "requests_accepted": self.submitted,
-                "peak_batch": self.peak_batch, "prompts_preparing": self.preparing,
-                "recent": {"requests": len(recent), "ttft_p50_s": _percentile(ttft, 0.5),
-                           "ttft_p95_s": _percentile(ttft, 0.95), "queued_p50_s": _percentile(queued, 0.5),
-                           "queued_p95_s": _percentile(queued, 0.95)}}
-
-
-class ChatEngine(EngineBase):
+class ChatEngine(Engine):
     """The in-process engine: a bounded request queue and one worker thread that decodes all requests together,
-    reusing the keys/values of prompt prefixes it has seen (core/prefix_cache.py; `prefix_cache_mb=0` turns it off).
-    """
+    reusing the keys/values of prompt prefixes it has seen (core/engine/prefix_cache.py; `prefix_cache_mb=0` turns it
+    off)."""
+
+    IN_FLIGHT_IS_BATCH = False  # the worker counts the rows it decodes together
 
     def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None, max_batch: int = 0,
                  prefix_cache_mb: int = 256) -> None:
@@ -358,6 +76,11 @@ class ChatEngine(EngineBase):
         self._queue.put(stream)
         return stream
 
+    def describe(self) -> str:
+        cache = f", prefix cache {self.prefix_cache.max_bytes >> 20} MB" if self.prefix_cache is not None else ""
+        return (f"chat runs in-process on {self.loaded.device}: up to {self.max_batch} chats decoded together"
+                f"{cache}")
+
     def close(self, timeout: float = 60.0) -> None:
         """Stop the worker after its current forward pass, waiting for it up to `timeout` seconds. Also runs at
         interpreter exit: a daemon thread still inside a torch op when Python finalizes aborts the process
@@ -369,10 +92,6 @@ class ChatEngine(EngineBase):
             self._worker.join(timeout)
 
     # -- worker ------------------------------------------------------------------------------------------------
-    def _finish(self, stream: ChatStream, reason: str, error: BaseException | None = None) -> None:
-        stream._finish(reason, error)
-        self._release(stream)
-
     def _admit(self, decoder: BatchDecoder, streams: list[ChatStream]) -> list[tuple[ChatStream, Slot]]:
         """Prefill new requests together and sample their first tokens; returns the (stream, row) pairs."""
         now = time.perf_counter()
@@ -380,10 +99,10 @@ class ChatEngine(EngineBase):
         for stream in streams:
             stream.started = now
             if stream.cancelled:
-                self._finish(stream, STOPPED)
+                stream.finish(STOPPED)
                 continue
             slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings,
-                        max_new_tokens=stream.settings.max_new_tokens, emit=lambda token, s=stream: s._push([token]))
+                        max_new_tokens=stream.settings.max_new_tokens, emit=lambda token, s=stream: s.push([token]))
             admitted.append((stream, slot))
         if not admitted:
             return []
@@ -396,7 +115,7 @@ class ChatEngine(EngineBase):
             if len(admitted) > 1:  # find the culprit: prefill each alone
                 return [pair for one in admitted for pair in self._admit(decoder, [one[0]])]
             log.exception("prefill failed")
-            self._finish(admitted[0][0], ERROR, exc)  # surfaced to the caller by the stream, never swallowed
+            admitted[0][0].finish(ERROR, exc)  # surfaced to the caller by the stream, never swallowed
             return []
         return admitted
 
@@ -407,7 +126,7 @@ class ChatEngine(EngineBase):
             if slot.finish_reason is None:
                 running.append((stream, slot))
             else:
-                self._finish(stream, slot.finish_reason)
+                stream.finish(slot.finish_reason)
         decoder.prune()
         if len(running) < len(active) and self._queue.empty():  # trimming takes ~25 ms: never while anyone waits
             self.heap.maybe_trim()
@@ -451,7 +170,7 @@ class ChatEngine(EngineBase):
             except Exception as exc:
                 log.exception("decoding step failed")
                 for stream, _slot in active:
-                    self._finish(stream, ERROR, exc)
+                    stream.finish(ERROR, exc)
                 active = []
                 decoder.reset()
                 continue

@@ -27,7 +27,9 @@ from typing import Any
 import httpx
 
 from core.config import RequestLimits
-from core.engine.local import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStats, ChatStream, EngineBase, GenerationSettings
+from core.engine.base import Engine
+from core.engine.settings import GenerationSettings
+from core.engine.stream import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStats, ChatStream
 from core.errors import BusyError, GenerationError, InvalidInputError, ModelNotReadyError, TokenLabError
 from core.model.loading import LoadedModel
 from core.text.prompt import Prompt
@@ -82,11 +84,11 @@ class RemoteChatStream(ChatStream):
         self.usage: dict[str, int] = {}
         self._cancel_task: Callable[[], None] | None = None  # set by the engine once the request's task exists
         self._responded = False  # the server has answered (a status line); a request is then never re-sent
-        self._finish_lock = threading.Lock()
 
-    def _push_text(self, delta: str) -> None:
+    def push_text(self, delta: str) -> None:
+        """A piece of the answer's text, as the server sent it."""
         self._pieces.append(delta)
-        self._push([len(self._pieces)])
+        self.push([len(self._pieces)])
 
     def cancel(self) -> None:
         """Stop now: the request's task is cancelled, which closes its HTTP stream (the server then stops)."""
@@ -126,7 +128,7 @@ class _Retry(Exception):
     """The server refused the extra sampling fields; send the request again without them."""
 
 
-class RemoteChatEngine(EngineBase):
+class RemoteChatEngine(Engine):
     """Sends each chat request to an OpenAI-compatible `/v1/chat/completions` with `stream: true`."""
 
     def __init__(self, loaded: LoadedModel, url: str, model: str | None = None, limits: RequestLimits | None = None,
@@ -153,8 +155,6 @@ class RemoteChatEngine(EngineBase):
         if self._loop.is_closed():
             raise ModelNotReadyError("The chat engine is closed.")
         stream = self._reserve(prompt, settings, RemoteChatStream)
-        with self._lock:
-            self.peak_batch = max(self.peak_batch, self._pending)
         self._loop.call_soon_threadsafe(self._start, stream)
         return stream
 
@@ -163,7 +163,7 @@ class RemoteChatEngine(EngineBase):
         task = self._loop.create_task(self._serve(stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _t: self._finish(stream, STOPPED))  # a no-op when _serve finished it
+        task.add_done_callback(lambda _t: stream.finish(STOPPED))  # a no-op when _serve finished it
         stream._cancel_task = lambda: None if self._loop.is_closed() else self._loop.call_soon_threadsafe(task.cancel)
         if stream.cancelled:  # cancelled between submit and now
             task.cancel()
@@ -222,13 +222,6 @@ class RemoteChatEngine(EngineBase):
         return asyncio.run_coroutine_threadsafe(probe(), self._loop).result(timeout=timeout + 5)
 
     # -- one request, on the loop thread ------------------------------------------------------------------------
-    def _finish(self, stream: RemoteChatStream, reason: str, error: BaseException | None = None) -> None:
-        with stream._finish_lock:
-            if stream.done:
-                return
-            stream._finish(reason, error)
-        self._release(stream)
-
     def _body(self, stream: RemoteChatStream, model: str, extras: bool) -> dict[str, Any]:
         s = stream.settings
         body: dict[str, Any] = {"model": model, "messages": stream.prompt.messages, "stream": True,
@@ -271,7 +264,7 @@ class RemoteChatEngine(EngineBase):
             log.exception("remote chat request failed")
             reason, error = ERROR, GenerationError(f"The request to {self.base_url} failed: {exc}")
         finally:
-            self._finish(stream, reason, error)
+            stream.finish(reason, error)
 
     async def _stream(self, stream: RemoteChatStream, model: str, extras: bool) -> str:
         """Send the request and feed the stream; returns the stop reason."""
@@ -317,7 +310,7 @@ class RemoteChatEngine(EngineBase):
         for choice in chunk.get("choices") or []:
             content = (choice.get("delta") or {}).get("content")
             if content:
-                stream._push_text(content)
+                stream.push_text(content)
             finish = choice.get("finish_reason") or finish
         return finish
 

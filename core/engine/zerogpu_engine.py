@@ -22,8 +22,10 @@ from collections.abc import Iterator
 import torch
 
 from core.config import RequestLimits
+from core.engine.base import Engine
 from core.engine.batch_decoder import BatchDecoder, Slot
-from core.engine.local import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream, EngineBase, GenerationSettings
+from core.engine.settings import GenerationSettings
+from core.engine.stream import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream
 from core.engine.zerogpu import gpu
 from core.model.loading import LoadedModel
 from core.text.prompt import Prompt
@@ -54,7 +56,7 @@ def generate_ids(model_key: int, prompt_ids: list[int], params: GenerationSettin
             decoder.step()
 
 
-class ZeroGPUChatEngine(EngineBase):
+class ZeroGPUChatEngine(Engine):
     """Generates each request inside a `gpu` call, from a helper thread that carries the request's context."""
 
     def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None) -> None:
@@ -65,8 +67,6 @@ class ZeroGPUChatEngine(EngineBase):
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Start generating `prompt`; BusyError when `max_queue` requests are already in flight."""
         stream = self._reserve(prompt, settings)
-        with self._lock:
-            self.peak_batch = max(self.peak_batch, self._pending)
         context = contextvars.copy_context()  # the request's context: ZeroGPU identifies the user from it
         threading.Thread(target=context.run, args=(self._generate, stream), name=f"token-lab-zerogpu-{stream.id}",
                          daemon=True).start()
@@ -81,7 +81,7 @@ class ZeroGPUChatEngine(EngineBase):
                                  stream.settings.max_new_tokens)
             for ids in steps:
                 if ids:
-                    stream._push(ids)
+                    stream.push(ids)
                 if stream.cancelled:
                     reason = STOPPED
                     break
@@ -94,12 +94,10 @@ class ZeroGPUChatEngine(EngineBase):
         finally:
             if steps is not None:
                 steps.close()  # on ZeroGPU this ends the GPU call early
-            stream._finish(reason, error)
-            self._release(stream)
+            stream.finish(reason, error)
 
-    @property
-    def pending(self) -> int:
-        return self._pending
+    def describe(self) -> str:
+        return "chat runs on ZeroGPU: each answer in its own GPU call"
 
     def close(self) -> None:
         _MODELS.pop(self._key, None)
