@@ -2,8 +2,7 @@
 
 - single-query latency and 64-query batch throughput (k = 10) of VocabIndex against numpy brute force
   (normalised matmul + argpartition) and torch (matmul + topk), plus the raw FAISS designs it was chosen from
-  (IndexFlatIP with VocabIndex's BLAS threshold and with FAISS's default; float16 and 8-bit IndexScalarQuantizers,
-  unsharded and without re-ranking);
+  (IndexFlatIP; float16 and 8-bit IndexScalarQuantizers, unsharded and without re-ranking);
 - `/neighbors` through gradio's REST API, p50, each against a no-op endpoint on the same app (launched in-process
   with ModelHost.from_loaded): the documented two steps (POST /gradio_api/call/neighbors, then read the event stream)
   within one session, as a browser tab or gradio_client keeps one; the same with a new session per call (a body
@@ -35,7 +34,6 @@ from bench.results_io import write_results
 
 K = 10
 BATCH = 64
-DEFAULT_BLAS_THRESHOLD = faiss.cvar.distance_compute_blas_threshold  # before VocabIndex tunes it
 TARGET_REST_P50_MS = 15.0
 
 
@@ -96,17 +94,9 @@ def search_benchmark(index, calls: int) -> dict:
         "faiss SQ fp16 (1 shard, no re-rank)": lambda: sq.search(q1, K),
         "faiss SQ 8-bit (1 shard, no re-rank)": lambda: sq8.search(q1, K),
     }, calls)
-    def flat_default_threshold() -> object:
-        tuned = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = DEFAULT_BLAS_THRESHOLD
-        try:
-            return flat.search(queries, K)
-        finally:
-            faiss.cvar.distance_compute_blas_threshold = tuned
 
     batch = _time_blocks({
         "VocabIndex": lambda: index.search(queries, K),
-        f"faiss IndexFlatIP, FAISS's default BLAS threshold ({DEFAULT_BLAS_THRESHOLD})": flat_default_threshold,
         "numpy": lambda: numpy_search(queries),
         "torch": lambda: torch_search(queries_t),
         "faiss IndexFlatIP": lambda: flat.search(queries, K),

@@ -14,7 +14,7 @@ import gradio as gr
 from anyio import to_thread
 
 from core.engine.settings import GenerationSettings
-from core.engine.stream import ChatStream
+from core.engine.stream import ChatStats, ChatStream
 from core.host import ModelHost
 from core.text.prompt import newest_within
 from core.text.tokens import tokens_for_ids
@@ -37,8 +37,22 @@ def _settings(temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any,
                               seed=seed).validated(max_new_tokens_limit)
 
 
+def stats_line(stats: ChatStats) -> str:
+    """The line under an answer: '36 prompt tokens (21 reused from cache) · 12 generated · … · stop: end of turn'."""
+    cached = f" ({stats.cached_prompt_tokens} reused from cache)" if stats.cached_prompt_tokens else ""
+    parts = [f"{stats.prompt_tokens} prompt tokens{cached}", f"{stats.generated_tokens} generated"]
+    if stats.ttft_s is not None:
+        parts.append(f"first token {stats.ttft_s:.2f} s")
+    if stats.tokens_per_s is not None:
+        parts.append(f"{stats.tokens_per_s:.1f} tok/s")
+    parts.append(f"stop: {stats.stop_reason or 'running'}")
+    if stats.dropped_turns:
+        parts.append(f"{stats.dropped_turns} oldest messages dropped to fit the context")
+    return " · ".join(parts)
+
+
 def _stats_message(stream: ChatStream) -> dict[str, Any]:
-    return {"role": "assistant", "content": stream.stats.summary(),
+    return {"role": "assistant", "content": stats_line(stream.stats),
             "metadata": {"title": "Stats", "status": "done" if stream.done else "pending"}}
 
 

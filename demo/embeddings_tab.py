@@ -12,26 +12,27 @@ import pandas as pd
 from gradio.components.plot import AltairPlotData, PlotData
 
 from core import checks
-from core.embeddings.index import (
-    MAX_QUERY_CHARS,
-    METRIC_LABELS,
+from core.embeddings.index import OUTLIER_Z, VocabIndex
+from core.embeddings.queries import MAX_QUERY_CHARS, ResolvedQuery
+from core.embeddings.results import (
     NeighborResult,
     NeighborsDict,
     OddOneOutDict,
     PcaMap,
-    ResolvedQuery,
     SimilarityDict,
     VectorInfo,
-    VocabIndex,
 )
+from core.embeddings.vocabulary import TokenInfo
 from core.host import ModelHost
 from demo.errors import api_errors, ui_errors
+from demo.token_view import piece_shown
 
 INTRO = ("Every token has a vector in the model's input embedding matrix, and tokens used alike sit close together: "
          "type a word to see its nearest tokens, or try an analogy such as king − man + woman. "
          "A word means its word-initial token (` king`, written ␣king), a word split into several tokens is the mean "
          "of its pieces, and `#1234` is token id 1234.")
 NEIGHBOR_HEADERS = ["rank", "token", "id", "score", "folded variants"]
+METRIC_LABELS = {"cosine": "cosine", "centered": "centred cosine (mean removed)", "inner_product": "inner product"}
 METRIC_CHOICES = [(label, key) for key, label in METRIC_LABELS.items()]
 PRESETS = [("king − man + woman", "king, woman", "man"), ("Paris − France + Italy", "Paris, Italy", "France"),
            ("walked − walk + swim", "walked, swim", "walk")]
@@ -42,28 +43,54 @@ API_CONCURRENCY = 4  # index searches are thread-safe (the GPU index takes a loc
 
 # -- formatting (pure functions of core's dataclasses) -------------------------------------------------------------
 
+def shown(token: TokenInfo) -> str:
+    return piece_shown(token.text, token.piece)
+
+
+def describe_term(term: ResolvedQuery) -> str:
+    """One line, e.g. `"apologizing" → ␣apolog + izing (mean of 2 tokens)`."""
+    tokens = " + ".join(shown(t) for t in term.tokens)
+    if term.is_split:
+        return f'"{term.query}" → {tokens} (mean of {len(term.tokens)} tokens)'
+    return f'"{term.query}" → {tokens} (id {term.tokens[0].id}, {term.how})'
+
+
 def neighbors_frame(result: NeighborResult) -> pd.DataFrame:
-    rows = [[n.rank, n.shown, n.id, round(n.score, 4), "  ".join(v.shown for v in n.variants)]
+    rows = [[n.rank, piece_shown(n.text, n.piece), n.id, round(n.score, 4), "  ".join(shown(v) for v in n.variants)]
             for n in result.neighbors]
     return pd.DataFrame(rows, columns=NEIGHBOR_HEADERS)
 
 
 def resolved_text(result: NeighborResult) -> str:
-    lines = [term.describe() for term in result.terms]
+    lines = [describe_term(term) for term in result.terms]
     if result.method:
         lines.append(f"{result.method}: {result.query}")
     if result.excluded:
-        skipped = ", ".join(t.shown for t in result.excluded[:12])
+        skipped = ", ".join(shown(t) for t in result.excluded[:12])
         more = f" and {len(result.excluded) - 12} more" if len(result.excluded) > 12 else ""
         lines.append(f"Skipped (the query's own tokens and their variants): {skipped}{more}")
     return "\n".join(lines)
 
 
+def vector_note(info: VectorInfo) -> str:
+    """What the norms say: an outlier (under-trained "glitch" tokens tend to have unusually small norms), or not."""
+    outliers = [p for p in info.pieces if abs(p.z_score) >= OUTLIER_Z]
+    if outliers:
+        note = "; ".join(f"{shown(p.token)} has an unusually {'small' if p.z_score < 0 else 'large'} norm "
+                         f"({p.norm:.3f}, z = {p.z_score:+.1f})" for p in outliers)
+    else:
+        note = (f"norm within {OUTLIER_Z:g} standard deviations of the vocabulary's mean "
+                f"({info.norm_mean:.3f} ± {info.norm_std:.3f})")
+    if info.query.is_split:
+        note += f"; the vector is the mean of {len(info.pieces)} tokens, so its norm is smaller than theirs"
+    return note
+
+
 def vector_text(info: VectorInfo) -> str:
-    pieces = ", ".join(f"{p.token.shown}: norm {p.norm:.3f} (z = {p.z_score:+.2f})" for p in info.pieces)
+    pieces = ", ".join(f"{shown(p.token)}: norm {p.norm:.3f} (z = {p.z_score:+.2f})" for p in info.pieces)
     flag = "⚠️ outlier norm" if info.outlier else "norm looks typical"
-    return (f"{info.query.describe()}\nNorm {info.norm:.3f} in {info.dim} dimensions; {flag}.\n"
-            f"Per token: {pieces}\n{info.note}.")
+    return (f"{describe_term(info.query)}\nNorm {info.norm:.3f} in {info.dim} dimensions; {flag}.\n"
+            f"Per token: {pieces}\n{vector_note(info)}.")
 
 
 def vector_frame(info: VectorInfo) -> pd.DataFrame:
@@ -72,7 +99,10 @@ def vector_frame(info: VectorInfo) -> pd.DataFrame:
 
 def map_plot(pca: PcaMap, title: str) -> PlotData:
     """A Vega-Lite scatter plot with a text label beside each point; labels are chart data, not markup."""
-    frame = pd.DataFrame([{"label": p.label, "x": round(p.x, 4), "y": round(p.y, 4), "kind": p.kind}
+    def label(term: ResolvedQuery) -> str:  # a split word by the word, a single token by its text
+        return term.query if term.is_split else shown(term.tokens[0])
+
+    frame = pd.DataFrame([{"label": label(p.term), "x": round(p.x, 4), "y": round(p.y, 4), "kind": p.kind}
                           for p in pca.points])
     ex = pca.explained_variance
     encoding = {
@@ -136,7 +166,7 @@ def build_embeddings_tab(host: ModelHost) -> None:
         ix = index()
         result = ix.neighbors(query, k=int(k), metric=metric, exact=exact, group_variants=group, hide_special=hide)
         info = ix.vector(query, dims=VECTOR_DIMS, exact=exact)
-        title = f"{result.terms[0].describe()} and its nearest tokens ({METRIC_LABELS[result.metric]}), PCA"
+        title = f"{describe_term(result.terms[0])} and its nearest tokens ({METRIC_LABELS[result.metric]}), PCA"
         return (resolved_text(result), neighbors_frame(result), vector_text(info), vector_frame(info),
                 neighbors_map(ix, result, title))
 
@@ -150,12 +180,12 @@ def build_embeddings_tab(host: ModelHost) -> None:
     @ui_errors
     def show_similarity(a: str, b: str, metric: str) -> str:
         sim = index().similarity(a, b, metric=metric)
-        return f"{METRIC_LABELS[sim.metric]} = {sim.score:.4f}\n{sim.a.describe()}\n{sim.b.describe()}"
+        return f"{METRIC_LABELS[sim.metric]} = {sim.score:.4f}\n{describe_term(sim.a)}\n{describe_term(sim.b)}"
 
     @ui_errors
     def show_odd_one_out(words: str) -> tuple[str, pd.DataFrame]:
         odd = index().doesnt_match(words)
-        frame = pd.DataFrame([[w.query, " + ".join(t.shown for t in w.tokens), round(s, 4)]
+        frame = pd.DataFrame([[w.query, " + ".join(shown(t) for t in w.tokens), round(s, 4)]
                               for w, s in zip(odd.words, odd.similarity_to_mean, strict=True)],
                              columns=["word", "tokens", "cosine to the mean"])
         return f"Odd one out: {odd.odd}", frame

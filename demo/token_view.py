@@ -2,11 +2,12 @@
 
 Everything shown is untrusted (the user's text and vocabulary pieces), so it only ever goes into components that
 render plain text (HighlightedText, Dataframe with "str" cells, Textbox), never into HTML or Markdown. Invisible
-characters are made visible: space `·`, tab `→`, newline `↵` (then a real line break), control characters as their
-Unicode control pictures (`␀`), and format characters such as zero-width joiners and bidi marks as `⟨ZWJ⟩`, `⟨RLO⟩`.
+characters are made visible, the same way in every tab: space `␣`, tab `→`, newline `↵` (then a real line break in
+running text), control characters as their Unicode control pictures (`␀`), and format characters such as zero-width
+joiners and bidi marks as `⟨ZWJ⟩`, `⟨RLO⟩`.
 
     view = token_view("Tokens")                                   # a HighlightedText with the token colors
-    view.value = token_highlights(tokenize(tok, "I love it"))     # [("I", "t1"), ("·love", "t2"), ("·it", "t3")]
+    view.value = token_highlights(tokenize(tok, "I love it"))     # [("I", "t1"), ("␣love", "t2"), ("␣it", "t3")]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ _NAMED_FORMAT = {
 
 def _visible_char(ch: str, breaks: bool = True) -> str:
     if ch == " ":
-        return "·"
+        return "␣"
     if ch == "\t":
         return "→"
     if ch == "\n":
@@ -62,6 +63,12 @@ def show_whitespace(text: str, breaks: bool = True) -> str:
     if text.isprintable() and " " not in text:
         return text
     return "".join(_visible_char(ch, breaks) for ch in text)
+
+
+def piece_shown(text: str, piece: str) -> str:
+    """How one vocabulary token is shown: its text with whitespace made visible (`␣king`), or its piece when the
+    token is only part of a character (its text alone is `�`, so `<0xF0>` says more)."""
+    return piece if "\ufffd" in text or not text else show_whitespace(text, breaks=False)
 
 
 def token_highlights(tokenized: TokenizedText) -> list[tuple[str, str | None]]:

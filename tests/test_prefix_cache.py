@@ -11,6 +11,7 @@ from core.config import AppConfig, RequestLimits
 from core.engine.local import ChatEngine
 from core.engine.prefix_cache import PrefixCache, common_prefix_length
 from core.engine.settings import GenerationSettings
+from demo.chat_tab import stats_line
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 
@@ -67,7 +68,7 @@ def test_the_system_prompt_is_cached_from_the_start(engines):
     warm_up = cached.prompts.build("Hello", [], "", 1, 8192).ids  # what the engine prefilled at start
     opening = common_prefix_length(tuple(warm_up), tuple(stream.prompt.ids))  # template + default system prompt
     assert opening > 10 and stream.cached_tokens >= opening
-    assert "reused from cache" in stream.stats.summary()
+    assert "reused from cache" in stats_line(stream.stats)
     assert plain.prefix_cache is None
     again = plain.chat("What is the capital of France?", [], "", GREEDY)
     assert again.collect() == answer and again.cached_tokens == 0

@@ -164,7 +164,7 @@ def test_bert_spans_match_wordpieces(registry: TokenizerRegistry) -> None:
 def test_music_bird_phi3_two_whole_characters(phi3_tokenizer) -> None:
     result = tokenize(phi3_tokenizer, "🎵 鸟")
     assert result.count == 9  # ▁ + 4 bytes, ▁, 3 bytes: every byte token counted
-    assert token_highlights(result) == [("🎵", "t1"), ("·", "t2"), ("鸟", "t3")]
+    assert token_highlights(result) == [("🎵", "t1"), ("␣", "t2"), ("鸟", "t3")]
     rows = token_rows(result)
     assert len(rows) == 9
     assert [r[2] for r in rows] == ["▁", "<0xF0>", "<0x9F>", "<0x8E>", "<0xB5>", "▁", "<0xE9>", "<0xB8>", "<0x9F>"]
@@ -174,14 +174,14 @@ def test_music_bird_smollm2_two_whole_characters(registry: TokenizerRegistry) ->
     result = tokenize(registry.load("smollm2").tokenizer, "🎵 鸟")
     assert result.count == 6  # three byte-level tokens per character
     view = token_highlights(result)
-    assert [text.replace("·", "") for text, _ in view] == ["🎵", "鸟"]
+    assert [text.replace("␣", "") for text, _ in view] == ["🎵", "鸟"]
     assert all(label for _, label in view)
     assert result.decoded == "🎵 鸟"
 
 
 def test_bert_view_shows_added_specials_and_dropped_whitespace(registry: TokenizerRegistry) -> None:
     view = token_highlights(tokenize(registry.load("bert").tokenizer, "Hi  there"))
-    assert view == [("[CLS]", SPECIAL), ("Hi", "t1"), ("··", None), ("there", "t2"), ("[SEP]", SPECIAL)]
+    assert view == [("[CLS]", SPECIAL), ("Hi", "t1"), ("␣␣", None), ("there", "t2"), ("[SEP]", SPECIAL)]
 
 
 # -- ids -> text -------------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_hostile_text_stays_text(offline) -> None:
 
 
 def test_show_whitespace() -> None:
-    assert show_whitespace("a b\tc\nd") == "a·b→c↵\nd"
+    assert show_whitespace("a b\tc\nd") == "a␣b→c↵\nd"
     assert show_whitespace("a\nb", breaks=False) == "a↵b"
     assert show_whitespace("\r\x00\x7f\u00a0\u2003") == "␍␀␡⍽⟨U+2003⟩"
     assert show_whitespace("鸟🎵é") == "鸟🎵é"

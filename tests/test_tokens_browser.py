@@ -21,7 +21,7 @@ def token_texts(page, view: str = "#tokens-view") -> list[str]:
 def wait_for_view(page, needle: str, view: str = "#tokens-view") -> None:
     page.wait_for_function(
         "([sel, needle]) => [...document.querySelectorAll(sel + ' .token .text')].map(e => e.textContent)"
-        ".join('').replaceAll('·', ' ').includes(needle)", arg=[view, needle])
+        ".join('').replaceAll('␣', ' ').includes(needle)", arg=[view, needle])
 
 
 def assert_nothing_ran(browser_page) -> None:
@@ -41,7 +41,7 @@ def test_html_and_script_show_as_text(browser_page) -> None:
     wait_for_view(page, IMG)
     box.fill(f"{IMG} {SCRIPT}\u202e\u200d\x00 end")
     wait_for_view(page, f"{IMG} {SCRIPT}")
-    shown = "".join(token_texts(page)).replace("·", " ")
+    shown = "".join(token_texts(page)).replace("␣", " ")
     assert shown == f"{IMG} {SCRIPT}⟨RLO⟩⟨ZWJ⟩␀ end"
     table = page.locator("#tokens-table").inner_text()
     assert "script" in table and "img" in table
@@ -67,7 +67,7 @@ def test_byte_tokens_show_whole_characters(browser_page) -> None:
     browser_page.open_tab("Tokens")
     page.locator("#tokens-text textarea").fill("🎵 鸟")
     page.wait_for_function("() => /6 tokens/.test(document.querySelector('#tokens-counts')?.innerText || '')")
-    assert token_texts(page) == ["🎵", "·鸟"]  # SmolLM2: 3 byte tokens each; the second carries the space
+    assert token_texts(page) == ["🎵", "␣鸟"]  # SmolLM2: 3 byte tokens each; the second carries the space
     table = page.locator("#tokens-table").inner_text()
     for piece in ("ðŁ", "İ", "µ", "Ġé", "¸", "Ł"):  # every byte token is listed
         assert piece in table

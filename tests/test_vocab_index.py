@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from core import vocab_index
-from core.embeddings.index import MAX_K, SMALL_BATCH, VocabIndex, gpu_available, variant_key, visible
+from core.embeddings import search
+from core.embeddings.index import MAX_K, VocabIndex
+from core.embeddings.search import SMALL_BATCH, gpu_available
+from core.embeddings.vocabulary import variant_key
 from core.errors import InvalidInputError
-from core.model.hardware import cpu_has_native_bfloat16
+from demo.embeddings_tab import describe_term, vector_note
+from demo.token_view import piece_shown
 
 WORDS = ["king", "Paris", "swim", "computer", "happy", "the", "apologizing"]
 
@@ -116,7 +119,7 @@ def test_top10_equals_exact_brute_force(index, bundled, metric):
 
 def test_scan_widens_until_provably_exact(index, bundled, monkeypatch):
     """With no spare candidates, exactness rests on the error bound alone: the scan must widen where needed."""
-    monkeypatch.setattr(vocab_index, "RERANK_MARGIN", 0)
+    monkeypatch.setattr(search, "RERANK_MARGIN", 0)
     space = index._space("cosine")
     scans = []
     real_scan = space._scan
@@ -127,53 +130,11 @@ def test_scan_widens_until_provably_exact(index, bundled, monkeypatch):
     assert len(scans) > len(queries) and max(scans) > 10  # some queries needed a wider scan
 
 
-needs_bf16 = pytest.mark.skipif(not cpu_has_native_bfloat16(),
-                                reason="this CPU has no native bfloat16 (AVX512-BF16/AMX): batches use the flat index")
-
-
-@needs_bf16
-def test_bf16_error_bound_holds_for_every_row(index, bundled):
-    """The bound that makes the bfloat16 batch path exact must hold for every (query, row) pair measured."""
-    space = index._space("inner_product")  # rows of different norms: the bound's |x| factor matters
-    _, queries, _ = brute_force(index, bundled, "inner_product")
-    queries = queries.astype(np.float32)
-    queries16 = torch.from_numpy(queries).to(torch.bfloat16)
-    approx = space.bf16_copy().scores(queries16).float().numpy()
-    exact = queries.astype(np.float64) @ space.matrix.astype(np.float64).T
-    ceiling = space._bf16_ceiling(approx, space._bf16_slack(queries, queries16))
-    assert (exact <= ceiling).all(), "an item could hide below the candidates"
-    slack = ceiling - approx
-    assert (slack > 0).all() and float(np.median(slack)) < 0.02 * float(np.abs(exact).max())  # and it is tight
-
-
-@needs_bf16
-@pytest.mark.parametrize(("margin", "max_fetch", "widens", "exact_path"),
-                         [(0, vocab_index.BF16_MAX_FETCH, True, False), (0, 10, False, True),
-                          (vocab_index.RERANK_MARGIN, vocab_index.BF16_MAX_FETCH, None, False)])
-def test_bf16_batches_widen_or_fall_back_where_the_margin_is_thin(index, bundled, monkeypatch, margin, max_fetch,
-                                                                  widens, exact_path):
-    """Rows whose candidates cannot be certified take more candidates, and past BF16_MAX_FETCH go to the exact
-    path; either way the answers are exact."""
-    monkeypatch.setattr(vocab_index, "RERANK_MARGIN", margin)
-    monkeypatch.setattr(vocab_index, "BF16_MAX_FETCH", max_fetch)
-    space = index._space("cosine")
-    rounds, fallbacks = [], []
-    real_ceiling, real_exact = space._bf16_ceiling, space._exact
-    monkeypatch.setattr(space, "_bf16_ceiling", lambda c, slack: rounds.append(len(c)) or real_ceiling(c, slack))
-    monkeypatch.setattr(space, "_exact", lambda q, k: fallbacks.append(len(q)) or real_exact(q, k))
-    terms, queries, scores = brute_force(index, bundled, "cosine")
-    for row, got in enumerate(space.search(queries, 10)[1]):
-        assert_exact_top10(scores[row], got, terms[row])
-    if widens is not None:
-        assert (len(rounds) > 1) == widens
-    assert bool(fallbacks) == exact_path and sum(fallbacks) in ((len(queries),) if exact_path else (0,))
-
-
 def test_multi_token_word_is_the_mean_of_its_pieces(index, bundled):
     result = index.neighbors("apologizing", k=5)
     assert result.query_tokens == ["Ġapolog", "izing"]
     assert result.terms[0].is_split
-    assert "mean of 2 tokens" in result.terms[0].describe()
+    assert "mean of 2 tokens" in describe_term(result.terms[0])
     assert not {"Ġapolog", "izing"} & {n.piece for n in result.neighbors}
     pieces = result.terms[0].ids
     weight = bundled.model.get_input_embeddings().weight.detach().float().numpy()
@@ -194,9 +155,10 @@ def test_query_forms(index):
 
 def test_special_and_byte_tokens_hidden(index):
     result = index.neighbors("<|im_end|>", k=50)
-    assert not {n.id for n in result.neighbors} & (index.special_ids | index.byte_ids)
+    assert not {n.id for n in result.neighbors} & (index.vocabulary.special_ids | index.vocabulary.byte_ids)
     shown = index.neighbors("<|im_end|>", k=50, hide_special=False)
-    assert {n.id for n in shown.neighbors} & (index.special_ids | index.byte_ids)  # the switch does something
+    hidden = index.vocabulary.special_ids | index.vocabulary.byte_ids
+    assert {n.id for n in shown.neighbors} & hidden  # the switch does something
 
 
 def test_similarity_and_odd_one_out(index, unit):
@@ -221,13 +183,14 @@ def test_vector_view_flags_outlier_norms(index, bundled):
     assert z > 3
     flagged = index.vector(f"#{biggest}")
     assert flagged.outlier and flagged.pieces[0].z_score == pytest.approx(z, rel=1e-3)
-    assert "unusually large norm" in flagged.note
+    assert "unusually large norm" in vector_note(flagged)
 
 
 def test_pca_map_keeps_distances_of_three_points(index, unit):
     """Three points span a plane, so a correct 2D PCA keeps their pairwise distances exactly."""
     pca = index.pca_map(["king", "queen", "#555"], kinds=["a", "b", "c"])
-    assert [p.label for p in pca.points] == ["␣king", "␣queen", "␣man"]
+    assert [piece_shown(p.term.tokens[0].text, p.term.tokens[0].piece) for p in pca.points] == ["␣king", "␣queen",
+                                                                                                 "␣man"]
     assert [p.kind for p in pca.points] == ["a", "b", "c"]
     xy = np.array([[p.x, p.y] for p in pca.points])
     full = unit[[4197, 15731, 555]]
@@ -284,8 +247,9 @@ def test_concurrent_searches_agree(index):
 
 
 def test_helpers():
-    assert visible(" a\tb\n") == "␣a⇥b↵"
-    assert visible("\x00") == "\\x00"
+    assert piece_shown(" a\tb\n", "Ġa") == "␣a→b↵"
+    assert piece_shown("\x00", "<0x00>") == "␀"
+    assert piece_shown("\ufffd", "<0xF0>") == "<0xF0>"
     assert {variant_key(t) for t in [" King", "king", "kings", " KINGS"]} == {"king"}
     assert variant_key(" boxes") == "box"
     assert variant_key(" class") == "class"
@@ -315,8 +279,8 @@ def phi3_trap(phi3_tiny):
 def test_phi3_indexes_real_tokens_only(phi3_index, phi3_tiny):
     assert phi3_tiny.model.get_input_embeddings().weight.shape[0] == 32064
     assert phi3_index.size == len(phi3_tiny.tokenizer) == 32011
-    assert set(range(32000, 32011)) <= phi3_index.special_ids
-    assert {3, 13, 258} <= phi3_index.byte_ids  # <0x00>, <0x0A>, <0xFF>
+    assert set(range(32000, 32011)) <= phi3_index.vocabulary.special_ids
+    assert {3, 13, 258} <= phi3_index.vocabulary.byte_ids  # <0x00>, <0x0A>, <0xFF>
 
 
 def test_phi3_padding_rows_and_special_tokens_never_returned(phi3_trap):
@@ -324,12 +288,12 @@ def test_phi3_padding_rows_and_special_tokens_never_returned(phi3_trap):
     result = index.neighbors("king", k=100, exclude_variants=False)
     ids = [n.id for n in result.neighbors]
     assert max(ids) < 32011
-    assert not set(ids) & index.special_ids
+    assert not set(ids) & index.vocabulary.special_ids
     assert not {n.piece for n in result.neighbors if n.piece.startswith("<0x")}
     # the trap is real: without the filter, special and byte tokens fill the top; padding rows are not indexed at all
     unfiltered = {n.id for n in index.neighbors("king", k=100, hide_special=False).neighbors}
     assert unfiltered <= set(range(3, 259)) | set(range(32000, 32011))
-    assert unfiltered & index.special_ids
+    assert unfiltered & index.vocabulary.special_ids
     _, raw = index.search(index.query_vector(f"#{king}"), 400)
     assert raw.max() < 32011
 
@@ -351,9 +315,11 @@ def test_phi3_multi_token_word_reports_its_split(phi3_index):
 
 def test_phi3_token_texts_keep_leading_spaces(phi3_index):
     token = phi3_index.token(phi3_index.resolve("king").ids[0])
-    assert (token.piece, token.text, token.shown) == ("▁king", " king", "␣king")
-    assert phi3_index.token(13).shown == "↵"  # <0x0A> is a whole character
-    assert phi3_index.token(3 + 0xF0).shown == "<0xF0>"  # a partial character shows its piece
+    assert (token.piece, token.text, piece_shown(token.text, token.piece)) == ("▁king", " king", "␣king")
+    newline = phi3_index.token(13)  # <0x0A> is a whole character
+    assert piece_shown(newline.text, newline.piece) == "↵"
+    partial = phi3_index.token(3 + 0xF0)  # a partial character shows its piece
+    assert piece_shown(partial.text, partial.piece) == "<0xF0>"
 
 
 # -- GPU ------------------------------------------------------------------------------------------------------------
@@ -393,9 +359,9 @@ def test_vocabulary_tables_are_cached_and_keyed_by_tokenizer(bundled, phi3_tiny,
 
     fresh = VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=False, cache_dir=tmp_path)
     again = VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=False, cache_dir=tmp_path)
-    assert not fresh.tables_from_cache and again.tables_from_cache
-    for name in ("pieces", "texts", "keys", "special_ids", "byte_ids", "vocab", "_anchor"):
-        assert getattr(again, name) == getattr(fresh, name), name
+    assert not fresh.vocabulary.from_cache and again.vocabulary.from_cache
+    for name in ("pieces", "texts", "keys", "special_ids", "byte_ids", "vocab", "anchor"):
+        assert getattr(again.vocabulary, name) == getattr(fresh.vocabulary, name), name
     assert [n.text for n in again.neighbors("king").neighbors] == [n.text for n in fresh.neighbors("king").neighbors]
     other = VocabIndex.from_model(phi3_tiny.model, phi3_tiny.tokenizer, use_gpu=False, cache_dir=tmp_path)
-    assert not other.tables_from_cache and other.pieces[:3] != fresh.pieces[:3]
+    assert not other.vocabulary.from_cache and other.vocabulary.pieces[:3] != fresh.vocabulary.pieces[:3]

@@ -32,7 +32,7 @@ END_OF_TURN, LENGTH, STOPPED, ERROR = "end of turn", "length", "stopped", "error
 
 @dataclass
 class ChatStats:
-    """Shown under each answer."""
+    """A request's numbers: shown under each answer, and summarised by /engine_stats."""
 
     prompt_tokens: int
     generated_tokens: int = 0
@@ -42,18 +42,6 @@ class ChatStats:
     dropped_turns: int = 0
     queued_s: float = 0.0
     cached_prompt_tokens: int = 0  # reused from the prefix cache, not recomputed
-
-    def summary(self) -> str:
-        cached = f" ({self.cached_prompt_tokens} reused from cache)" if self.cached_prompt_tokens else ""
-        parts = [f"{self.prompt_tokens} prompt tokens{cached}", f"{self.generated_tokens} generated"]
-        if self.ttft_s is not None:
-            parts.append(f"first token {self.ttft_s:.2f} s")
-        if self.tokens_per_s is not None:
-            parts.append(f"{self.tokens_per_s:.1f} tok/s")
-        parts.append(f"stop: {self.stop_reason or 'running'}")
-        if self.dropped_turns:
-            parts.append(f"{self.dropped_turns} oldest messages dropped to fit the context")
-        return " · ".join(parts)
 
 
 class ChatStream:
