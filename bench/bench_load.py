@@ -163,7 +163,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from core.config import default_cache_dir
-    from core.model.loading import bundled_checkpoint
+    from core.model.bundled import bundled_checkpoint
 
     bundled = args.model == "bundled"
     tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(default_cache_dir())[0] if bundled else args.model)

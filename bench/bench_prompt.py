@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from bench.app_process import start_app
 from bench.results_io import write_results
 from core.config import default_cache_dir
-from core.model.loading import bundled_checkpoint
+from core.model.bundled import bundled_checkpoint
 from core.text.prompt import PromptBuilder
 
 SIZES = (1_000, 10_000, 100_000)

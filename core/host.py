@@ -13,6 +13,7 @@ app.py can start loading first and import gradio and build the UI meanwhile (sta
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import threading
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Every core module that imports torch, transformers or FAISS: the loader thread imports them all before the UI is
+# built, since transformers' lazy module is not safe to import from two threads at once.
+HEAVY_MODULES = ("core.model.loading", "core.model.embeddings_only", "core.text.prompt", "core.text.tokens",
+                 "core.text.registry", "core.embeddings.index", "core.engine.local", "core.engine.remote",
+                 "core.engine.zerogpu_engine")
 LOADER_EXIT_WAIT_S = 30.0  # the longest an exit waits for loading to end (a hub download may take longer)
 
 
@@ -90,7 +96,8 @@ class ModelHost:
     def _load(self) -> None:
         try:
             try:
-                pass
+                for module in HEAVY_MODULES:  # torch, transformers and FAISS come with them, off the main thread
+                    importlib.import_module(module)
             finally:
                 self._imported.set()
             from core.model.embeddings_only import load_embeddings_with_fallback

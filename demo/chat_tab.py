@@ -16,7 +16,7 @@ from anyio import to_thread
 from core.engine.settings import GenerationSettings
 from core.engine.stream import ChatStats, ChatStream
 from core.host import ModelHost
-from core.text.prompt import newest_within
+from core.text.messages import newest_within
 from core.text.tokens import tokens_for_ids
 from demo.chat_markdown import safe_chatbot
 from demo.errors import api_errors, ui_errors

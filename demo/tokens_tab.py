@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerBase
 
 from core import checks
 from core.errors import InvalidInputError, TokenLabError
-from core.text.prompt import PromptBuilder, normalize_messages
+from core.text.messages import normalize_messages
+from core.text.prompt import PromptBuilder
 from core.text.registry import MAX_HUB_TOKENIZERS, registry_for
 from core.text.tokens import (
     DetokenizeResult,

@@ -12,7 +12,8 @@ import torch
 import core.model.loading
 from core.config import BUNDLED, PHI3_MODEL_ID, AppConfig
 from core.errors import ModelLoadError
-from core.model.loading import bundled_checkpoint, load_model, load_with_fallback
+from core.model.bundled import bundled_checkpoint
+from core.model.loading import load_model, load_with_fallback
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

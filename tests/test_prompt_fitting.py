@@ -11,7 +11,8 @@ import random
 import pytest
 
 from core.errors import InvalidInputError
-from core.text.prompt import PromptBuilder, check_history, newest_within, normalize_messages
+from core.text.messages import check_history, newest_within, normalize_messages
+from core.text.prompt import PromptBuilder
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "with", "🎵", "鸟", "<|im_end|>", "<|end|>", "code", "`x<y`",
          "and\nnewlines", "", "", "spaces"]

@@ -24,8 +24,9 @@ from core.engine.remote import RemoteChatEngine, api_base
 from core.engine.settings import GenerationSettings
 from core.errors import GenerationError, ModelNotReadyError
 from core.host import ModelHost
+from core.model.bundled import bundled_checkpoint
 from core.model.embeddings_only import load_embeddings_only
-from core.model.loading import LoadedModel, bundled_checkpoint
+from core.model.loading import LoadedModel
 from tests.conftest import free_port
 from tests.servers import http_ok, launched, running
 

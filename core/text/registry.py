@@ -167,7 +167,7 @@ class TokenizerRegistry:
     def _load_offline(self, key: str) -> NamedTokenizer:
         name = next(t.name for t in OFFLINE if t.key == key)
         if key == "smollm2":
-            from core.model.loading import bundled_checkpoint
+            from core.model.bundled import bundled_checkpoint
 
             try:
                 folder, _cached = bundled_checkpoint(self.cache_dir)
