@@ -11,9 +11,9 @@ import contextlib
 import gc
 import sys
 
-# Start-up allocates ~500,000 long-lived objects (torch, transformers, gradio, the model); with the collector on,
-# each full collection meanwhile rescanned all of them: 10 collections, ~1.4 s with the GIL held. It runs again
-# once they are frozen (below), and its later full collections skip them: no 250 ms pauses while serving.
+# Start-up allocates hundreds of thousands of long-lived objects (torch, transformers, gradio, the model); with the
+# collector on, each full collection meanwhile rescanned all of them with the GIL held. It runs again once they are
+# frozen (below), and its later full collections skip them, so serving is not paused by them.
 gc.disable()
 
 from core.config import AppConfig  # noqa: E402

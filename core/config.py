@@ -60,7 +60,7 @@ class AppConfig:
     max_new_tokens_limit: int = 2048
     max_history_messages: int = 10_000  # items in a chat request's history
     max_history_chars: int = 1_000_000  # characters in the whole history
-    max_sessions: int = 1000  # gradio sessions kept in memory (~0.3 MB each here; gradio's default is 10,000)
+    max_sessions: int = 1000  # gradio sessions kept in memory, each with a copy of the app's config (gradio: 10,000)
     max_batch: int = 0  # requests decoded together (0 = as many as fit in memory at full context, at most 32)
     prefix_cache_mb: int = 256  # keys/values of recent prompts and conversations, reused by prompts that start alike
     engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
@@ -135,7 +135,7 @@ class AppConfig:
         p.add_argument("--no-pack-linears", dest="pack_linears", action="store_false",
                        default=env.get("TOKEN_LAB_PACK_LINEARS", "1") != "0",
                        help="on the CPU, keep torch's default matmuls instead of oneDNN's on pre-packed weights "
-                            "(~1.5-2x slower here; env TOKEN_LAB_PACK_LINEARS=0)")
+                            "(slower; env TOKEN_LAB_PACK_LINEARS=0)")
         args, _unknown = p.parse_known_args(argv)
         return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,

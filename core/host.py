@@ -80,6 +80,10 @@ class ModelHost:
         """At interpreter exit, let the loader end (up to LOADER_EXIT_WAIT_S) and stop the engine's worker: a
         daemon thread still inside a torch op when Python finalizes aborts the process with status 134."""
         self._loader.join(LOADER_EXIT_WAIT_S)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the chat engine (its worker thread, its connections); the host serves no more chats after this."""
         if self._parts is not None:
             self._parts.engine.close()
 

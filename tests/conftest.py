@@ -90,7 +90,9 @@ def tiny_chat(bundled: LoadedModel, tmp_path_factory: pytest.TempPathFactory) ->
 def bundled_host(bundled: LoadedModel):
     from core.host import ModelHost
 
-    return ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=4))
+    host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=4))
+    yield host
+    host.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENDPOINTS = {"/chat", "/prompt", "/tokenize", "/detokenize", "/neighbors", "/analogy", "/similarity"}
 
 
+@pytest.mark.slow
 def test_app_module_exposes_demo_for_gradio_and_spaces():
     code = ("import app, gc, gradio; print(isinstance(app.demo, gradio.Blocks), app.config.port); "
             "print('gc', gc.isenabled(), gc.get_freeze_count())")
@@ -33,6 +34,7 @@ def test_app_module_exposes_demo_for_gradio_and_spaces():
     assert enabled == "True" and int(frozen) > 100_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["while loading", "just after loading, while the engine warms up"])
 def test_the_process_exits_cleanly_whatever_its_threads_are_doing(when):
     """A daemon thread still inside a torch op when Python finalizes aborts the process (status 134, "terminate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,8 +17,10 @@ QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Wh
 
 
 @pytest.fixture(scope="module")
-def engine(bundled) -> ChatEngine:
-    return ChatEngine(bundled, RequestLimits(max_queue=8), max_batch=8)
+def engine(bundled) -> Iterator[ChatEngine]:
+    engine = ChatEngine(bundled, RequestLimits(max_queue=8), max_batch=8)
+    yield engine
+    engine.close()
 
 
 

@@ -15,8 +15,10 @@ def bot_text(page) -> str:
     return bots.first.inner_text() if bots.count() else ""
 
 
-def test_chat_streams_then_stops(browser_page):
+def test_chat_streams_then_stops(browser_page, bundled_host):
     page = browser_page.page
+    engine = bundled_host.require().engine
+    stopped_before = engine.stats()["recent"]["stop_reasons"].get("stopped", 0)
     box = page.locator("#chat-input textarea")
     box.fill("Write a long story about a dragon who learns to read.")
     box.press("Enter")
@@ -28,9 +30,13 @@ def test_chat_streams_then_stops(browser_page):
     page.locator("#chat-input button.stop-button").click()
     page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('stop: stopped')",
                            timeout=15_000)
-    stopped = bot_text(page)
-    page.wait_for_timeout(800)
-    assert bot_text(page) == stopped, "text kept coming after Stop"
+    # the server's own record: the request ended because it was stopped, before its token limit
+    for _ in range(150):
+        if engine.pending == 0:
+            break
+        page.wait_for_timeout(100)
+    assert engine.pending == 0, "the request was still generating after Stop"
+    assert engine.stats()["recent"]["stop_reasons"].get("stopped", 0) == stopped_before + 1
     assert not browser_page.page_errors
 
 
@@ -60,9 +66,15 @@ def test_prompt_inspector_and_retry(browser_page, bundled_host):
     page.locator(".label-wrap", has_text="What the model receives").first.click()
     inspector = page.locator("#prompt-inspector")
     inspector.wait_for()
-    shown = inspector.inner_text()
-    # the template's markers are there, and the user's literal "<|im_end|>" is shown as the text it is
-    assert "<|im_start|>" in shown and "im_end" in shown and "please" in shown
+    # control tokens are the spans colored like <|im_start|>: the template's own, never the user's typed "<|im_end|>"
+    control = page.evaluate("""() => {
+        const spans = [...document.querySelectorAll('#prompt-inspector .token')];
+        const text = s => s.querySelector('.text').textContent;
+        const color = spans.find(s => text(s) === '<|im_start|>').style.backgroundColor;
+        return spans.filter(s => s.style.backgroundColor === color).map(text); }""")
+    assert control.count("<|im_start|>") == 3  # the system turn, the user turn and the generation prompt
+    assert control.count("<|im_end|>") == 2  # the system turn's end and the user turn's end: the typed one is text
+    assert "please" in inspector.inner_text()
     before = engine.submitted
     page.get_by_role("button", name="Retry").first.click()
     for _ in range(100):

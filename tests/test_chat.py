@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from core.config import RequestLimits
@@ -22,13 +24,17 @@ BENIGN = [
 
 
 @pytest.fixture(scope="module")
-def engine(bundled) -> ChatEngine:
-    return ChatEngine(bundled, RequestLimits(max_queue=2))
+def engine(bundled) -> Iterator[ChatEngine]:
+    engine = ChatEngine(bundled, RequestLimits(max_queue=2))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
-def phi3_engine(phi3_scripted) -> ChatEngine:
-    return ChatEngine(phi3_scripted)
+def phi3_engine(phi3_scripted) -> Iterator[ChatEngine]:
+    engine = ChatEngine(phi3_scripted)
+    yield engine
+    engine.close()
 
 
 

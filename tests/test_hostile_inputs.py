@@ -238,7 +238,7 @@ def tiny_app(tiny_chat):
                                                max_history_chars=4_000_000))
     with launched(host) as url:
         yield url
-    host.require().engine.close()
+    host.close()
 
 
 def test_ten_thousand_turns_are_trimmed_and_answered(rest, tiny_app):

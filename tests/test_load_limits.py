@@ -16,7 +16,7 @@ def small_app(bundled):
     host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=1, max_new_tokens_limit=64))
     with launched(host) as url:
         yield url, host
-    host.require().engine.close()
+    host.close()
 
 
 def test_overflowing_the_queue_returns_busy(small_app):

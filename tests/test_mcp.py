@@ -19,6 +19,8 @@ from core.config import AppConfig
 from tests.conftest import free_port
 from tests.servers import http_ok, running
 
+pytestmark = pytest.mark.slow  # starts `python app.py --mcp`
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("tokenize_text", "detokenize_ids", "neighbors", "analogy", "similarity")  # what agents are promised
 START_TIMEOUT = 120

@@ -83,6 +83,7 @@ def test_default_phi3_falls_back_to_bundled_and_says_so(monkeypatch, cache_dir):
     assert any(PHI3_MODEL_ID in m and "bundled" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_explicit_model_that_fails_exits_2_with_one_line(tmp_path):
     port = str(free_port())
     result = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "missing"), "--port", port],

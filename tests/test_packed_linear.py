@@ -103,6 +103,7 @@ def test_packing_again_is_a_no_op_and_counts_only_shared_weights_as_extra(bundle
         assert tied(x).shape == (1, 3, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map from Linux's /proc")
 @pytest.mark.parametrize("pack", [True, False])
 def test_a_packed_model_lets_go_of_the_memory_mapped_checkpoint(pack):

@@ -86,7 +86,7 @@ def remote_host(server: Server, embeddings: LoadedModel) -> Iterator[ModelHost]:
     config = AppConfig(model="bundled", engine_url=server.url, engine_model=server.model, max_queue=4)
     host = ModelHost.from_loaded(embeddings, config)
     yield host
-    host.require().engine.close()
+    host.close()
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def test_server_down_gives_a_clear_message(embeddings):
                 client.predict("Hi", [], "", 0.0, 1.0, 16, None, api_name="/chat")
             assert "Traceback" not in str(info.value)
     finally:
-        host.require().engine.close()
+        host.close()
 
 
 def test_http_error_status_is_explained(server, embeddings):

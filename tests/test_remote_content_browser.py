@@ -42,7 +42,7 @@ def scripted_app(cache_dir, foreign) -> Iterator[str]:
         with launched(host) as url:
             yield url
     finally:
-        host.require().engine.close()
+        host.close()
         server.close()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 import unicodedata
 from pathlib import Path
 
@@ -247,11 +246,10 @@ def test_length_limit(registry: TokenizerRegistry) -> None:
     tok = registry.load("smollm2").tokenizer
     with pytest.raises(InvalidInputError, match="50,001 characters; the limit is 50,000"):
         tokenize(tok, "a" * (MAX_CHARS + 1))
-    start = time.perf_counter()
     result = tokenize(tok, ("Hello wörld 🎵 鸟\n\t" * 4000)[:MAX_CHARS])
-    token_highlights(result)
-    assert time.perf_counter() - start < 10
+    shown = token_highlights(result)
     assert result.char_count == MAX_CHARS
+    assert "".join(text for text, _ in shown).count("🎵") == ("Hello wörld 🎵 鸟\n\t" * 4000)[:MAX_CHARS].count("🎵")
 
 
 def test_unpaired_surrogate_is_refused(registry: TokenizerRegistry) -> None:

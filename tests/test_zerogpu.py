@@ -61,7 +61,7 @@ def test_lab_uses_the_per_request_engine_on_zerogpu(fake_zerogpu: list, bundled)
     try:
         assert isinstance(host.require().engine, ZeroGPUChatEngine)
     finally:
-        host.require().engine.close()
+        host.close()
 
 
 def test_same_greedy_answer_as_the_local_engine(bundled, bundled_host):

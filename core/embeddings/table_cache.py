@@ -1,7 +1,7 @@
 """A small on-disk cache for tables derived from a tokenizer (JSON, so reading a cache file never runs code).
 
-Building the vocabulary tables of a 49k-token vocabulary (each token decoded, classified, keyed) costs ~0.4 s of
-pure Python at every start; reading them back costs a fraction of that. The key hashes everything the tables derive
+Building the vocabulary tables (each of tens of thousands of tokens decoded, classified, keyed) is pure Python that
+would run at every start; reading them back costs a fraction of that. The key hashes everything the tables derive
 from, so a changed tokenizer or a changed table format never reads a stale file:
 
     >>> tables, cached = cached_json("vocab-tables", ["v1", tokenizer_json], build, Path("~/.cache/token-lab"))

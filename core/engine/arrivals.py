@@ -1,11 +1,11 @@
 """Taking requests off the engine's queue in bursts.
 
 Requests sent at the same moment (a class pressing Send together, a script fanning out) reach the engine a few
-milliseconds apart, one by one through the web server. Measured with 8 chats started together (bench/bench_load.py):
-the worker took 7 and started their prefill; the 8th arrived 3 ms later and waited ~220 ms for that prefill to end
-before its own began; one round in three split like that. An idle worker therefore keeps taking arrivals until none
-has come for `gap_s`, for at most `max_s` in all, so that one forward pass gives every request of a burst its first
-token. A lone request waits `gap_s` once (4 ms, against ~65 ms for its first token).
+milliseconds apart, one by one through the web server. Taken one at a time, the first ones' prefill starts and the
+stragglers wait for it to end before their own begins (bench/bench_load.py saw rounds of 8 chats split like that).
+An idle worker therefore keeps taking arrivals until none has come for `gap_s`, for at most `max_s` in all, so that
+one forward pass gives every request of a burst its first token; a lone request waits `gap_s` once, a small part of
+its time to first token.
 
     >>> q = queue.Queue(); q.put("a"); q.put("b")
     >>> take_burst(q, room=8, wait_for_first=True)
@@ -20,7 +20,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-ARRIVAL_GAP_S = 0.004  # the 8 requests of a burst reached the engine 1-4 ms apart here (a 7 ms gap split one)
+ARRIVAL_GAP_S = 0.004  # a little more than the gaps measured between the requests of one burst (bench_load)
 BURST_MAX_S = 0.020  # the longest the first request of a burst waits for the others
 
 

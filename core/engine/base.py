@@ -145,4 +145,5 @@ class Engine(abc.ABC):
                 "peak_batch": self.peak_batch, "prompts_preparing": self.preparing,
                 "recent": {"requests": len(recent), "ttft_p50_s": _percentile(ttft, 0.5),
                            "ttft_p95_s": _percentile(ttft, 0.95), "queued_p50_s": _percentile(queued, 0.5),
-                           "queued_p95_s": _percentile(queued, 0.95)}}
+                           "queued_p95_s": _percentile(queued, 0.95),
+                           "stop_reasons": dict(collections.Counter(s.stop_reason for s in recent))}}

@@ -106,7 +106,7 @@ class BatchDecoder:
         cache = DynamicCache(_stack_past(reused, past)) if past else DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
-        for row, slot in enumerate(slots):  # first tokens first: storing 8 prompts' keys took ~10 ms
+        for row, slot in enumerate(slots):  # first tokens first: storing the prompts' keys can wait a moment
             self._accept(slot, self._pick(out.logits[row, -1], slot))
         for row, slot in enumerate(slots):
             self._remember(slot.prompt_ids, cache, mask, row)

@@ -21,7 +21,7 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
 
 
-MAX_ROWS = 32  # the bundled model on 2 CPU cores, a decoding step: 16 rows 33 ms, 32 rows 49 ms (20 tokens/s each)
+MAX_ROWS = 32  # beyond this a decoding step grows so long that each chat's tokens/s drops (docs/performance.md)
 
 
 def rows_that_fit(model: PreTrainedModel, context_length: int, free_bytes: int, cap: int = MAX_ROWS,
@@ -29,8 +29,8 @@ def rows_that_fit(model: PreTrainedModel, context_length: int, free_bytes: int, 
     """How many rows may decode together so that, even with every row at the full context, their caches take at
     most `share` of `free_bytes`; between 1 and `cap`. Beyond the cap, requests wait for a row.
 
-    Phi-3-mini (bfloat16, 4096 tokens: 1.5 GiB per full row) on a 24 GB A10G with ~15 GB free after the weights:
-    5 rows; the bundled model (float32, 8192 tokens: 377 MB per full row) on a CPU with 20 GB free: 31."""
+    Phi-3-mini in bfloat16 at its full 4k context on an A10G gets a handful of rows; the bundled model on a
+    CPU with plenty of free memory reaches the cap."""
     per_row = kv_bytes_per_token(model) * context_length
     return max(1, min(cap, int(free_bytes * share // per_row)))
 

@@ -1,8 +1,8 @@
 """Giving freed heap memory back to the operating system.
 
 A long-running server that keeps some tensors for a long time (the prefix cache) and allocates others for one
-decoding step leaves holes in glibc's heaps: freed, reusable, but still counted in the process's memory. Measured
-in a 150 s soak: memory outside the cache crept up ~0.6 MB/s; with the cache off it stayed flat. `malloc_trim(0)`
+decoding step leaves holes in glibc's heaps: freed, reusable, but still counted in the process's memory (in soaks,
+memory outside the cache crept up; with the cache off it stayed flat). `malloc_trim(0)`
 returns the free pages inside the heaps (not only at their top) to the system; it walks the heaps, so it runs at
 most every `interval` seconds.
 """

