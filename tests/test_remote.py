@@ -2,16 +2,18 @@
 
 The app runs in remote mode (chat on the server; tokenizer and embedding matrix loaded locally) and is driven through
 gradio_client. Stop is checked on the server's side, from its log: the stopped generation was aborted. Failures
-(nothing listening, an HTTP error status, a silent server) must read clearly.
+(nothing listening, each HTTP error status, an error event mid-answer, a cut connection, a silent server) must read
+as the same clear sentences, from canned servers on loopback.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,12 +24,12 @@ import pytest
 from core.config import AppConfig
 from core.engine.remote import RemoteChatEngine, api_base
 from core.engine.settings import GenerationSettings
-from core.errors import GenerationError, ModelNotReadyError
+from core.errors import BusyError, GenerationError, ModelNotReadyError
 from core.host import ModelHost
 from core.model.embeddings_only import load_embeddings_only
 from core.model.loading import LoadedModel, bundled_checkpoint
 from tests.conftest import free_port
-from tests.servers import http_ok, launched, running
+from tests.servers import ScriptedChatServer, http_ok, launched, running
 from tests.transformers_serve import aborted_generations
 
 GREEDY = GenerationSettings(temperature=0.0, top_p=1.0, max_new_tokens=48)
@@ -207,46 +209,155 @@ def test_http_error_status_is_explained(server, embeddings):
             list(engine.chat("Hi", [], "", GREEDY))
     finally:
         engine.close()
-
-
-class _Canned(BaseHTTPRequestHandler):
-    """A stand-in server: 503 on /status503, else accepts the request and stays silent."""
-
-    def do_POST(self) -> None:
-        if self.path.startswith("/status503"):
-            body = b'{"error": "model is loading"}'
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        time.sleep(3)  # longer than the engine's timeout
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def canned_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    engine = RemoteChatEngine(embeddings, f"{server.url.removesuffix('/v1')}/elsewhere", model=server.model)
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-
-
-def test_5xx_and_timeout_are_explained(canned_server, embeddings):
-    engine = RemoteChatEngine(embeddings, f"{canned_server}/status503/v1", model="m")
-    try:
-        with pytest.raises(ModelNotReadyError, match=r"answered HTTP 503 \(not ready\): model is loading"):
+        with pytest.raises(GenerationError, match=r"answered HTTP 404 \(not found\): Not Found\. Check --engine-model"):
             list(engine.chat("Hi", [], "", GREEDY))
     finally:
         engine.close()
-    engine = RemoteChatEngine(embeddings, canned_server, model="m", timeout=1.0)
+
+
+def test_request_carries_the_settings_and_only_the_given_key(embeddings, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")  # never to be sent to another server
+    scripted = ScriptedChatServer("Paris.")
+    settings = GenerationSettings(temperature=0.5, top_p=0.9, top_k=40, repetition_penalty=1.3, max_new_tokens=32,
+                                  seed=7)
     try:
-        with pytest.raises(GenerationError, match=r"sent nothing for 1 s"):
-            list(engine.chat("Hi", [], "", GREEDY))
+        for api_key in ("secret", None):
+            engine = RemoteChatEngine(embeddings, scripted.url, model="scripted", api_key=api_key)
+            try:
+                assert engine.chat("Hi", [], "", settings).collect() == "Paris."
+                assert engine.extras_supported is True
+            finally:
+                engine.close()
+    finally:
+        scripted.close()
+    (keyed, body), (unkeyed, _) = scripted.requests
+    assert keyed["authorization"] == "Bearer secret"
+    assert "sk-from-the-environment" not in unkeyed.get("authorization", "")
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["messages"][-1] == {"role": "user", "content": "Hi"}
+    sent = {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")}
+    assert sent == {"model": "scripted", "max_tokens": 32, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
+                    "repetition_penalty": 1.3, "seed": 7}
+
+
+ERROR_BODIES = {  # as servers send them: OpenAI's `error.message`, FastAPI's `detail`, TGI's `error`
+    401: {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
+    403: {"detail": "Not authenticated"},
+    404: {"error": {"message": "The model `m` does not exist", "code": 404}},
+    429: {"error": {"message": "Rate limit reached for requests"}},
+    503: {"error": "model is loading"},
+}
+WORD = {"choices": [{"delta": {"content": "Hello"}, "finish_reason": None}]}
+PATIENCE = 30  # seconds the canned server waits, on a request it leaves silent, for the client to go away
+
+
+class CannedServer:
+    """A stand-in for a failing server; the URL's first segment picks the failure. `status<N>` answers HTTP N with an
+    error body; `error-event` streams a word, then an error event (as `transformers serve` reports a failed
+    generation); `cut-off` streams a word and closes the connection before the body it announced is complete;
+    `silent-after-a-word` streams a word, then nothing; anything else accepts the request and sends nothing.
+    `holding` is set while it keeps a request silent; `ended` then gets who ended the wait: "client closed" or
+    "server gave up"."""
+
+    def __init__(self) -> None:
+        holding, ended = threading.Event(), queue.Queue()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                kind = self.path.split("/")[1]
+                if kind.startswith("status"):
+                    status = int(kind.removeprefix("status"))
+                    body = json.dumps(ERROR_BODIES[status]).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if kind in ("error-event", "cut-off", "silent-after-a-word"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    if kind == "cut-off":
+                        self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.write(f"data: {json.dumps(WORD)}\n\n".encode())
+                    if kind == "error-event":
+                        self.wfile.write(b'data: {"error": "CUDA out of memory"}\n\n')
+                    self.wfile.flush()
+                    if kind != "silent-after-a-word":
+                        return
+                ended.put(self.wait_for_the_client())
+
+            def wait_for_the_client(self) -> str:
+                self.connection.settimeout(PATIENCE)
+                holding.set()
+                try:
+                    self.connection.recv(1)  # b"" once the client has closed the connection
+                except TimeoutError:
+                    return "server gave up"
+                except OSError:
+                    pass
+                return "client closed"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.holding, self.ended = holding, ended
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def canned() -> Iterator[CannedServer]:
+    server = CannedServer()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(("failure", "error", "sentence", "partial"), [
+    ("status401", GenerationError,
+     r"answered HTTP 401 \(not allowed\): Incorrect API key provided\. Set ENGINE_API_KEY if it needs a key\.$", ""),
+    ("status403", GenerationError,
+     r"answered HTTP 403 \(not allowed\): Not authenticated\. Set ENGINE_API_KEY if it needs a key\.$", ""),
+    ("status404", GenerationError,
+     r"answered HTTP 404 \(not found\): The model `m` does not exist\. "
+     r"Check --engine-model \('m'\) and --engine-url\.$", ""),
+    ("status429", BusyError,
+     r"answered HTTP 429 \(too many requests\): Rate limit reached for requests\. Try again in a moment\.$", ""),
+    ("status503", ModelNotReadyError, r"answered HTTP 503 \(not ready\): model is loading\. Try again in a moment\.$",
+     ""),
+    ("error-event", GenerationError, r"failed while answering: CUDA out of memory$", "Hello"),
+    ("cut-off", GenerationError, r"closed the connection mid-answer", "Hello"),
+    ("silent-after-a-word", GenerationError, r"sent nothing for 1 s, so the request was given up", "Hello"),
+    ("silent", GenerationError, r"sent nothing for 1 s, so the request was given up", ""),
+])
+def test_failures_are_explained(canned, embeddings, failure, error, sentence, partial):
+    engine = RemoteChatEngine(embeddings, f"{canned.url}/{failure}/v1", model="m", timeout=1.0)
+    try:
+        stream = engine.chat("Hi", [], "", GREEDY)
+        with pytest.raises(error, match=rf"^The inference server at {canned.url}/{failure}/v1 .*{sentence}") as info:
+            stream.collect()
+        assert type(info.value) is error
+        assert stream.stop_reason == "error" and stream.text == partial and engine.pending == 0
+    finally:
+        engine.close()
+
+
+def test_stop_closes_the_connection_while_the_server_is_silent(canned, embeddings):
+    engine = RemoteChatEngine(embeddings, f"{canned.url}/silent/v1", model="m", timeout=2 * PATIENCE)
+    try:
+        stream = engine.chat("Hi", [], "", GREEDY)
+        assert canned.holding.wait(PATIENCE), "the request did not arrive"
+        stream.cancel()
+        assert canned.ended.get(timeout=2 * PATIENCE) == "client closed"
+        assert stream.collect() == "" and stream.stop_reason == "stopped" and engine.pending == 0
     finally:
         engine.close()
