@@ -223,18 +223,19 @@ def test_request_carries_the_settings_and_only_the_given_key(embeddings, monkeyp
     settings = GenerationSettings(temperature=0.5, top_p=0.9, top_k=40, repetition_penalty=1.3, max_new_tokens=32,
                                   seed=7)
     try:
-        for api_key in ("secret", None):
-            engine = RemoteChatEngine(embeddings, scripted.url, model="scripted", api_key=api_key)
+        for api_key, model in (("secret", "scripted"), (None, None)):  # no model: the server's list names it
+            engine = RemoteChatEngine(embeddings, scripted.url, model=model, api_key=api_key)
             try:
                 assert engine.chat("Hi", [], "", settings).collect() == "Paris."
-                assert engine.extras_supported is True
+                assert engine.extras_supported is True and engine.model_name == "scripted"
             finally:
                 engine.close()
     finally:
         scripted.close()
-    (keyed, body), (unkeyed, _) = scripted.requests
+    (keyed, body), (unkeyed, unkeyed_body) = scripted.requests
     assert keyed["authorization"] == "Bearer secret"
     assert "sk-from-the-environment" not in unkeyed.get("authorization", "")
+    assert unkeyed_body["model"] == "scripted"
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"][-1] == {"role": "user", "content": "Hi"}
     sent = {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")}

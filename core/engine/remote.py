@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx2
 import openai
+from openai.types.chat import ChatCompletionChunk
 
 from core.config import RequestLimits
 from core.engine.base import Engine
@@ -310,7 +311,7 @@ class RemoteChatEngine(Engine):
         return FINISH_REASONS.get(finish, finish)
 
     @staticmethod
-    def _apply_chunk(stream: RemoteChatStream, chunk: Any) -> str | None:
+    def _apply_chunk(stream: RemoteChatStream, chunk: ChatCompletionChunk) -> str | None:
         """One streamed chunk: text delta, usage, finish reason."""
         if chunk.usage:
             stream.usage = {k: v for k, v in chunk.usage.model_dump().items() if isinstance(v, int)}
