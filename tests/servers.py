@@ -63,7 +63,8 @@ def launched(host) -> Iterator[str]:
 
 class ScriptedChatServer:
     """An OpenAI-compatible chat server on loopback that streams the same answer to every request, word by word:
-    a way to put any text in a chat answer (the remote-engine path is the real one the app uses)."""
+    a way to put any text in a chat answer (the remote-engine path is the real one the app uses). `requests` holds
+    the headers (lower-case names) and JSON body of every chat request it received."""
 
     def __init__(self, answer: str) -> None:
         import json
@@ -84,7 +85,8 @@ class ScriptedChatServer:
                 self._send(200, json.dumps({"data": [{"id": "scripted"}]}).encode())
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 pieces = [{"choices": [{"delta": {"content": word}, "finish_reason": None}]}
                           for word in server.answer.split(" ")[:1]] + \
                          [{"choices": [{"delta": {"content": " " + word}, "finish_reason": None}]}
@@ -97,6 +99,7 @@ class ScriptedChatServer:
                 pass
 
         self.answer = answer
+        self.requests: list[tuple[dict[str, str], dict]] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"

@@ -5,9 +5,11 @@
 answer, `cancel()` them, read `.stats`. Prompts are still built locally with the model's tokenizer, for the prompt
 inspector and the context check; the server receives the same (trimmed) messages and applies its own chat template.
 
-Why one event-loop thread: every request is one `httpx` stream on that loop, so Stop cancels the request's task,
-which closes its HTTP connection at once (even while the server is silent), and the servers named above stop
-generating when their client goes away. A web request never creates a thread.
+The requests go through the `openai` client, the one every OpenAI-compatible server is tested against, so its
+streaming format and error bodies are parsed as those servers expect. Why one event-loop thread: every request is one
+streaming call on that loop, so Stop cancels the request's task, which closes its HTTP connection at once (even while
+the server is silent), and the servers named above stop generating when their client goes away. A web request never
+creates a thread.
 
     >>> engine = RemoteChatEngine(loaded, "http://127.0.0.1:8000/v1", model="microsoft/Phi-3-mini-4k-instruct")
     >>> stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
@@ -24,7 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
+import openai
+from openai.types.chat import ChatCompletionChunk
 
 from core.config import RequestLimits
 from core.engine.base import Engine
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 # fields (HTTP 422), so after such a refusal they are left out for that server and the request is sent again.
 EXTRA_FIELDS = ("top_k", "repetition_penalty")
 FINISH_REASONS = {"stop": END_OF_TURN, "eos_token": END_OF_TURN, "length": LENGTH, "abort": STOPPED}
+# Failures of a kept-alive connection the server had just closed: nothing was received, so the request is sent again.
+STALE_CONNECTION = (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError)
+ATTEMPTS = 3
 
 
 def api_base(url: str) -> str:
@@ -54,21 +61,18 @@ def api_base(url: str) -> str:
     return base
 
 
-def _server_message(body: bytes) -> str:
-    """The human part of an error body: FastAPI's `detail`, OpenAI's `error.message`, TGI's `error`, or the text."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:300] or "(empty body)"
-    if isinstance(data, dict):
+def _server_message(body: object) -> str:
+    """The human part of an error body as the client decoded it: FastAPI's `detail`, OpenAI's `error.message`,
+    TGI's `error`, or the text."""
+    if isinstance(body, dict):
         for key in ("detail", "error", "message"):
-            value = data.get(key)
+            value = body.get(key)
             if isinstance(value, dict):
                 value = value.get("message") or value
             if value:
                 return str(value)[:300]
-    return text[:300]
+        return json.dumps(body)[:300]
+    return str(body or "").strip()[:300] or "(empty body)"
 
 
 class RemoteChatStream(ChatStream):
@@ -83,7 +87,6 @@ class RemoteChatStream(ChatStream):
         self._pieces: list[str] = []
         self.usage: dict[str, int] = {}
         self._cancel_task: Callable[[], None] | None = None  # set by the engine once the request's task exists
-        self._responded = False  # the server has answered (a status line); a request is then never re-sent
 
     def push_text(self, delta: str) -> None:
         """A piece of the answer's text, as the server sent it."""
@@ -124,28 +127,31 @@ class RemoteChatStream(ChatStream):
         super()._raise_if_failed()
 
 
-class _Retry(Exception):
-    """The server refused the extra sampling fields; send the request again without them."""
+class _Resend(Exception):
+    """The request may be sent again: the server refused the extra sampling fields, or a kept-alive connection
+    failed before anything was received. `error` is what to report if no attempt is left."""
+
+    def __init__(self, error: openai.OpenAIError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class RemoteChatEngine(Engine):
-    """Sends each chat request to an OpenAI-compatible `/v1/chat/completions` with `stream: true`."""
+    """Sends each chat request to an OpenAI-compatible `/v1/chat/completions`, streaming."""
 
     def __init__(self, loaded: LoadedModel, url: str, model: str | None = None, limits: RequestLimits | None = None,
                  timeout: float = 120.0, api_key: str | None = None) -> None:
         super().__init__(loaded, limits)
         self.base_url = api_base(url)
-        self.chat_url = f"{self.base_url}/chat/completions"
         self.model_name = model
         self.timeout = timeout
         self.extras_supported: bool | None = None  # None until the server has accepted or refused top_k etc.
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.new_event_loop()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=10.0), headers=self._headers,
-            limits=httpx.Limits(max_connections=self.limits.max_queue + 2,
-                                max_keepalive_connections=self.limits.max_queue))
+        # The key is always given: left out, the client would send OPENAI_API_KEY from the environment to this server.
+        # No retries inside the client: the engine decides what is worth sending again.
+        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", max_retries=0,
+                                          timeout=openai.Timeout(timeout, connect=10.0))
         self._thread = threading.Thread(target=self._loop.run_forever, name="token-lab-remote", daemon=True)
         self._thread.start()
 
@@ -178,7 +184,7 @@ class RemoteChatEngine(Engine):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._client.aclose()
+            await self._client.close()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -190,51 +196,61 @@ class RemoteChatEngine(Engine):
         """`model` as given, else the server's first model (vLLM, SGLang and TGI list what they serve)."""
         if self.model_name:
             return self.model_name
-        response = await self._client.get(f"{self.base_url}/models")
-        if response.status_code >= 400:
-            raise self._http_error(response.status_code, response.content, "?")
-        models = [m.get("id") for m in response.json().get("data", []) if m.get("id")]
+        page = await self._client.models.list()
+        models = [m.id for m in page.data or [] if getattr(m, "id", None)]
         if not models:
             raise ModelNotReadyError(f"The inference server at {self.base_url} lists no models; "
                                      f"pass --engine-model (env ENGINE_MODEL).")
         self.model_name = models[0]
         return self.model_name
 
+    async def _answers(self, timeout: float) -> str:
+        """'reachable', or the HTTP status the server answers with: its model list, else `/health` (some servers
+        list models badly; all have `/health`)."""
+        client = self._client.with_options(timeout=timeout)
+        closing = {"Connection": "close"}  # a probe that failed must not leave a broken socket in the pool
+        try:
+            await client.models.list(extra_headers=closing)
+            return "reachable"
+        except (openai.APIStatusError, openai.APIConnectionError):
+            pass
+        try:
+            await client.get(f"{self.base_url.removesuffix('/v1')}/health", cast_to=httpx2.Response,
+                             options={"headers": closing})
+            return "reachable"
+        except openai.APIStatusError as exc:
+            return f"answers HTTP {exc.status_code}"
+
     def describe(self, timeout: float = 5.0) -> str:
         """One line for the status: the server, its model, and whether it answers right now."""
         async def probe() -> str:
             try:
                 model = await self._resolve_model()
-                headers = {**self._headers, "Connection": "close"}  # a probe that failed may leave a broken socket
-                async with httpx.AsyncClient(headers=headers, timeout=timeout) as client:
-                    try:
-                        response = await client.get(f"{self.base_url}/models")
-                    except httpx.HTTPError:
-                        response = None
-                    if response is None or response.status_code >= 400:  # some list models badly; all have /health
-                        response = await client.get(f"{self.base_url.removesuffix('/v1')}/health")
-                state = "reachable" if response.status_code < 400 else f"answers HTTP {response.status_code}"
-                return f"chat runs on {self.base_url} (model {model}, {state})"
-            except (httpx.HTTPError, TokenLabError, ValueError) as exc:
-                reason = str(self._transport_error(exc)) if isinstance(exc, httpx.HTTPError) else str(exc)
+                return f"chat runs on {self.base_url} (model {model}, {await self._answers(timeout)})"
+            except (openai.OpenAIError, TokenLabError) as exc:
+                reason = exc if isinstance(exc, TokenLabError) else self._explain(exc)
                 return f"chat runs on {self.base_url} (model {self.model_name or 'to be asked'}); now: {reason}"
 
         return asyncio.run_coroutine_threadsafe(probe(), self._loop).result(timeout=timeout + 5)
 
     # -- one request, on the loop thread ------------------------------------------------------------------------
-    def _body(self, stream: RemoteChatStream, model: str, extras: bool) -> dict[str, Any]:
+    def _arguments(self, stream: RemoteChatStream, model: str, extras: bool) -> dict[str, Any]:
+        """The `chat.completions.create` arguments; top_k etc. only where they change something, so default
+        settings never need them."""
         s = stream.settings
-        body: dict[str, Any] = {"model": model, "messages": stream.prompt.messages, "stream": True,
-                                "max_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p,
-                                "stream_options": {"include_usage": True}}
+        arguments: dict[str, Any] = {"model": model, "messages": stream.prompt.messages, "stream": True,
+                                     "stream_options": {"include_usage": True}, "max_tokens": s.max_new_tokens,
+                                     "temperature": s.temperature, "top_p": s.top_p}
         if s.seed is not None:
-            body["seed"] = s.seed
-        if extras:  # only where they change something, so default settings never need them
-            if s.top_k > 0:
-                body["top_k"] = s.top_k
-            if s.repetition_penalty != 1.0:
-                body["repetition_penalty"] = s.repetition_penalty
-        return body
+            arguments["seed"] = s.seed
+        extra: dict[str, Any] = {}
+        if extras and s.top_k > 0:
+            extra["top_k"] = s.top_k
+        if extras and s.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = s.repetition_penalty
+        if extra:
+            arguments["extra_body"] = extra
+        return arguments
 
     async def _serve(self, stream: RemoteChatStream) -> None:
         stream.started = time.perf_counter()
@@ -244,22 +260,19 @@ class RemoteChatEngine(Engine):
                 reason = STOPPED
                 return
             model = await self._resolve_model()
-            for attempt in range(3):
+            for attempt in range(ATTEMPTS):
                 try:
                     reason = await self._stream(stream, model, extras=self.extras_supported is not False)
                     break
-                except _Retry:  # the server refused top_k etc.: again, without them
-                    continue
-                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                    # a kept-alive connection the server had just closed: nothing was received, so send again
-                    if attempt == 2 or stream._responded:
-                        raise
-        except asyncio.CancelledError:  # Stop: leaving `async with client.stream(...)` closed the connection
+                except _Resend as resend:
+                    if attempt == ATTEMPTS - 1:
+                        raise resend.error from None
+        except asyncio.CancelledError:  # Stop: leaving the response's `async with` closed the connection
             reason = STOPPED
         except TokenLabError as exc:
             reason, error = ERROR, exc
-        except httpx.HTTPError as exc:
-            reason, error = ERROR, self._transport_error(exc)
+        except openai.OpenAIError as exc:
+            reason, error = ERROR, self._explain(exc)
         except Exception as exc:  # a bug: keep the reason visible
             log.exception("remote chat request failed")
             reason, error = ERROR, GenerationError(f"The request to {self.base_url} failed: {exc}")
@@ -268,67 +281,74 @@ class RemoteChatEngine(Engine):
 
     async def _stream(self, stream: RemoteChatStream, model: str, extras: bool) -> str:
         """Send the request and feed the stream; returns the stop reason."""
-        body = self._body(stream, model, extras)
-        async with self._client.stream("POST", self.chat_url, json=body) as response:
-            stream._responded = True
-            if response.status_code >= 400:
-                content = await response.aread()
-                sent = [f for f in EXTRA_FIELDS if f in body]
-                if sent and response.status_code in (400, 422) and any(f.encode() in content for f in sent):
-                    self.extras_supported = False
-                    log.warning("%s refused %s; sending requests without them", self.base_url, ", ".join(sent))
-                    raise _Retry
-                raise self._http_error(response.status_code, content, model)
-            if any(f in body for f in EXTRA_FIELDS):
-                self.extras_supported = True
-            finish = None
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, `event:` lines, `: keep-alive` comments
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                finish = self._apply_chunk(stream, data) or finish
+        arguments = self._arguments(stream, model, extras)
+        sent = list(arguments.get("extra_body", ()))
+        try:
+            chunks = await self._client.chat.completions.create(**arguments)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if sent and any(field in exc.response.text for field in sent):
+                self.extras_supported = False
+                log.warning("%s refused %s; sending requests without them", self.base_url, ", ".join(sent))
+                raise _Resend(exc) from None
+            raise
+        except openai.APIConnectionError as exc:
+            if isinstance(exc.__cause__, STALE_CONNECTION):
+                raise _Resend(exc) from None
+            raise
+        if sent:
+            self.extras_supported = True
+        finish = None
+        async with chunks:  # closes the HTTP stream however this ends, Stop included
+            try:
+                async for chunk in chunks:
+                    finish = self._apply_chunk(stream, chunk) or finish
+            except json.JSONDecodeError as exc:
+                raise GenerationError(f"The inference server at {self.base_url} sent something that is not JSON: "
+                                      f"{exc.doc[:200]!r}") from None
         if finish is None:
             raise GenerationError(f"The inference server at {self.base_url} ended the answer without saying why "
                                   f"(no finish_reason); it may have crashed.")
         return FINISH_REASONS.get(finish, finish)
 
-    def _apply_chunk(self, stream: RemoteChatStream, data: str) -> str | None:
-        """One SSE event: text delta, usage, finish reason, or an error the server sent mid-stream."""
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise GenerationError(f"The inference server at {self.base_url} sent something that is not JSON: "
-                                  f"{data[:200]!r}") from None
-        if chunk.get("error"):
-            raise GenerationError(f"The inference server at {self.base_url} failed while answering: "
-                                  f"{_server_message(json.dumps(chunk).encode())}")
-        if chunk.get("usage"):
-            stream.usage = {k: int(v) for k, v in chunk["usage"].items() if isinstance(v, int)}
+    @staticmethod
+    def _apply_chunk(stream: RemoteChatStream, chunk: ChatCompletionChunk) -> str | None:
+        """One streamed chunk: text delta, usage, finish reason."""
+        if chunk.usage:
+            stream.usage = {k: v for k, v in chunk.usage.model_dump().items() if isinstance(v, int)}
         finish = None
-        for choice in chunk.get("choices") or []:
-            content = (choice.get("delta") or {}).get("content")
+        for choice in chunk.choices or []:
+            content = choice.delta.content if choice.delta else None
             if content:
                 stream.push_text(content)
-            finish = choice.get("finish_reason") or finish
+            finish = choice.finish_reason or finish
         return finish
 
     # -- errors, in words --------------------------------------------------------------------------------------
-    def _transport_error(self, exc: httpx.HTTPError) -> TokenLabError:
-        url = self.base_url
-        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-            return ModelNotReadyError(f"Cannot reach the inference server at {url} ({str(exc) or type(exc).__name__}). "
-                                      f"Is it running? (--engine-url / ENGINE_URL)")
-        if isinstance(exc, httpx.TimeoutException):
-            return GenerationError(f"The inference server at {url} sent nothing for {self.timeout:g} s, so the "
-                                   f"request was given up (--engine-timeout).")
-        if isinstance(exc, httpx.RemoteProtocolError):
-            return GenerationError(f"The inference server at {url} closed the connection mid-answer ({exc}).")
-        return GenerationError(f"The request to the inference server at {url} failed: {str(exc) or type(exc).__name__}")
+    def _explain(self, exc: openai.OpenAIError) -> TokenLabError:
+        """The client's exception as a sentence for people; the transport's own exception is its cause."""
+        url, cause = self.base_url, exc.__cause__
+        if isinstance(exc, openai.APIStatusError):
+            return self._http_error(exc.status_code, exc.body)
+        if isinstance(exc, openai.APIConnectionError):
+            if isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+                return ModelNotReadyError(f"Cannot reach the inference server at {url} "
+                                          f"({str(cause) or type(cause).__name__}). Is it running? "
+                                          f"(--engine-url / ENGINE_URL)")
+            if isinstance(exc, openai.APITimeoutError):
+                return GenerationError(f"The inference server at {url} sent nothing for {self.timeout:g} s, so the "
+                                       f"request was given up (--engine-timeout).")
+            if isinstance(cause, httpx2.RemoteProtocolError):
+                return GenerationError(f"The inference server at {url} closed the connection mid-answer ({cause}).")
+            detail = cause or exc
+            return GenerationError(f"The request to the inference server at {url} failed: "
+                                   f"{str(detail) or type(detail).__name__}")
+        if isinstance(exc, openai.APIError):  # an error event in the middle of the stream
+            return GenerationError(f"The inference server at {url} failed while answering: "
+                                   f"{_server_message(exc.body)}")
+        return GenerationError(f"The request to the inference server at {url} failed: {exc}")
 
-    def _http_error(self, status: int, content: bytes, model: str) -> TokenLabError:
-        message = _server_message(content)
+    def _http_error(self, status: int, body: object) -> TokenLabError:
+        message, model = _server_message(body), self.model_name or "?"
         where = f"The inference server at {self.base_url} answered HTTP {status}"
         if status in (401, 403):
             return GenerationError(f"{where} (not allowed): {message}. Set ENGINE_API_KEY if it needs a key.")
