@@ -33,6 +33,8 @@ from tests.conftest import free_port
 from tests.servers import ScriptedChatServer, http_ok, launched, running
 from tests.transformers_serve import aborted_generations
 
+pytestmark = pytest.mark.slow  # most tests here start `transformers serve`
+
 GREEDY = GenerationSettings(temperature=0.0, top_p=1.0, max_new_tokens=48)
 LONG_PROMPT = "Write a very long essay about the history of Europe, with many details."  # runs to the token limit
 LONG_ANSWER = 2000  # max_new_tokens of the answers the tests stop
