@@ -1,5 +1,5 @@
-"""CPU kernels: torch's default linear layers against oneDNN's on pre-packed weights (core/packed_linear.py), side by
-side in one run (alternating, median of several).
+"""CPU kernels: torch's default linear layers against oneDNN's on pre-packed weights (core/model/packed_linear.py),
+side by side in one run (alternating, median of several).
 
 1. Whole forward passes of the bundled SmolLM2-135M, both copies loaded here: decoding steps (1, 8 and 16 rows over
    64 cached tokens) and prefills (1 and 8 prompts of 12 new tokens, one prompt of 200).

@@ -67,7 +67,7 @@ class AppConfig:
     engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
     engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
     mcp: bool = False  # also serve the API as MCP tools (gradio's MCP server)
-    pack_linears: bool = True  # on the CPU, run linear layers on weights packed for oneDNN (core/packed_linear.py)
+    pack_linears: bool = True  # on the CPU, linear layers on weights packed for oneDNN (core/model/packed_linear.py)
 
     @property
     def model_explicit(self) -> bool:

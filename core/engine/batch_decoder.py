@@ -9,8 +9,8 @@ The batch keeps one KV cache, left-padded: every row's cache holds the same numb
 which are real, and each row has its own position ids. Invariant: the cache holds every token of a row except the
 row's last sampled token (`pending`), which is fed at the next step.
 
-A prefix cache (core/prefix_cache.py) lets a new row start from the keys/values of an earlier sequence that begins
-the same way (the system prompt, or the conversation so far): only the rest of its prompt is prefilled. Such a
+A prefix cache (core/engine/prefix_cache.py) lets a new row start from the keys/values of an earlier sequence that
+begins the same way (the system prompt, or the conversation so far): only the rest of its prompt is prefilled. Such a
 row's cache then has a gap between its reused prefix and its new tokens; the mask marks the gap, and position ids
 continue from the prefix, so the model sees exactly the sequence it would without the cache.
 

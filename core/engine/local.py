@@ -3,7 +3,8 @@
 Why one worker thread: all torch work then happens on a single long-lived thread with one warm OpenMP team, and
 the web server's threads only wait on events; a request never creates threads. (The common Spaces pattern starts
 a new thread per request and polls a TextIteratorStreamer from gradio's thread pool.) One bounded queue in front of
-the worker gives the "busy" behaviour, and the worker decodes all running requests together (core/batching.py).
+the worker gives the "busy" behaviour, and the worker decodes all running requests together
+(core/engine/batch_decoder.py).
 
     >>> engine = ChatEngine(loaded)                                       # doctest: +SKIP
     >>> stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))

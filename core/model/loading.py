@@ -46,7 +46,7 @@ class LoadedModel:
     load_seconds: float
     from_cache: bool = False
     note: str = ""  # e.g. why the default model was replaced by the bundled one
-    packed_layers: int = 0  # linear layers running on oneDNN-packed weights (core/packed_linear.py)
+    packed_layers: int = 0  # linear layers running on oneDNN-packed weights (core/model/packed_linear.py)
 
     @property
     def context_length(self) -> int:

@@ -85,7 +85,7 @@ def _bucketed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor |
 
 class PackedLinear(nn.Module):
     """x @ weight.T (+ bias) with the weight in oneDNN's blocked layout, for inference (no gradients reach the packed
-    weight): an nn.Linear's replacement, or any fixed matrix scored against many rows (core/vocab_index.py).
+    weight): an nn.Linear's replacement.
     `weight` gives a dense copy, for inspection."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
