@@ -99,27 +99,26 @@ class AppConfig:
                        help="create a public gradio.live link")
         p.add_argument("--cache-dir", type=Path, default=base.cache_dir,
                        help="cache for dequantized weights (env TOKEN_LAB_CACHE, HF_HOME, XDG_CACHE_HOME)")
-        p.add_argument("--max-queue", type=int, default=int(env.get("TOKEN_LAB_MAX_QUEUE", base.max_queue)),
-                       help="requests waiting beyond this get a 'busy' message")
-        p.add_argument("--max-history-messages", type=int,
-                       default=int(env.get("TOKEN_LAB_MAX_HISTORY_MESSAGES", base.max_history_messages)),
-                       help="the most messages a chat request's history may hold; longer ones are refused before "
-                            "any tokenizing (env TOKEN_LAB_MAX_HISTORY_MESSAGES)")
-        p.add_argument("--max-history-chars", type=int,
-                       default=int(env.get("TOKEN_LAB_MAX_HISTORY_CHARS", base.max_history_chars)),
-                       help="the most characters a chat request's history may hold in all (env "
-                            "TOKEN_LAB_MAX_HISTORY_CHARS)")
-        p.add_argument("--max-sessions", type=int,
-                       default=int(env.get("TOKEN_LAB_MAX_SESSIONS", base.max_sessions)),
-                       help="gradio sessions kept in memory, least recently used dropped first; every API call "
-                            "without a session_hash is a new session (env TOKEN_LAB_MAX_SESSIONS)")
-        p.add_argument("--max-batch", type=int, default=int(env.get("TOKEN_LAB_MAX_BATCH", base.max_batch)),
-                       help="the most requests decoded together in one forward pass; 0 = as many as fit in memory "
-                            "with every row at the full context, at most 32 (env TOKEN_LAB_MAX_BATCH)")
-        p.add_argument("--prefix-cache-mb", type=int,
-                       default=int(env.get("TOKEN_LAB_PREFIX_CACHE_MB", base.prefix_cache_mb)),
-                       help="memory for reusing the attention keys/values of prompts that start alike (the system "
-                            "prompt, the conversation so far); 0 turns it off (env TOKEN_LAB_PREFIX_CACHE_MB)")
+
+        def count(flag: str, env_name: str, default: int, help_text: str) -> None:
+            """A whole-number flag whose environment variable is its default."""
+            p.add_argument(flag, type=int, default=int(env.get(env_name, default)),
+                           help=f"{help_text} (env {env_name})")
+
+        count("--max-queue", "TOKEN_LAB_MAX_QUEUE", base.max_queue, "requests waiting beyond this get a 'busy' message")
+        count("--max-history-messages", "TOKEN_LAB_MAX_HISTORY_MESSAGES", base.max_history_messages,
+              "the most messages a chat request's history may hold; longer ones are refused before any tokenizing")
+        count("--max-history-chars", "TOKEN_LAB_MAX_HISTORY_CHARS", base.max_history_chars,
+              "the most characters a chat request's history may hold in all")
+        count("--max-sessions", "TOKEN_LAB_MAX_SESSIONS", base.max_sessions,
+              "gradio sessions kept in memory, least recently used dropped first; every API call without a "
+              "session_hash is a new session")
+        count("--max-batch", "TOKEN_LAB_MAX_BATCH", base.max_batch,
+              "the most requests decoded together in one forward pass; 0 = as many as fit in memory with every row "
+              "at the full context, at most 32")
+        count("--prefix-cache-mb", "TOKEN_LAB_PREFIX_CACHE_MB", base.prefix_cache_mb,
+              "memory for reusing the attention keys/values of prompts that start alike (the system prompt, the "
+              "conversation so far); 0 turns it off")
         p.add_argument("--engine-url", default=env.get("ENGINE_URL") or None,
                        help="send chat to this OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (env "
                             "ENGINE_URL; API key from env ENGINE_API_KEY); --model then loads only the tokenizer "
