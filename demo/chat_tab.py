@@ -52,8 +52,10 @@ def stats_line(stats: ChatStats) -> str:
 
 
 def _stats_message(stream: ChatStream) -> dict[str, Any]:
-    return {"role": "assistant", "content": stats_line(stream.stats),
-            "metadata": {"title": "Stats", "status": "done" if stream.done else "pending"}}
+    """The stats under an answer, with a spinner while it runs. A finished one carries no status: gradio folds a
+    "done" message shut, and the finished line (speed, stop reason) is what a reader wants to see."""
+    metadata = {"title": "Stats"} if stream.done else {"title": "Stats", "status": "pending"}
+    return {"role": "assistant", "content": stats_line(stream.stats), "metadata": metadata}
 
 
 def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -62,7 +64,7 @@ def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         meta = message.get("metadata") or {}
         if message.get("role") == "assistant" and meta.get("title") == "Stats":
             message["content"] = str(message["content"]).replace("stop: running", "stop: stopped")
-            message["metadata"] = {**meta, "status": "done"}
+            message["metadata"] = {k: v for k, v in meta.items() if k != "status"}  # finished: shown open
             break
     return history
 

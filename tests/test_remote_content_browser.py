@@ -7,6 +7,7 @@ The chat answer comes from an OpenAI-compatible server that streams a scripted t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -34,8 +35,15 @@ def foreign() -> Iterator[HitCounter]:
 
 
 @pytest.fixture(scope="module")
-def scripted_app(cache_dir, foreign) -> Iterator[str]:
+def scripted_server(foreign) -> Iterator[ScriptedChatServer]:
     server = ScriptedChatServer(payload(foreign.url, "answer"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def scripted_app(cache_dir, scripted_server) -> Iterator[str]:
+    server = scripted_server
     embeddings = load_embeddings_only("bundled", device="cpu", dtype="auto", cache_dir=cache_dir)
     host = ModelHost.from_loaded(embeddings, AppConfig(model="bundled", engine_url=server.url, engine_model="scripted"))
     try:
@@ -43,10 +51,12 @@ def scripted_app(cache_dir, foreign) -> Iterator[str]:
             yield url
     finally:
         host.close()
-        server.close()
 
 
-def test_chat_and_errors_fetch_nothing_from_other_hosts(browser, scripted_app, foreign):
+def test_chat_and_errors_fetch_nothing_from_other_hosts(browser, scripted_app, scripted_server, foreign):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    scripted_requests = scripted_server.requests
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:
@@ -55,9 +65,18 @@ def test_chat_and_errors_fetch_nothing_from_other_hosts(browser, scripted_app, f
         box = page.locator("#chat-input textarea")
         box.fill(payload(foreign.url, "pasted"))
         box.press("Enter")
-        page.wait_for_function("() => /stop: end of turn/.test(document.querySelector('#chatbot').innerText)",
-                               timeout=60_000)
         chat = page.locator("#chatbot")
+        # the answer is done when its stats line shows a stop reason; an error toast ends the wait too, so a failure
+        # says what the page showed instead of timing out silently
+        toasts = page.locator(".toast-body, [data-testid=toast-body]")
+        with contextlib.suppress(PlaywrightTimeout):  # the assertion below says what the page showed
+            page.wait_for_function("() => /stop: (?!running)/.test(document.querySelector('#chatbot').innerText)"
+                                   " || document.querySelector('.toast-body, [data-testid=toast-body]')",
+                                   timeout=90_000)
+        shown_at_end = chat.inner_text() + " | toasts: " + " / ".join(toasts.all_inner_texts())
+        assert "stop: end of turn" in shown_at_end, (
+            f"the scripted answer did not end its turn; chat requests the server got: {len(scripted_requests)}; "
+            f"the page showed: {shown_at_end[-1500:]}")
         # the images are links to click, the raw HTML is text, the code is code
         assert chat.locator("img[src*='127.0.0.1']").count() == 0
         assert chat.locator(f"a[href='{foreign.url}/answer-md.png']").count() >= 1
