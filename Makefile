@@ -19,7 +19,7 @@ REQS   := $(VENV)/requirements-$(TOKEN_LAB_FAISS).txt
 STAMP  := $(VENV)/.installed-$(TOKEN_LAB_FAISS)
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev chromium run test bench lint clean
+.PHONY: setup setup-dev chromium run test bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,10 @@ test: setup-dev chromium
 
 bench: setup-dev
 	$(PY) -m bench.run_all
+
+# On a CUDA machine: the Phi-3-shaped check of bench/gpu_check.py (docs/performance.md, "GPU check").
+gpu-check: setup-dev
+	$(PY) -m bench.gpu_check $(ARGS)
 
 lint: setup-dev
 	$(PY) -m ruff check .
