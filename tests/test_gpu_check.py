@@ -31,10 +31,12 @@ sys.exit(gpu_check.main(sys.argv[1:]))
 def test_dry_run_measures_every_figure(tmp_path: Path):
     assert gpu_check.main([*DRY_RUN, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "gpu.json").read_text())
-    assert result["full_length"], "every answer, engine and generate alike, decodes all its tokens"
-    assert result["engine_batch1"] > 0 and result["generate_batch1"] > 0
-    assert result["together"]["chats"] == 8 and len(result["together"]["ttft_s"]) == 8
-    assert result["lone"]["tokens"] == [8] and result["together"]["tokens"] == [8] * 8
+    decoding = result["decoding"]
+    assert decoding["full_length"], "every answer, engine and generate alike, decodes all its tokens"
+    assert decoding["engine_batch1"] > 0 and decoding["generate_batch1"] > 0
+    assert decoding["together"]["chats"] == 8 and len(decoding["together"]["ttft_s"]) == 8
+    assert decoding["lone"]["tokens"] == [8] and decoding["together"]["tokens"] == [8] * 8
+    assert decoding["aggregate_ratio"] > 0 and decoding["ttft_ratio"] > 0
     neighbours = result["neighbours"]
     assert neighbours["faiss"] and neighbours["rows"] == 32011  # real tokens only, not Phi-3's 53 padding rows
     for name in ("single", "batch_32"):
@@ -44,6 +46,16 @@ def test_dry_run_measures_every_figure(tmp_path: Path):
     assert "engine / model.generate" in table and "p95 TTFT" in table and "neighbours, 32 queries" in table
 
 
+def test_a_failing_part_is_reported_and_the_rest_still_measured(tmp_path: Path):
+    """17 chats at once exceed the engine's queue of 16: decoding fails with the engine's own sentence, the neighbours
+    are still measured, and the exit status says something failed."""
+    assert gpu_check.main([*DRY_RUN, "--chats", "17", "--out", str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["decoding"]["failed"].startswith("decoding: BusyError: The server is busy")
+    assert result["neighbours"]["single"]["same_top10"] == 1.0
+    assert "FAILED: decoding: BusyError" in (tmp_path / "gpu.md").read_text()
+
+
 @pytest.mark.slow
 def test_dry_run_without_gradio_or_faiss_still_measures(tmp_path: Path):
     """The lent GPU machine has neither: the check must import neither, and time the neighbours with torch alone."""
@@ -51,7 +63,7 @@ def test_dry_run_without_gradio_or_faiss_still_measures(tmp_path: Path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu.json").read_text())
-    assert result["full_length"] and result["decode"]["engine_over_generate"] > 0
+    assert result["decoding"]["full_length"] and result["decoding"]["engine_over_generate"] > 0
     neighbours = result["neighbours"]
     assert not neighbours["faiss"] and neighbours["single"]["torch_s"] > 0 and "faiss_s" not in neighbours["single"]
     assert "FAISS is not installed here" in proc.stdout
