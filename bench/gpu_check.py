@@ -20,7 +20,6 @@ rest still measured; the exit status is then 1, as it is when a GPU test fails.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.results_io import RESULTS, write_results
 from core.config import RequestLimits
 from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="measurements per figure (the median is reported)")
     parser.add_argument("--batch", type=int, default=1024, help="queries in the batched neighbours search")
     parser.add_argument("--tokenizer", type=Path, help="a Phi-3 tokenizer folder (default: ../shared/fixtures)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-tests", action="store_true", help="skip `pytest -m gpu`")
     return parser.parse_args(argv)
 
@@ -273,7 +273,7 @@ def neighbour_rows(idx: dict) -> list[tuple[str, str]]:
 
 
 def table(r: dict) -> list[tuple[str, str]]:
-    rows = [("model", r["model"]), ("tokenizer", r["tokenizer"]), ("device", r["device_name"]),
+    rows = [("device", r["device_name"]), ("torch", r["torch"]), ("model", r["model"]), ("tokenizer", r["tokenizer"]),
             ("GPU tests (pytest -m gpu)", r["gpu_tests"].get("summary", "skipped"))]
     d = r["decoding"]
     if "failed" in d:
@@ -296,16 +296,6 @@ def table(r: dict) -> list[tuple[str, str]]:
     rows += [("neighbours", f"FAILED: {n['failed']}")] if "failed" in n else neighbour_rows(n)
     rows.append(("whole check", f"{r['seconds']:.0f} s"))
     return rows
-
-
-def write(out: Path, r: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
-    lines = ["# gpu", "", f"{r['date']} · {r['device_name']} · torch {r['torch']}", "",
-             "| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in table(r)]
-    (out / "gpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return out / "gpu.md"
 
 
 def median_run(runs: list[dict], key: str) -> dict:
@@ -379,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     neighbours = guarded("neighbours", neighbour_search, model, tokenizer, device, args.batch, args.reps)
     phase("neighbours")
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+        "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else
                        f"CPU ({platform.machine()}), dry run",
         "model": f"Phi3ForCausalLM, {args.layers} layers, hidden {args.hidden}, vocab 32064, random {loaded.dtype}",
@@ -387,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "decoding": decoded, "neighbours": neighbours, "phases_s": phases, "seconds": time.perf_counter() - begin,
     }
-    write(args.out, result)
+    write_results("gpu", result, table(result), args.out)
     tests_passed = args.no_tests or tests.get("returncode") in (0, 5)  # 5: no GPU-marked tests collected
     return 0 if tests_passed and "failed" not in decoded and "failed" not in neighbours else 1
 
