@@ -307,9 +307,12 @@ def once_per_tokenizer(fn: Callable[[PreTrainedTokenizerBase], T]) -> Callable[[
 
     @functools.wraps(fn)
     def cached(tokenizer: PreTrainedTokenizerBase) -> T:
-        with lock:
-            if tokenizer in memo:
-                return memo[tokenizer]
+        try:
+            with lock:
+                if tokenizer in memo:
+                    return memo[tokenizer]
+        except TypeError:  # a tokenizer class that cannot be a weak dictionary key: compute every time
+            return fn(tokenizer)
         value = fn(tokenizer)
         with lock:
             memo[tokenizer] = value
