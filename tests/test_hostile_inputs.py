@@ -172,6 +172,27 @@ CASES = [
     ("doesnt_match", ["king, queen"], "at least three"),
     ("doesnt_match", [123], "words must be comma-separated words"),
     ("doesnt_match", [HUGE], "Each word in words has at most 100 characters"),
+    # tokenizers, and the packaged tokenizers' keys in the other Tokens endpoints
+    ("tokenizers", [], None),
+    ("tokenizers", [None], None),
+    ("tokenizers", [True], None),
+    ("tokenizers", ["yes"], "available_only must be true or false; got 'yes'"),
+    ("tokenizers", [1], "available_only must be true or false; got the number 1"),
+    ("tokenizers", "[NaN]", "available_only must be true or false; got the number nan"),
+    ("tokenizers", [1e308], "available_only must be true or false"),
+    ("tokenizers", [[True]], "available_only must be true or false; got a list of 1 items"),
+    ("tokenizers", [HUGE], "available_only must be true or false; got 'aaaa"),
+    ("tokenizers", f'["{S}"]', "available_only must be true or false"),
+    ("tokenizers", ["../../etc/passwd"], "available_only must be true or false"),
+    ("tokenize", ["hi <|endoftext|> 🎵", "GPT4O"], None),
+    ("tokenize", ["hi", "gpt4o/../../etc"], "is not a tokenizer here"),
+    ("detokenize", ["9906, 100276", "gpt4"], None),
+    ("detokenize", ["100256", "gpt4"], r"not in the vocabulary \(ids 0 to 100,276\): 100256"),
+    ("detokenize", ["200019", "gpt4o"], "not in the vocabulary"),
+    ("compare_tokenizers", ["12.0*50=600 \t\t 鸟", "gpt2, gpt4, gpt4o"], None),
+    ("compare_tokenizers", ["hi", "gpt4, ../../etc/passwd, /etc/passwd"], None),
+    ("compare_tokenizers", ["hi", ", ".join(["gpt4"] * 20)], "Compare at most"),
+    ("compare_tokenizers", ["", "gpt4o"], None),
 ]
 
 
@@ -204,6 +225,7 @@ GRADIO_CLIENT_CASES = [
     (["king", 1e30, "cosine"], "/neighbors", "k must be a whole number"),
     (["hi", 5], "/tokenize", "tokenizer must be text"),
     (["1, 2, x", ""], "/detokenize", "not whole numbers"),
+    (["yes"], "/tokenizers", "available_only must be true or false"),
 ]
 
 

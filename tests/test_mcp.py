@@ -22,7 +22,8 @@ from tests.servers import http_ok, running
 pytestmark = pytest.mark.slow  # starts `python app.py --mcp`
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ("tokenize_text", "detokenize_ids", "neighbors", "analogy", "similarity")  # what agents are promised
+TOOLS = ("tokenize_text", "detokenize_ids", "compare_tokenizers", "list_tokenizers", "neighbors", "analogy",
+         "similarity")  # what agents are promised
 START_TIMEOUT = 120
 
 

@@ -19,8 +19,9 @@ from tests import phi3
 
 MULTILINGUAL = ("Crème brûlée, naïve façade — Ærøskøbing.\n中文字符 日本語 한국어\n"
                 "Family 👨\u200d👩\u200d👧\u200d👦 and 👍🏽 thumbs\n\tTabbed\t\tline\r\nEnd  two spaces. Ünïcödé!")
-LOSSLESS = {"smollm2", "phi3"}  # decode(encode(text)) == text for this sample; BERT lowercases and drops spaces
-OFFLINE_KEYS = ["smollm2", "bert", "phi3"]
+# decode(encode(text)) == text for this sample; BERT lowercases and drops spaces
+LOSSLESS = {"smollm2", "phi3", "gpt2", "gpt4", "gpt4o"}
+OFFLINE_KEYS = ["smollm2", "bert", "gpt2", "gpt4", "gpt4o", "phi3"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,8 @@ def offline(request: pytest.FixtureRequest, registry: TokenizerRegistry):
     key = request.param
     if key == "phi3" and not phi3.fixture_available():
         pytest.skip(phi3.MISSING_REASON)
+    if not registry.is_available(key):
+        pytest.skip(f"{key}'s package is not installed (requirements-models.txt)")
     return key, registry.load(key).tokenizer
 
 

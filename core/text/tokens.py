@@ -19,10 +19,14 @@ No gradio here: the UI and the API format these dataclasses.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -37,6 +41,7 @@ _MAX_IDS_TEXT = 16 * MAX_IDS  # characters of pasted ids
 _MAX_NAMED = 8  # bad ids named in an error message
 _ID_SPLIT = re.compile(r"[\s,;]+")
 _INT = re.compile(r"[+-]?[0-9]{1,12}")  # ASCII digits only: "٣" is not the id 3
+T = TypeVar("T")
 
 
 class TokenDict(TypedDict):
@@ -294,9 +299,42 @@ def _named(items: list[str]) -> str:
     return ", ".join(items[:_MAX_NAMED]) + more
 
 
+def once_per_tokenizer(fn: Callable[[PreTrainedTokenizerBase], T]) -> Callable[[PreTrainedTokenizerBase], T]:
+    """Compute `fn(tokenizer)` once per tokenizer object, kept as long as the tokenizer lives (a hub tokenizer the
+    registry drops takes its entry with it)."""
+    memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    lock = threading.Lock()
+
+    @functools.wraps(fn)
+    def cached(tokenizer: PreTrainedTokenizerBase) -> T:
+        try:
+            with lock:
+                if tokenizer in memo:
+                    return memo[tokenizer]
+        except TypeError:  # a tokenizer class that cannot be a weak dictionary key: compute every time
+            return fn(tokenizer)
+        value = fn(tokenizer)
+        with lock:
+            memo[tokenizer] = value
+        return value
+
+    return cached
+
+
+@once_per_tokenizer
 def vocab_upper(tokenizer: PreTrainedTokenizerBase) -> int:
-    """One past the largest valid token id (Phi-3: 32011, although its embedding matrix has 32064 rows)."""
-    return len(tokenizer)
+    """One past the largest valid token id (Phi-3: 32011, although its embedding matrix has 32064 rows).
+
+    Not always len(tokenizer): ids may have gaps, as in OpenAI's vocabularies, whose special tokens sit past
+    the regular ones (GPT-4o's <|endofprompt|> is 200018 in a vocabulary of 200,000 tokens).
+    """
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
+@once_per_tokenizer
+def vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens in the vocabulary, special ones included: neither the embedding matrix's rows nor `vocab_upper`."""
+    return len(tokenizer.get_vocab())
 
 
 def out_of_range(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
