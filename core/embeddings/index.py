@@ -156,6 +156,11 @@ class VocabIndex:
         view.flags.writeable = False
         return view
 
+    @property
+    def unit_tensor(self) -> torch.Tensor:
+        """The same rows as a CPU torch tensor sharing their memory, for scores over every token at once (3CosMul)."""
+        return torch.from_numpy(self._spaces["cosine"].matrix)
+
     def raw_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The original embedding rows (float32) of `ids`."""
         idx = np.asarray(ids, dtype=np.int64)
