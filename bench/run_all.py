@@ -6,7 +6,8 @@ import importlib
 import sys
 
 BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_chat", "bench.bench_index", "bench.bench_load",
-              "bench.bench_prompt"]
+              "bench.bench_prompt",
+              "bench.bench_evaluation"]
 
 
 def main() -> int:

@@ -210,3 +210,15 @@ def test_a_section_file_is_read_as_gensim_reads_it(tmp_path):
     path.write_text(": first\na b c d\nnot four words\n: gram1-second\ne f g h\n")
     assert read_analogies(path) == [Section("first", (("a", "b", "c", "d"),)),
                                     Section("gram1-second", (("e", "f", "g", "h"),))]
+
+
+def test_phi3s_sentencepiece_vocabulary_under_both_rules(phi3_tiny):
+    """Phi-3's 32,011 tokens hold far fewer whole words than SmolLM2's 49,152 (▁king is a word-initial token too)."""
+    index = VocabIndex.from_model(phi3_tiny.model, phi3_tiny.tokenizer, use_gpu=False)
+    lexicon = Lexicon(index)
+    vocab = index.vocabulary.vocab
+    assert lexicon.pieces("king", "single") == (min(vocab["▁King"], vocab["▁king"]),)  # the lowest id, as in gensim
+    result = score_analogies(index, lexicon, analogy_sections())
+    assert (result.total.asked, result.semantic.asked, result.syntactic.asked) == (3_020, 315, 2_705)
+    assert [score_pairs(lexicon, name, word_pairs(name), "single").covered for name in (WORDSIM, SIMLEX)] == [185, 542]
+    assert score_pairs(lexicon, WORDSIM, word_pairs(WORDSIM), "mean").covered == 353
