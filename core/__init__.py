@@ -8,7 +8,7 @@ The map (each subpackage's __init__ says what lives there and what it may import
 - `host.py`     ModelHost: loads the model in the background and holds what is built on it.
 - `model/`      getting a model: the hub, a folder, the bundled GGUF, the embeddings alone; CPU kernels.
 - `text/`       text as tokens: token views, tokenizers to compare, conversations, the exact prompt.
-- `embeddings/` the vocabulary in its embedding space: tables, queries, exact search, the views.
+- `embeddings/` the vocabulary in its embedding space: tables, queries, exact search, the views, the evaluation.
 - `engine/`     chat: the stream, the engine contract, the local scheduler and batch decoder, remote and ZeroGPU.
 
 Arrows point one way: engine → text → model, embeddings → (nothing but the top level), host → all.

@@ -1,4 +1,4 @@
-"""The app's one gr.Blocks: a header with the model's facts and a live status line, and three tabs."""
+"""The app's one gr.Blocks: a header with the model's facts and a live status line, and the tabs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from core.config import AppConfig
 from core.host import ModelHost
 from demo.chat_tab import build_chat_tab
 from demo.embeddings_tab import build_embeddings_tab
+from demo.evaluation_tab import build_evaluation_tab
 from demo.rest_defaults import RestDefaults
 from demo.security import ContentSecurityPolicy
 from demo.tokens_tab import build_tokens_tab
@@ -60,6 +61,7 @@ def build_demo(host: ModelHost, config: AppConfig | None = None) -> gr.Blocks:
             build_chat_tab(host)
             build_tokens_tab(host)
             build_embeddings_tab(host)
+            build_evaluation_tab(host)
     # Bounded waiting line: beyond it gradio answers "queue full" instead of letting requests wait forever.
     demo.queue(max_size=config.max_queue * 4, default_concurrency_limit=1)
     return demo

@@ -35,7 +35,7 @@ NEIGHBOR_HEADERS = ["rank", "token", "id", "score", "folded variants"]
 METRIC_LABELS = {"cosine": "cosine", "centered": "centred cosine (mean removed)", "inner_product": "inner product"}
 METRIC_CHOICES = [(label, key) for key, label in METRIC_LABELS.items()]
 PRESETS = [("king − man + woman", "king, woman", "man"), ("Paris − France + Italy", "Paris, Italy", "France"),
-           ("walked − walk + swim", "walked, swim", "walk")]
+           ("walked − walk + swim", "walked, swim", "walk"), ("cats − cat + dog", "cats, dog", "cat")]
 MAP_NEIGHBORS = 15  # neighbours drawn on a map (more is unreadable)
 VECTOR_DIMS = 64
 API_CONCURRENCY = 4  # index searches are thread-safe (the GPU index takes a lock)
@@ -211,7 +211,8 @@ def build_embeddings_tab(host: ModelHost) -> None:
     def analogy(positive: str, negative: str = "", k: int = 10) -> NeighborsDict:
         """Tokens nearest to the positive words minus the negative ones (3CosAdd, like gensim's most_similar).
 
-        The input words and their variants are left out: positive "king, woman" with negative "man" gives queen.
+        The input words and their case and leading-space variants are left out, as in gensim (plurals are not):
+        positive "king, woman" with negative "man" gives queen; "cats, dog" minus "cat" gives dogs.
 
         Args:
             positive: comma-separated words to add, e.g. "king, woman".
@@ -261,8 +262,9 @@ def build_embeddings_tab(host: ModelHost) -> None:
             vec_plot = gr.BarPlot(x="dimension", y="value", label=f"First {VECTOR_DIMS} dimensions", height=240)
         nmap = gr.Plot(label="2D map (PCA of the query and its neighbours)", elem_id="emb-map")
 
-        gr.Markdown("### Analogies\nNearest tokens to the sum of the positive words minus the negative ones; the "
-                    "input words and their variants are left out.")
+        gr.Markdown("### Analogies\nNearest tokens to the sum of the positive words minus the negative ones. The "
+                    "input words and their case and leading-space variants (␣King, KING) are left out, as gensim "
+                    "leaves them out; plurals are not, so cat : cats :: dog : ? can answer dogs.")
         with gr.Row():
             positive = gr.Textbox(value="king, woman", label="Positive (comma-separated)", scale=3)
             negative = gr.Textbox(value="man", label="Negative (comma-separated)", scale=3)

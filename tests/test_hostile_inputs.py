@@ -193,6 +193,26 @@ CASES = [
     ("compare_tokenizers", ["hi", "gpt4, ../../etc/passwd, /etc/passwd"], None),
     ("compare_tokenizers", ["hi", ", ".join(["gpt4"] * 20)], "Compare at most"),
     ("compare_tokenizers", ["", "gpt4o"], None),
+    # evaluate
+    ("evaluate", ["mmlu", "3cosadd", 0], "benchmark must be one of all, google_analogy, wordsim353, simlex999; "
+                                         "got 'mmlu'"),
+    ("evaluate", ["", "3cosadd", 0], "benchmark must be one of"),
+    ("evaluate", [5, "3cosadd", 0], "benchmark must be one of .*; got the number 5"),
+    ("evaluate", [None, "3cosadd", 0], "benchmark must be one of .*; got null"),
+    ("evaluate", ["../../etc/passwd", "3cosadd", 0], "benchmark must be one of"),
+    ("evaluate", [HUGE, "3cosadd", 0], "benchmark must be one of .*; got 'aaaa"),
+    ("evaluate", f'["{S}", "3cosadd", 0]', "benchmark must be one of"),
+    ("evaluate", ["all", "4cosadd", 0], "method must be one of 3cosadd, 3cosmul; got '4cosadd'"),
+    ("evaluate", ["all", ["3cosadd"], 0], "method must be one of .*; got a list of 1 items"),
+    ("evaluate", ["all", HUGE, 0], "method must be one of"),
+    ("evaluate", ["all", "3cosadd", -1], "limit must be a whole number from 0 to 5,000; got the number -1"),
+    ("evaluate", ["all", "3cosadd", 5001], "limit must be a whole number from 0 to 5,000"),
+    ("evaluate", ["all", "3cosadd", 1e30], "limit must be a whole number"),
+    ("evaluate", '["all", "3cosadd", NaN]', "limit must be a whole number"),
+    ("evaluate", ["all", "3cosadd", 2.5], "limit must be a whole number"),
+    ("evaluate", ["all", "3cosadd", True], "limit must be a whole number from 0 to 5,000; got true"),
+    ("evaluate", ["all", "3cosadd", "10"], "limit must be a whole number from 0 to 5,000; got '10'"),
+    ("evaluate", ["wordsim353", "3cosmul", 0], None),
 ]
 
 
@@ -226,6 +246,7 @@ GRADIO_CLIENT_CASES = [
     (["hi", 5], "/tokenize", "tokenizer must be text"),
     (["1, 2, x", ""], "/detokenize", "not whole numbers"),
     (["yes"], "/tokenizers", "available_only must be true or false"),
+    (["all", "3cosadd", -1], "/evaluate", "limit must be a whole number from 0 to 5,000"),
 ]
 
 

@@ -37,7 +37,7 @@ from core.embeddings.results import (
     VectorInfo,
 )
 from core.embeddings.search import MAX_SHARDS, ExactSearch, GpuContext, gpu_available
-from core.embeddings.vocabulary import TokenInfo, Vocabulary, variant_key
+from core.embeddings.vocabulary import TokenInfo, Vocabulary, case_key, variant_key
 from core.errors import InvalidInputError
 
 METRICS = ("cosine", "centered", "inner_product")
@@ -156,6 +156,11 @@ class VocabIndex:
         view.flags.writeable = False
         return view
 
+    @property
+    def unit_tensor(self) -> torch.Tensor:
+        """The same rows as a CPU torch tensor sharing their memory, for scores over every token at once (3CosMul)."""
+        return torch.from_numpy(self._spaces["cosine"].matrix)
+
     def raw_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The original embedding rows (float32) of `ids`."""
         idx = np.asarray(ids, dtype=np.int64)
@@ -194,11 +199,21 @@ class VocabIndex:
         return min(checks.integer(k, "k", 1, MAX_K), self.size)
 
     def _excluded_keys(self, terms: Iterable[ResolvedQuery]) -> set[str]:
+        """The variant keys (case, leading space, plural) of the terms: what a neighbour list leaves out."""
         keys: set[str] = set()
         for term in terms:
             keys.add(variant_key("".join(t.text for t in term.tokens)))
             keys.add(variant_key(term.query))
             keys.update(self.vocabulary.keys[i] for i in term.ids)
+        return keys
+
+    def _case_keys(self, terms: Iterable[ResolvedQuery]) -> set[str]:
+        """The case keys of the terms: the spellings gensim keeps out of an analogy's answers (not plurals)."""
+        keys: set[str] = set()
+        for term in terms:
+            keys.add(case_key("".join(t.text for t in term.tokens)))
+            keys.add(case_key(term.query))
+            keys.update(case_key(self.vocabulary.texts[i]) for i in term.ids)
         return keys
 
     # -- neighbours ----------------------------------------------------------------------------------------------
@@ -260,7 +275,8 @@ class VocabIndex:
                 exact: bool = False) -> NeighborResult:
         """Tokens nearest to sum(positive) − sum(negative), as gensim's most_similar (3CosAdd: the mean of unit
         vectors with weights +1/−1) or most_similar_cosmul (3CosMul, Levy & Goldberg 2014). The input words and
-        their variants are excluded. Lists may be comma-separated strings."""
+        their case and leading-space variants are excluded, as gensim's evaluate_word_analogies excludes them; their
+        plurals are not, so cat : cats :: dog : ? can answer dogs. Lists may be comma-separated strings."""
         method = checks.choice("3cosadd" if method is None else method, "method", ANALOGY_METHODS)
         k = self._check_k(k)
         pos = resolve_terms(self.vocabulary, positive, exact, "positive")
@@ -271,13 +287,14 @@ class VocabIndex:
         if len(terms) > MAX_TERMS:
             raise InvalidInputError(f"At most {MAX_TERMS} words in an analogy ({len(terms)} given).")
         own = {i for t in terms for i in t.ids}
-        keys = self._excluded_keys(terms)
+        keys = self._case_keys(terms)
         space = self._spaces["cosine"]
         pos_vecs = np.stack([self._query_vector(t.ids, "cosine") for t in pos])
         neg_vecs = np.stack([self._query_vector(t.ids, "cosine") for t in neg]) if neg else np.zeros((0, self.dim))
 
         def skip(tid: int) -> bool:
-            return tid in own or self.vocabulary.keys[tid] in keys or (hide_special and self.vocabulary.is_hidden(tid))
+            return (tid in own or case_key(self.vocabulary.texts[tid]) in keys
+                    or (hide_special and self.vocabulary.is_hidden(tid)))
 
         if method == "3cosadd":
             vec = (pos_vecs.sum(axis=0) - neg_vecs.sum(axis=0)) / len(terms)

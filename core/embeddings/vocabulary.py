@@ -1,5 +1,5 @@
 """A tokenizer's vocabulary as the tables the embedding views read: every token's piece and text, the key its case,
-leading-space and plural variants share, and which tokens are special or bytes.
+leading-space and plural variants share (the neighbour views fold those), and which tokens are special or bytes.
 
 Building the tables decodes every token (tens of thousands of them) in Python, so they are cached on disk, keyed by
 the tokenizer's full definition (core/embeddings/table_cache.py):
@@ -47,6 +47,12 @@ def variant_key(text: str) -> str:
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
+
+
+def case_key(text: str) -> str:
+    """What case and leading-space variants share, and nothing more: ` King`, `king` and `KING` all give `KING`
+    (gensim compares words upper-cased), while ` kings` stays apart, so an analogy can answer a plural."""
+    return text.strip().upper()
 
 
 def is_byte_token(piece: str, text: str) -> bool:
