@@ -241,9 +241,10 @@ def test_request_carries_the_settings_and_only_the_given_key(embeddings, monkeyp
     assert unkeyed_body["model"] == "scripted"
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"][-1] == {"role": "user", "content": "Hi"}
-    sent = {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")}
+    sent = {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                                 "repeat_penalty", "seed")}
     assert sent == {"model": "scripted", "max_tokens": 32, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
-                    "repetition_penalty": 1.3, "seed": 7}
+                    "repetition_penalty": 1.3, "repeat_penalty": 1.3, "seed": 7}
 
 
 ERROR_BODIES = {  # as servers send them: OpenAI's `error.message`, FastAPI's `detail`, TGI's `error`
