@@ -122,6 +122,12 @@ def test_server_receives_the_prompt_the_inspector_shows(remote_host):
 
 
 def test_tokens_and_embeddings_tabs_work_from_the_embedding_matrix(remote_client, remote_host, embeddings):
+    assert_token_views_work(remote_client, remote_host)
+
+
+def assert_token_views_work(remote_client, remote_host: ModelHost) -> None:
+    """In remote mode the Tokens and Embeddings tabs still answer, from the bundled model's tokenizer and embedding
+    matrix loaded locally, and the header says where chat runs (any server: tests/test_llamacpp_remote.py too)."""
     loaded = remote_host.require().loaded
     assert (loaded.name, loaded.vocab_size, loaded.context_length, loaded.device) == \
         ("SmolLM2-135M-Instruct (bundled GGUF)", 49152, 8192, "cpu")
