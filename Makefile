@@ -19,7 +19,7 @@ REQS   := $(VENV)/requirements-$(TOKEN_LAB_FAISS).txt
 STAMP  := $(VENV)/.installed-$(TOKEN_LAB_FAISS)
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev chromium run test bench gpu-check lint clean
+.PHONY: setup setup-dev chromium run test bench gpu-check llamacpp lint clean
 
 setup: $(STAMP)
 
@@ -66,8 +66,23 @@ bench: setup-dev
 gpu-check: setup-dev
 	$(PY) -m bench.gpu_check $(ARGS)
 
+# Opt-in: llama.cpp (llama-cpp-python and its OpenAI-compatible server) in its own environment, compiled from source
+# (PyPI has no wheel; ~12 minutes on 2 cores), for bench/bench_llamacpp.py and tests/test_llamacpp_remote.py, which
+# skip without it. TOKEN_LAB_LLAMACPP_PYTHON=/path/to/python points both at an environment built elsewhere instead.
+LLAMACPP_VENV := .venv-llamacpp
+LLAMACPP_STAMP := $(LLAMACPP_VENV)/.installed
+
+llamacpp: $(LLAMACPP_STAMP)
+
+$(LLAMACPP_STAMP): requirements-llamacpp.txt
+	test -x $(LLAMACPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMACPP_VENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(LLAMACPP_VENV)/bin/python -m pip --disable-pip-version-check -q \
+	  install -r requirements-llamacpp.txt
+	touch $@
+
 lint: setup-dev
 	$(PY) -m ruff check .
 
+# .venv-llamacpp stays: rebuilding it compiles for minutes (rm -rf .venv-llamacpp to drop it).
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -122,6 +122,12 @@ def test_server_receives_the_prompt_the_inspector_shows(remote_host):
 
 
 def test_tokens_and_embeddings_tabs_work_from_the_embedding_matrix(remote_client, remote_host, embeddings):
+    assert_token_views_work(remote_client, remote_host)
+
+
+def assert_token_views_work(remote_client, remote_host: ModelHost) -> None:
+    """In remote mode the Tokens and Embeddings tabs still answer, from the bundled model's tokenizer and embedding
+    matrix loaded locally, and the header says where chat runs (any server: tests/test_llamacpp_remote.py too)."""
     loaded = remote_host.require().loaded
     assert (loaded.name, loaded.vocab_size, loaded.context_length, loaded.device) == \
         ("SmolLM2-135M-Instruct (bundled GGUF)", 49152, 8192, "cpu")
@@ -241,9 +247,10 @@ def test_request_carries_the_settings_and_only_the_given_key(embeddings, monkeyp
     assert unkeyed_body["model"] == "scripted"
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"][-1] == {"role": "user", "content": "Hi"}
-    sent = {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")}
+    sent = {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+                                 "repeat_penalty", "seed")}
     assert sent == {"model": "scripted", "max_tokens": 32, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
-                    "repetition_penalty": 1.3, "seed": 7}
+                    "repetition_penalty": 1.3, "repeat_penalty": 1.3, "seed": 7}
 
 
 ERROR_BODIES = {  # as servers send them: OpenAI's `error.message`, FastAPI's `detail`, TGI's `error`

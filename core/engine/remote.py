@@ -1,4 +1,5 @@
-"""Chat through an OpenAI-compatible inference server (vLLM, SGLang, TGI, `transformers serve`) instead of in-process.
+"""Chat through an OpenAI-compatible inference server (vLLM, SGLang, TGI, llama.cpp, `transformers serve`) instead of
+in-process.
 
 `RemoteChatEngine` has the interface the chat tab uses from `core.engine.local.ChatEngine` (`prompt`, `submit`, `chat`,
 `pending`, `max_queue`, `close`), and its streams are `ChatStream`s: iterate them (sync or async) for the cumulative
@@ -40,9 +41,11 @@ from core.text.prompt import Prompt
 
 log = logging.getLogger(__name__)
 
-# Sampling fields outside the OpenAI schema: vLLM, SGLang and TGI accept them; `transformers serve` rejects unknown
-# fields (HTTP 422), so after such a refusal they are left out for that server and the request is sent again.
-EXTRA_FIELDS = ("top_k", "repetition_penalty")
+# Sampling fields outside the OpenAI schema: vLLM, SGLang, TGI and llama.cpp accept them; `transformers serve` rejects
+# unknown fields (HTTP 422), so after such a refusal they are left out for that server and the request is sent again.
+# `repeat_penalty` is llama.cpp's name for the repetition penalty, sent even when it is 1.0: llama-cpp-python's server
+# applies 1.1 unless told otherwise, which would change a greedy answer behind the chat's settings.
+EXTRA_FIELDS = ("top_k", "repetition_penalty", "repeat_penalty")
 FINISH_REASONS = {"stop": END_OF_TURN, "eos_token": END_OF_TURN, "length": LENGTH, "abort": STOPPED}
 # Failures of a kept-alive connection the server had just closed: nothing was received, so the request is sent again.
 STALE_CONNECTION = (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError)
@@ -235,8 +238,8 @@ class RemoteChatEngine(Engine):
 
     # -- one request, on the loop thread ------------------------------------------------------------------------
     def _arguments(self, stream: RemoteChatStream, model: str, extras: bool) -> dict[str, Any]:
-        """The `chat.completions.create` arguments; top_k etc. only where they change something, so default
-        settings never need them."""
+        """The `chat.completions.create` arguments; top_k and repetition_penalty only where they change something,
+        repeat_penalty always (see EXTRA_FIELDS) unless the server refused extra fields."""
         s = stream.settings
         arguments: dict[str, Any] = {"model": model, "messages": stream.prompt.messages, "stream": True,
                                      "stream_options": {"include_usage": True}, "max_tokens": s.max_new_tokens,
@@ -248,6 +251,8 @@ class RemoteChatEngine(Engine):
             extra["top_k"] = s.top_k
         if extras and s.repetition_penalty != 1.0:
             extra["repetition_penalty"] = s.repetition_penalty
+        if extras:
+            extra["repeat_penalty"] = s.repetition_penalty
         if extra:
             arguments["extra_body"] = extra
         return arguments
