@@ -35,6 +35,7 @@ CHUNK_ROWS = 256  # LM-head rows scored at once (SmolLM2: 256 × 49,152 float32 
 
 class LensCell(TypedDict):
     id: int  # the layer's top-1 next token at this position
+    piece: str
     text: str
     prob: float
     actual_prob: float | None  # the probability this layer gives the text's real next token (None at the end)
@@ -95,7 +96,8 @@ def logit_lens(engine: Engine, text: Any, max_tokens: Any = None) -> LogitLens:
     raw = engine.inspect(_compute, ids, first)
     strings = token_strings(loaded.tokenizer)
     columns = range(first, len(ids))
-    rows = [[LensCell(id=top, text=strings.text(top), prob=prob, actual_prob=None if i + 1 >= len(ids) else actual)
+    rows = [[LensCell(id=top, piece=strings.piece(top), text=strings.text(top), prob=prob,
+                      actual_prob=None if i + 1 >= len(ids) else actual)
              for i, top, prob, actual in zip(columns, tops, probs, actuals, strict=True)]
             for tops, probs, actuals in zip(raw["top"], raw["prob"], raw["actual_prob"], strict=True)]
     note = f"Showing the last {shown} of {len(ids)} tokens." if first else ""
