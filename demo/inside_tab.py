@@ -77,9 +77,10 @@ def next_tokens_frame(result: NextTokens) -> pd.DataFrame:
 
 
 def next_tokens_summary(result: NextTokens) -> str:
+    kept = result["kept_count"]
     return (f"{result['prompt_tokens']:,} tokens read · entropy {result['entropy']:.2f} bits · the sampler keeps "
-            f"{result['kept_count']:,} tokens ({result['kept_mass']:.1%} of the model's probability), entropy "
-            f"{result['entropy_after']:.2f} bits")
+            f"{kept:,} token{'' if kept == 1 else 's'} ({result['kept_mass']:.1%} of the model's probability), "
+            f"entropy {result['entropy_after']:.2f} bits")
 
 
 def _neighbours(items: list[Neighbour]) -> str:

@@ -51,7 +51,8 @@ def test_next_tokens_chart_table_and_settings(browser_page):
 
     set_temperature(page, "#inside-next", "0")
     page.locator("#next-run").click()
-    wait_for_text(page, "#next-summary", "the sampler keeps 1 tokens")
+    wait_for_text(page, "#next-summary", "the sampler keeps 1 token (")
+    assert page.locator("#next-summary textarea").input_value().endswith("entropy 0.00 bits")
     kept = [row[5] for row in rows_of(page, "#next-table")]
     assert kept[0] == "yes" and set(kept[1:]) == {"no"}
 

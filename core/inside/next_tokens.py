@@ -69,7 +69,8 @@ def text_ids(loaded: LoadedModel, text: Any, what: str = "The text") -> list[int
 def entropy_bits(logprobs: torch.Tensor) -> float:
     """Entropy of a distribution given as log-probabilities (-inf where a token is impossible), in bits."""
     p = logprobs.exp()
-    return float(-torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum()) / math.log(2)
+    # a single surviving token sums to -0.0 or a rounding error below zero; entropy is never negative
+    return max(0.0, float(-torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum()) / math.log(2))
 
 
 def _compute(loaded: LoadedModel, ids: list[int], settings: GenerationSettings,
