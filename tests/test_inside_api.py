@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from gradio_client.exceptions import AppError
 
+from core.config import AppConfig
+from core.host import ModelHost
 from core.inside.logit_lens import CPU_POSITIONS
+from core.model.embeddings_only import load_embeddings_only
+from tests.conftest import free_port
+from tests.servers import launched
 
 CAPITAL = "The capital of France is"
 RIVER, ACCOUNT = "I sat on the river bank.", "I opened a bank account."
@@ -75,3 +80,23 @@ def test_the_endpoints_are_documented(client):
         assert name in endpoints
     assert [p["parameter_name"] for p in endpoints["/next_tokens"]["parameters"]] == \
         ["text", "k", "temperature", "top_p", "top_k", "chat"]
+
+
+def test_with_chat_on_a_remote_server_the_views_say_the_weights_are_not_here(cache_dir):
+    """With --engine-url only the tokenizer and the embedding matrix are loaded: the views that need the weights say
+    so (no server needs to listen: they never reach it)."""
+    from gradio_client import Client
+
+    embeddings = load_embeddings_only("bundled", device="cpu", dtype="auto", cache_dir=cache_dir)
+    url = f"http://127.0.0.1:{free_port()}"
+    host = ModelHost.from_loaded(embeddings, AppConfig(model="bundled", engine_url=url, engine_model="m"))
+    try:
+        with launched(host) as app:
+            client = Client(app, verbose=False)
+            for args, api_name in (([CAPITAL, 10, 1.0, 1.0, 0, False], "/next_tokens"),
+                                   ([RIVER, "bank", ACCOUNT, "bank"], "/contextual"), ([CAPITAL, None], "/logit_lens")):
+                with pytest.raises(AppError, match=rf"This needs the model's weights, and chat runs on the inference "
+                                                   rf"server at {url}/v1: only the tokenizer and the input embeddings"):
+                    client.predict(*args, api_name=api_name)
+    finally:
+        host.close()
