@@ -3,6 +3,7 @@ top-1 is what chat writes; `kept`/`prob_after` are the sampler's), contextual em
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections.abc import Iterator
@@ -205,12 +206,18 @@ def test_parts_are_found_through_the_models_accessors(loaded):
     assert parts.num_layers == loaded.model.config.num_hidden_layers
 
 
-def test_last_hidden_state_is_already_normed_and_the_stream_is_not(loaded):
+def hidden_states_of(model, ids: list[int]):
+    """transformers' own hidden states, from a copy of the model: asked once for them, transformers installs its
+    capturing hooks on a model for good, and they cannot be pickled (test_packed_linear pickles the shared model)."""
+    with torch.inference_mode():
+        return copy.deepcopy(model)(torch.tensor([ids]), output_hidden_states=True)
+
+
+def test_the_stream_is_transformers_hidden_states_with_the_last_one_before_the_norm(loaded):
     parts = anatomy(loaded.model)
     ids = loaded.tokenizer(CAPITAL)["input_ids"]
     [stream] = run(residual_stream, loaded.model, parts, [ids], [range(len(ids))])
-    with torch.inference_mode():
-        out = loaded.model(torch.tensor([ids]), output_hidden_states=True)
+    out = hidden_states_of(loaded.model, ids)
     assert stream.shape == (parts.num_layers + 1, len(ids), loaded.model.config.hidden_size)
     assert torch.equal(stream[:-1], torch.stack(out.hidden_states[:-1])[:, 0])
     assert torch.equal(parts.final_norm(stream[-1]), out.hidden_states[-1][0])
@@ -218,10 +225,10 @@ def test_last_hidden_state_is_already_normed_and_the_stream_is_not(loaded):
 
 
 def test_norming_the_last_hidden_state_again_would_change_the_prediction(bundled):
-    """Why the last layer is taken at the final norm's input: a trained norm's gain is not idempotent."""
+    """Why the last layer is taken before the final norm: a trained norm's gain is not idempotent."""
     parts = anatomy(bundled.model)
+    out = hidden_states_of(bundled.model, bundled.tokenizer(CAPITAL)["input_ids"])
     with torch.inference_mode():
-        out = bundled.model(torch.tensor([bundled.tokenizer(CAPITAL)["input_ids"]]), output_hidden_states=True)
         twice = parts.logits(out.hidden_states[-1][0])
     assert not torch.allclose(twice, out.logits[0].float(), atol=1e-2)
 
@@ -330,3 +337,11 @@ def test_zerogpu_engine_runs_the_views_in_its_gpu_call(bundled, parts):
         assert logit_lens(engine, CAPITAL) == logit_lens(parts.engine, CAPITAL)
     finally:
         engine.close()
+
+
+def test_the_views_leave_the_shared_model_picklable(phi3_tiny, phi3, tmp_path):
+    """No transformers capturing hooks (closures) stay behind on the model the chats share."""
+    engine, index = phi3
+    logit_lens(engine, "one two three")
+    contextual(engine, index, "a b c", "b", "b c d", "b")
+    torch.save(phi3_tiny.model, tmp_path / "model.pt")

@@ -4,11 +4,11 @@ never by one architecture's attribute names.
 The LM head is `get_output_embeddings()`, the input embedding `get_input_embeddings()`, the decoder layers the one
 ModuleList of `config.num_hidden_layers` modules in `get_decoder()`. The final norm has no accessor (Llama and Phi-3
 call it `model.norm`, GPT-2 `transformer.ln_f`), so it is found as the module that runs after the last decoder layer
-and whose output is exactly what the LM head receives. Knowing it also answers a trap: transformers returns
-`hidden_states[-1]` *after* the final norm, while every other entry is the raw residual stream, so the last layer's
-raw output is taken at the norm's input (core/inside/forward.py). Forward hooks belong to the module, not to a call:
-they also see a forward pass another thread runs meanwhile, and the decoding steps the worker runs between two
-steps of an inspection, so each hook here is there for its own forward call only and keeps its own thread's calls.
+and whose output is exactly what the LM head receives. (transformers' `hidden_states[-1]` is *after* that norm while
+every other entry is the raw residual stream; core/inside/forward.py reads the stream at the layers.) Forward hooks
+belong to the module, not to a call: they also see a forward pass another thread runs meanwhile, and the decoding
+steps the worker runs between two steps of an inspection, so each hook here is there for its own forward call only
+and keeps its own thread's calls.
 
     >>> parts = anatomy(model)                                                     # doctest: +SKIP
     >>> parts.logits(residual)      # final norm, LM head (and soft-capping): the model's own way to logits

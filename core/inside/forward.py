@@ -16,6 +16,8 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 
 from core.inside.anatomy import Anatomy
@@ -23,32 +25,45 @@ from core.inside.anatomy import Anatomy
 CHUNK_TOKENS = 128
 
 
-def _chunks(model: Any, rows: list[list[int]], chunk: int, norm: torch.nn.Module | None = None,
-            **kwargs: Any) -> Iterator[tuple[int, Any, list[torch.Tensor]]]:
-    """(first column, model output, what `norm` received) for each chunk of the right-padded rows.
+def _stream_hooks(layers: nn.ModuleList, into: list[torch.Tensor]) -> list[RemovableHandle]:
+    """Hooks that append this thread's residual stream to `into`: the first layer's input, then every layer's
+    output (the last one raw, before the final norm)."""
+    me = threading.get_ident()
 
-    The hook on `norm` is there during this pass's own forward call only: a hook belongs to the module, so it would
-    also see the decoding steps the worker runs between two chunks, and a forward pass another thread runs meanwhile
-    (hence the thread check)."""
+    def first_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if threading.get_ident() == me:
+            into.append(args[0] if args else kwargs["hidden_states"])
+
+    def output(_module: nn.Module, _args: tuple, out: Any) -> None:
+        if threading.get_ident() == me:
+            into.append(out[0] if isinstance(out, tuple) else out)
+
+    return [layers[0].register_forward_pre_hook(first_input, with_kwargs=True),
+            *(layer.register_forward_hook(output) for layer in layers)]
+
+
+def _chunks(model: Any, rows: list[list[int]], chunk: int, layers: nn.ModuleList | None = None,
+            **kwargs: Any) -> Iterator[tuple[int, Any, list[torch.Tensor]]]:
+    """(first column, model output, the residual stream `layers` carried) for each chunk of the right-padded rows.
+
+    The stream is read by hooks on the decoder layers rather than with `output_hidden_states`: transformers returns
+    the last hidden state after the final norm, and installs its own capturing hooks on a model for good the first
+    time it is asked (closures, which make the shared model impossible to pickle). A hook belongs to the module, so
+    it would also see the decoding steps the worker runs between two chunks, and a forward pass another thread runs
+    meanwhile: each hook is there during this pass's own forward call only and keeps its own thread's calls."""
     width = max(len(row) for row in rows)
     ids = torch.zeros((len(rows), width), dtype=torch.long, device=model.device)
     for i, row in enumerate(rows):
         ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
     cache = DynamicCache() if width > chunk else None
-    me = threading.get_ident()
     for start in range(0, width, chunk):
         received: list[torch.Tensor] = []
-
-        def capture(_module: torch.nn.Module, args: tuple, into: list = received) -> None:
-            if threading.get_ident() == me:
-                into.append(args[0])
-
-        hook = norm.register_forward_pre_hook(capture) if norm is not None else None
+        hooks = _stream_hooks(layers, received) if layers is not None else []
         try:
             out = model(input_ids=ids[:, start:start + chunk], past_key_values=cache, use_cache=cache is not None,
                         **kwargs)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         yield start, out, received
 
@@ -67,14 +82,10 @@ def residual_stream(model: Any, parts: Anatomy, rows: list[list[int]], keep: lis
     """For each row, the residual stream at its `keep` positions, [layers + 1, positions, hidden]: 0 is the input
     embedding rows, then each decoder layer's output, the last one taken before the final norm."""
     kept: list[list[torch.Tensor]] = [[] for _ in rows]
-    for start, out, received in _chunks(model, rows, chunk, parts.final_norm, output_hidden_states=True,
-                                        logits_to_keep=1):
-        hidden = out.hidden_states
-        if len(hidden) != parts.num_layers + 1 or len(received) > 1:
-            raise RuntimeError(f"expected {parts.num_layers + 1} hidden states and one final norm call, got "
-                               f"{len(hidden)} and {len(received)}")
-        last = received[0] if received else hidden[-1]  # no final norm: the last state is raw already
-        stack = torch.stack([*hidden[:-1], last])  # [layers + 1, rows, chunk, hidden]
+    for start, _out, received in _chunks(model, rows, chunk, parts.layers, logits_to_keep=1):
+        if len(received) != parts.num_layers + 1:
+            raise RuntimeError(f"expected {parts.num_layers + 1} residual-stream states, got {len(received)}")
+        stack = torch.stack(received)  # [layers + 1, rows, chunk, hidden]
         width = stack.shape[2]
         for i, positions in enumerate(keep):
             low, high = max(positions.start, start), min(positions.stop, start + width)
