@@ -167,7 +167,7 @@ def build_inside_tab(host: ModelHost) -> None:
     # -- typed API -------------------------------------------------------------------------------------------------
 
     @api_errors
-    def next_tokens_api(text: str, k: int = 10, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+    def predict_next_tokens(text: str, k: int = 10, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                         chat: bool = False) -> NextTokens:
         """The model's most likely next tokens after a text, and what the sampling settings leave of them.
 
@@ -186,7 +186,7 @@ def build_inside_tab(host: ModelHost) -> None:
         return next_tokens(parts().engine, text, k=k, temperature=temperature, top_p=top_p, top_k=top_k, chat=chat)
 
     @api_errors
-    def contextual_api(sentence_a: str, word_a: str, sentence_b: str, word_b: str) -> Contextual:
+    def contextual_embeddings(sentence_a: str, word_a: str, sentence_b: str, word_b: str) -> Contextual:
         """The same word's hidden state in two sentences, layer by layer (contextual embeddings).
 
         Args:
@@ -205,7 +205,7 @@ def build_inside_tab(host: ModelHost) -> None:
         return contextual(p.engine, p.index, sentence_a, word_a, sentence_b, word_b)
 
     @api_errors
-    def logit_lens_api(text: str, max_tokens: int | None = None) -> LogitLens:
+    def logit_lens_grid(text: str, max_tokens: int | None = None) -> LogitLens:
         """The logit lens: each layer's top next-token guess at each of the text's last positions.
 
         Args:
@@ -220,8 +220,8 @@ def build_inside_tab(host: ModelHost) -> None:
         return logit_lens(parts().engine, text, max_tokens=max_tokens)
 
     with gr.Tab("Inside", id="inside"):
-        for fn, name in ((next_tokens_api, "next_tokens"), (contextual_api, "contextual"),
-                         (logit_lens_api, "logit_lens")):  # inside the Tab: gr.Tabs holds only tabs
+        for fn, name in ((predict_next_tokens, "next_tokens"), (contextual_embeddings, "contextual"),
+                         (logit_lens_grid, "logit_lens")):  # inside the Tab: gr.Tabs holds only tabs
             gr.api(fn, api_name=name, concurrency_limit=API_CONCURRENCY, concurrency_id="inside")
         gr.Markdown(INTRO)
         with gr.Tabs():
