@@ -10,6 +10,8 @@ The map (each subpackage's __init__ says what lives there and what it may import
 - `text/`       text as tokens: token views, tokenizers to compare, conversations, the exact prompt.
 - `embeddings/` the vocabulary in its embedding space: tables, queries, exact search, the views, the evaluation.
 - `engine/`     chat: the stream, the engine contract, the local scheduler and batch decoder, remote and ZeroGPU.
+- `inside/`     inside the model: next-token probabilities, contextual embeddings, the logit lens.
 
-Arrows point one way: engine → text → model, embeddings → (nothing but the top level), host → all.
+Arrows point one way: engine → text → model, embeddings → (nothing but the top level), host → all,
+inside → engine, embeddings, text, model.
 """

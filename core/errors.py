@@ -25,5 +25,10 @@ class BusyError(TokenLabError):
     """Too many requests are waiting; the caller should try again shortly."""
 
 
+class UnavailableError(TokenLabError):
+    """What was asked needs something this server does not have (e.g. the model's weights, when chat runs on a
+    remote server)."""
+
+
 class GenerationError(TokenLabError):
     """Generation failed part-way; the message says why."""

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # built, since transformers' lazy module is not safe to import from two threads at once.
 HEAVY_MODULES = ("core.model.loading", "core.model.embeddings_only", "core.text.prompt", "core.text.tokens",
                  "core.text.registry", "core.embeddings.index", "core.engine.local", "core.engine.remote",
-                 "core.engine.zerogpu_engine")
+                 "core.engine.zerogpu_engine", "core.inside.contextual", "core.inside.logit_lens")
 LOADER_EXIT_WAIT_S = 30.0  # the longest an exit waits for loading to end (a hub download may take longer)
 
 

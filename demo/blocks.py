@@ -12,6 +12,7 @@ from core.host import ModelHost
 from demo.chat_tab import build_chat_tab
 from demo.embeddings_tab import build_embeddings_tab
 from demo.evaluation_tab import build_evaluation_tab
+from demo.inside_tab import build_inside_tab
 from demo.rest_defaults import RestDefaults
 from demo.security import ContentSecurityPolicy
 from demo.tokens_tab import build_tokens_tab
@@ -62,6 +63,7 @@ def build_demo(host: ModelHost, config: AppConfig | None = None) -> gr.Blocks:
             build_tokens_tab(host)
             build_embeddings_tab(host)
             build_evaluation_tab(host)
+            build_inside_tab(host)
     # Bounded waiting line: beyond it gradio answers "queue full" instead of letting requests wait forever.
     demo.queue(max_size=config.max_queue * 4, default_concurrency_limit=1)
     return demo

@@ -18,6 +18,15 @@ from core.engine.stream import ChatStats, ChatStream
 from core.host import ModelHost
 from core.text.messages import newest_within
 from core.text.tokens import tokens_for_ids
+from demo.answer_probs import (
+    ALTERNATIVE_HEADERS,
+    TABLE_HEADERS,
+    alternative_rows,
+    probability_highlights,
+    probability_rows,
+    probability_view,
+    visible,
+)
 from demo.chat_markdown import safe_chatbot
 from demo.errors import api_errors, ui_errors
 from demo.token_view import token_highlights, token_view
@@ -25,16 +34,19 @@ from demo.token_view import token_highlights, token_view
 INTRO = ("Talk to the model. Each message goes through the model's own chat template; the answer streams in and "
          "stops at the model's end-of-turn token. Open **What the model receives** to see the exact tokens of the "
          "prompt, control tokens included.")
+PROBS_INTRO = ("The last answer, each token coloured by the probability the model gave it; click a token to see the "
+               "five tokens it found most likely at that step.")
+TOP_LOGPROBS = 5  # alternatives recorded for each answer token in the page and in /chat_logprobs
 EXAMPLES = ["What is the capital of France?", "Explain tokenization to a ten-year-old.",
             "Write a haiku about embeddings.", "Translate 'good morning' into French, Spanish and German."]
 
 
 def _settings(temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any, max_new_tokens: Any,
-              seed: Any, max_new_tokens_limit: int) -> GenerationSettings:
+              seed: Any, max_new_tokens_limit: int, top_logprobs: int | None = None) -> GenerationSettings:
     """The request's sampling controls, checked (types and ranges) against the server's limits."""
     return GenerationSettings(temperature=temperature, top_p=top_p, top_k=top_k,
                               repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                              seed=seed).validated(max_new_tokens_limit)
+                              seed=seed, top_logprobs=top_logprobs).validated(max_new_tokens_limit)
 
 
 def stats_line(stats: ChatStats) -> str:
@@ -84,10 +96,10 @@ def build_chat_tab(host: ModelHost) -> None:
     @ui_errors
     async def respond(message: str, history: list[dict], system_prompt: str, temperature: float, top_p: float,
                       top_k: int, repetition_penalty: float, max_new_tokens: int,
-                      seed: float | None) -> AsyncIterator[tuple[list[dict[str, Any]], list]]:
+                      seed: float | None) -> AsyncIterator[tuple[Any, ...]]:
         parts = host.require()
         settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
-                             limits.max_new_tokens)
+                             limits.max_new_tokens, TOP_LOGPROBS)
 
         def prepare() -> tuple[Any, list]:
             prompt = parts.engine.prompt(message, ui_history(history), system_prompt, settings.max_new_tokens)
@@ -97,8 +109,13 @@ def build_chat_tab(host: ModelHost) -> None:
         if prompt.dropped_turns:
             gr.Info(f"Dropped the {prompt.dropped_turns} oldest messages so the conversation fits the context.")
         stream = parts.engine.submit(prompt, settings)
+        later = [gr.skip()] * 5  # the probability view is drawn once the answer is complete
         async for text in stream:
-            yield [{"role": "assistant", "content": text}, _stats_message(stream)], inspector
+            yield [{"role": "assistant", "content": text}, _stats_message(stream)], inspector, *later
+        entries = visible(await to_thread.run_sync(lambda: stream.answer_logprobs() or []))
+        yield ([{"role": "assistant", "content": stream.text}, _stats_message(stream)], inspector,
+               probability_highlights(entries), probability_rows(entries), [], entries,
+               gr.Textbox(value=stream.logprobs_note, visible=bool(stream.logprobs_note)))
         if not stream.text.strip():
             gr.Warning(f"The model returned an empty answer (stop: {stream.stop_reason}).")
 
@@ -127,6 +144,39 @@ def build_chat_tab(host: ModelHost) -> None:
             yield text
 
     @api_errors
+    async def chat_logprobs(message: str, history: list[dict], system_prompt: str = "", temperature: float = 0.7,
+                            top_p: float = 0.95, max_new_tokens: int = 256, seed: int | None = None, top_k: int = 50,
+                            repetition_penalty: float = 1.0) -> dict[str, Any]:
+        """The model's answer to `message` after `history`, with each answer token's probability and the five most
+        likely tokens at its step (OpenAI's `logprobs.content` shape).
+
+        Args:
+            message: the new user message.
+            history: earlier turns as [{"role": "user" | "assistant" | "system", "content": str}].
+            system_prompt: optional instructions placed first in the prompt.
+            temperature: 0 for greedy decoding; higher is more random (0 to 5).
+            top_p: nucleus sampling probability mass (above 0, at most 1).
+            max_new_tokens: the most tokens to generate.
+            seed: a seed for reproducible sampling; null for random.
+            top_k: sample among the k most likely tokens (0 = off).
+            repetition_penalty: > 1 discourages repeating tokens.
+        Returns:
+            {"answer": str, "logprobs": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+            "bytes"}]}], "stop_reason": str, "note": str}; the tokens concatenate to the answer; log-probabilities
+            are the model's own (before temperature, top-k and top-p); "note" says why they are missing, when a
+            remote server returns none.
+        """
+        engine = host.require().engine
+        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
+                             limits.max_new_tokens, TOP_LOGPROBS)
+        stream = await to_thread.run_sync(lambda: engine.chat(message, history, system_prompt, settings))
+        async for _text in stream:
+            pass
+        logprobs = await to_thread.run_sync(lambda: stream.answer_logprobs() or [])
+        return {"answer": stream.text, "logprobs": logprobs, "stop_reason": stream.stop_reason,
+                "note": stream.logprobs_note}
+
+    @api_errors
     def prompt(message: str, history: list[dict], system_prompt: str = "") -> dict[str, Any]:
         """The exact token ids the model would receive for `message` after `history`, via its chat template.
 
@@ -139,6 +189,11 @@ def build_chat_tab(host: ModelHost) -> None:
         """
         p = host.require().engine.prompt(message, history, system_prompt)
         return {"text": p.text, "ids": p.ids, "count": len(p.ids), "dropped_turns": p.dropped_turns}
+
+    def show_alternatives(shown_entries: list[dict], evt: gr.SelectData) -> list[list[Any]]:
+        """The alternatives of the token clicked in the probability view."""
+        index = evt.index if isinstance(evt.index, int) else -1
+        return alternative_rows(shown_entries[index]) if 0 <= index < len(shown_entries or []) else []
 
     @api_errors
     def engine_stats() -> dict[str, Any]:
@@ -170,15 +225,32 @@ def build_chat_tab(host: ModelHost) -> None:
         inspector = token_view("Prompt tokens (last message); control tokens are marked", elem_id="prompt-inspector",
                                render=False)
         chatbot = safe_chatbot(height=460, elem_id="chatbot", label="Conversation")
+        probs_view = probability_view("Answer tokens by probability", elem_id="answer-probs", render=False)
+        probs_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "str", "str", "str"], interactive=False,
+                                   max_height=300, label="Every token of the answer", elem_id="answer-probs-table",
+                                   line_breaks=False, render=False, scale=2)
+        picked = gr.Dataframe(headers=ALTERNATIVE_HEADERS, datatype=["str", "str", "str"], interactive=False,
+                              label="The clicked token's alternatives", elem_id="answer-alternatives",
+                              line_breaks=False, render=False, scale=1)
+        probs_note = gr.Textbox(show_label=False, interactive=False, visible=False, container=False, render=False,
+                                elem_id="answer-probs-note")  # shown when a remote server sends no probabilities
+        entries = gr.State([])
         textbox = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1, max_lines=8,
                              submit_btn=True, stop_btn=True, elem_id="chat-input", render=False)
         interface = gr.ChatInterface(
             respond, chatbot=chatbot, textbox=textbox, editable=True, autofocus=False,
             additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed],
-            additional_outputs=[inspector],
+            additional_outputs=[inspector, probs_view, probs_table, picked, entries, probs_note],
             examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
             concurrency_limit=None, fill_height=False,  # the engine's bounded queue decides: "busy" beyond it
         )
+        with gr.Accordion("Answer tokens by probability", open=False, elem_id="answer-probs-accordion"):
+            gr.Markdown(PROBS_INTRO)
+            probs_note.render()
+            probs_view.render()
+            with gr.Row(equal_height=False):
+                picked.render()
+                probs_table.render()
         with gr.Accordion("What the model receives", open=False):
             inspector.render()
             preview = gr.Button("Preview the prompt for the text in the box", size="sm")
@@ -186,6 +258,8 @@ def build_chat_tab(host: ModelHost) -> None:
         textbox.stop(mark_stopped, chatbot, chatbot, queue=False, api_visibility="private")
         preview.click(ui_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
                       inspector, api_visibility="private")
+        probs_view.select(show_alternatives, entries, picked, queue=False, api_visibility="private")
         gr.api(chat, api_name="chat", concurrency_limit=None)
+        gr.api(chat_logprobs, api_name="chat_logprobs", concurrency_limit=None)
         gr.api(prompt, api_name="prompt", concurrency_limit=None)
         gr.api(engine_stats, api_name="engine_stats", concurrency_limit=None)

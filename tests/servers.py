@@ -64,9 +64,11 @@ def launched(host) -> Iterator[str]:
 class ScriptedChatServer:
     """An OpenAI-compatible chat server on loopback that streams the same answer to every request, word by word:
     a way to put any text in a chat answer (the remote-engine path is the real one the app uses). `requests` holds
-    the headers (lower-case names) and JSON body of every chat request it received."""
+    the headers (lower-case names) and JSON body of every chat request it received. A request that asks for
+    `logprobs` gets each word's (-0.25, with " maybe" as the runner-up) with `logprobs="send"`, none with "ignore"
+    (as `transformers serve`), and HTTP 400 with "refuse"."""
 
-    def __init__(self, answer: str) -> None:
+    def __init__(self, answer: str, logprobs: str = "send") -> None:
         import json
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,11 +89,23 @@ class ScriptedChatServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                pieces = [{"choices": [{"delta": {"content": word}, "finish_reason": None}]}
-                          for word in server.answer.split(" ")[:1]] + \
-                         [{"choices": [{"delta": {"content": " " + word}, "finish_reason": None}]}
-                          for word in server.answer.split(" ")[1:]] + \
-                         [{"choices": [{"delta": {}, "finish_reason": "stop"}]}]
+                asked = body.get("logprobs") is True
+                if asked and logprobs == "refuse":
+                    self._send(400, json.dumps({"error": {"message": "logprobs is not supported"}}).encode())
+                    return
+                words = server.answer.split(" ")
+                words = words[:1] + [" " + word for word in words[1:]]
+
+                def chunk(word: str) -> dict:
+                    choice: dict = {"delta": {"content": word}, "finish_reason": None}
+                    if asked and logprobs == "send":
+                        top = [{"token": t, "logprob": lp, "bytes": list(t.encode())}
+                               for t, lp in ((word, -0.25), (" maybe", -2.0))][:body.get("top_logprobs", 0)]
+                        choice["logprobs"] = {"content": [{"token": word, "logprob": -0.25,
+                                                           "bytes": list(word.encode()), "top_logprobs": top}]}
+                    return {"choices": [choice]}
+
+                pieces = [chunk(word) for word in words] + [{"choices": [{"delta": {}, "finish_reason": "stop"}]}]
                 body = "".join(f"data: {json.dumps(p)}\n\n" for p in pieces) + "data: [DONE]\n\n"
                 self._send(200, body.encode(), "text/event-stream")
 

@@ -10,19 +10,20 @@ from __future__ import annotations
 import abc
 import collections
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from core import checks
 from core.config import RequestLimits
 from core.engine.settings import GenerationSettings
 from core.engine.stream import ChatStats, ChatStream
-from core.errors import BusyError, InvalidInputError
+from core.errors import BusyError, InvalidInputError, UnavailableError
 from core.model.loading import LoadedModel
 from core.text.messages import check_history, normalize_messages
 from core.text.prompt import Prompt, PromptBuilder
 
 RECENT_REQUESTS = 256  # finished requests whose timings /engine_stats summarises
+T = TypeVar("T")
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:
@@ -115,6 +116,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop serving: end what is in flight and release threads and connections."""
+
+    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(loaded, *args)`, a read-only use of the model's weights (the Inside tab's views), where this
+        engine's model runs, and return its result; a generator `fn` is driven to its end (its return value). `fn`
+        is a module-level function and its arguments and result plain data: ZeroGPU runs it in another process.
+        Engines without the weights here say so."""
+        raise UnavailableError(f"{type(self).__name__} cannot run computations on the model's weights.")
 
     def chat(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
              settings: GenerationSettings | None = None) -> ChatStream:

@@ -28,7 +28,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from core.engine.prefix_cache import LayerKV, PrefixCache
-from core.engine.sampling import sample
+from core.engine.sampling import StepLogprobs, record_logprobs, sample
 from core.engine.settings import GenerationSettings
 from core.engine.stream import END_OF_TURN, LENGTH
 
@@ -46,6 +46,7 @@ class Slot:
     finish_reason: str | None = None
     generator: torch.Generator | None = None
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    logprobs: list[StepLogprobs] = field(default_factory=list)  # filled when params.top_logprobs is set
 
     def sampler_setup(self, device: torch.device) -> None:
         self.generator = torch.Generator(device=device)
@@ -66,8 +67,12 @@ class BatchDecoder:
 
     @staticmethod
     def _pick(logits: torch.Tensor, slot: Slot) -> int:
-        """The next token for one row, with the row's own settings and random generator."""
-        return sample(logits, slot.params, slot.prompt_ids + slot.generated, slot.generator)
+        """The next token for one row, with the row's own settings and random generator (and its log-probabilities
+        recorded, when the request asked for them)."""
+        token = sample(logits, slot.params, slot.prompt_ids + slot.generated, slot.generator)
+        if slot.params.top_logprobs is not None:
+            slot.logprobs.append(record_logprobs(logits, token, slot.params.top_logprobs))
+        return token
 
     def _accept(self, slot: Slot, token: int) -> None:
         """Record and emit a sampled token; decide whether the row is finished."""

@@ -20,7 +20,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,6 +31,7 @@ from core.engine.base import Engine
 from core.engine.batch_decoder import BatchDecoder, Slot
 from core.engine.capacity import free_memory_bytes, rows_that_fit
 from core.engine.heap import HeapTrimmer
+from core.engine.jobs import WAKE, InspectionJobs, finish
 from core.engine.prefix_cache import PrefixCache
 from core.engine.settings import GenerationSettings
 from core.engine.stream import ERROR, STOPPED, ChatStream
@@ -37,6 +39,7 @@ from core.model.loading import LoadedModel
 from core.text.prompt import Prompt
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 class ChatEngine(Engine):
     """The in-process engine: a bounded request queue and one worker thread that decodes all requests together,
@@ -54,7 +57,8 @@ class ChatEngine(Engine):
                                                     free_memory_bytes(loaded.model.device))
         self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
         self.heap = HeapTrimmer()  # the worker returns freed heap pages to the system now and then
-        self._queue: queue.Queue[ChatStream | None] = queue.Queue()
+        self._queue: queue.Queue[ChatStream | object | None] = queue.Queue()
+        self._jobs = InspectionJobs(wake=lambda: self._queue.put(WAKE))
         self._worker = threading.Thread(target=self._run, name="token-lab-generate", daemon=True)
         self._worker.start()
         atexit.register(self.close)
@@ -76,6 +80,13 @@ class ChatEngine(Engine):
         stream = self._reserve(prompt, settings)
         self._queue.put(stream)
         return stream
+
+    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(loaded, *args)` on the worker between two decoding steps, sharing the model with the running chats
+        (core/engine/jobs.py); a generator `fn` runs one step per decoding step."""
+        if threading.current_thread() is self._worker:
+            return finish(fn(self.loaded, *args))
+        return self._jobs.run(lambda: fn(self.loaded, *args), alive=self._worker.is_alive)
 
     def describe(self) -> str:
         cache = f", prefix cache {self.prefix_cache.max_bytes >> 20} MB" if self.prefix_cache is not None else ""
@@ -103,7 +114,8 @@ class ChatEngine(Engine):
                 stream.finish(STOPPED)
                 continue
             slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings,
-                        max_new_tokens=stream.settings.max_new_tokens, emit=lambda token, s=stream: s.push([token]))
+                        max_new_tokens=stream.settings.max_new_tokens, emit=lambda token, s=stream: s.push([token]),
+                        logprobs=stream.logprobs)  # the stream's own list: a token's record is there before it
             admitted.append((stream, slot))
         if not admitted:
             return []
@@ -148,13 +160,22 @@ class ChatEngine(Engine):
             log.exception("prefix cache warm-up failed")
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._jobs.fail_all()  # inspections still waiting are told the worker stopped
+
+    def _serve(self) -> None:
         decoder = BatchDecoder(self.loaded.model, self.stop_ids, self.prefix_cache)
         self._warm_up(decoder)
         active: list[tuple[ChatStream, Slot]] = []
         while True:
-            waiting = take_burst(self._queue, room=self.max_batch - len(active), wait_for_first=not active)
+            self._jobs.step()  # one step of an inspection, if any, between two decoding steps
+            waiting = take_burst(self._queue, room=self.max_batch - len(active),
+                                 wait_for_first=not active and not self._jobs.busy)
             if None in waiting:
                 return
+            waiting = [item for item in waiting if item is not WAKE]
             if waiting:
                 active = self._settle(decoder, active + self._admit(decoder, waiting))
                 if len(active) < self.max_batch and not self._queue.empty():

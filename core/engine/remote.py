@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import openai
@@ -33,9 +33,17 @@ from openai.types.chat import ChatCompletionChunk
 
 from core.config import RequestLimits
 from core.engine.base import Engine
+from core.engine.logprobs import TokenLogprob
 from core.engine.settings import GenerationSettings
 from core.engine.stream import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStats, ChatStream
-from core.errors import BusyError, GenerationError, InvalidInputError, ModelNotReadyError, TokenLabError
+from core.errors import (
+    BusyError,
+    GenerationError,
+    InvalidInputError,
+    ModelNotReadyError,
+    TokenLabError,
+    UnavailableError,
+)
 from core.model.loading import LoadedModel
 from core.text.prompt import Prompt
 
@@ -50,6 +58,8 @@ FINISH_REASONS = {"stop": END_OF_TURN, "eos_token": END_OF_TURN, "length": LENGT
 # Failures of a kept-alive connection the server had just closed: nothing was received, so the request is sent again.
 STALE_CONNECTION = (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError)
 ATTEMPTS = 3
+LOGPROB_FIELDS = ("logprobs", "top_logprobs")
+T = TypeVar("T")
 
 
 def api_base(url: str) -> str:
@@ -62,6 +72,16 @@ def api_base(url: str) -> str:
     if not base.startswith(("http://", "https://")):
         raise InvalidInputError(f"--engine-url must start with http:// or https:// (got {url!r})")
     return base
+
+
+def _token_logprob(entry: Any) -> TokenLogprob:
+    """One of a chunk's `logprobs.content` entries, as plain data (`bytes` filled in where a server leaves it out)."""
+    def raw(token: str, given: list[int] | None) -> list[int]:
+        return list(given) if given is not None else list(token.encode("utf-8"))
+
+    return TokenLogprob(token=entry.token, logprob=float(entry.logprob), bytes=raw(entry.token, entry.bytes),
+                        top_logprobs=[{"token": t.token, "logprob": float(t.logprob), "bytes": raw(t.token, t.bytes)}
+                                      for t in entry.top_logprobs or []])
 
 
 def _server_message(body: object) -> str:
@@ -89,6 +109,7 @@ class RemoteChatStream(ChatStream):
         super().__init__(prompt, settings, tokenizer, interval)
         self._pieces: list[str] = []
         self.usage: dict[str, int] = {}
+        self.received_logprobs: list[TokenLogprob] = []  # as the server sent them, when the request asked
         self._cancel_task: Callable[[], None] | None = None  # set by the engine once the request's task exists
 
     def push_text(self, delta: str) -> None:
@@ -105,6 +126,10 @@ class RemoteChatStream(ChatStream):
     @property
     def text(self) -> str:
         return "".join(self._pieces)
+
+    def answer_logprobs(self) -> list[TokenLogprob] | None:
+        """The log-probabilities the server sent (OpenAI's shape), or None when the request did not ask."""
+        return None if self.settings.top_logprobs is None else list(self.received_logprobs)
 
     @property
     def token_ids(self) -> list[int]:
@@ -149,6 +174,7 @@ class RemoteChatEngine(Engine):
         self.model_name = model
         self.timeout = timeout
         self.extras_supported: bool | None = None  # None until the server has accepted or refused top_k etc.
+        self.logprobs_supported: bool | None = None  # likewise for logprobs / top_logprobs
         self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.new_event_loop()
         # The key is always given: left out, the client would send OPENAI_API_KEY from the environment to this server.
@@ -193,6 +219,11 @@ class RemoteChatEngine(Engine):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+        raise UnavailableError(f"This needs the model's weights, and chat runs on the inference server at "
+                               f"{self.base_url}: only the tokenizer and the input embeddings are loaded here. Start "
+                               f"the app without --engine-url to look inside the model.")
 
     # -- facts about the server --------------------------------------------------------------------------------
     async def _resolve_model(self) -> str:
@@ -246,6 +277,10 @@ class RemoteChatEngine(Engine):
                                      "temperature": s.temperature, "top_p": s.top_p}
         if s.seed is not None:
             arguments["seed"] = s.seed
+        if s.top_logprobs is not None and self.logprobs_supported is not False:
+            arguments["logprobs"] = True
+            if s.top_logprobs:
+                arguments["top_logprobs"] = s.top_logprobs
         extra: dict[str, Any] = {}
         if extras and s.top_k > 0:
             extra["top_k"] = s.top_k
@@ -272,6 +307,7 @@ class RemoteChatEngine(Engine):
                 except _Resend as resend:
                     if attempt == ATTEMPTS - 1:
                         raise resend.error from None
+            self._explain_missing_logprobs(stream)
         except asyncio.CancelledError:  # Stop: leaving the response's `async with` closed the connection
             reason = STOPPED
         except TokenLabError as exc:
@@ -291,6 +327,10 @@ class RemoteChatEngine(Engine):
         try:
             chunks = await self._client.chat.completions.create(**arguments)
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if "logprobs" in arguments and any(field in exc.response.text for field in LOGPROB_FIELDS):
+                self.logprobs_supported = False
+                log.warning("%s refused logprobs; sending requests without them", self.base_url)
+                raise _Resend(exc) from None
             if sent and any(field in exc.response.text for field in sent):
                 self.extras_supported = False
                 log.warning("%s refused %s; sending requests without them", self.base_url, ", ".join(sent))
@@ -323,10 +363,21 @@ class RemoteChatEngine(Engine):
         finish = None
         for choice in chunk.choices or []:
             content = choice.delta.content if choice.delta else None
+            logprobs = choice.logprobs.content if choice.logprobs else None
+            if logprobs:  # before the text that carries them, as a local engine records them
+                stream.received_logprobs.extend(_token_logprob(entry) for entry in logprobs)
             if content:
                 stream.push_text(content)
             finish = choice.finish_reason or finish
         return finish
+
+    def _explain_missing_logprobs(self, stream: RemoteChatStream) -> None:
+        """An answer that asked for log-probabilities and got none says why."""
+        if stream.settings.top_logprobs is not None and stream.text and not stream.received_logprobs:
+            refused = "refused them" if self.logprobs_supported is False else "sent none"
+            stream.logprobs_note = (f"The inference server at {self.base_url} {refused}: this answer has no "
+                                    f"per-token probabilities. vLLM and SGLang return them; `transformers serve` "
+                                    f"does not.")
 
     # -- errors, in words --------------------------------------------------------------------------------------
     def _explain(self, exc: openai.OpenAIError) -> TokenLabError:

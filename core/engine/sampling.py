@@ -1,13 +1,17 @@
 """Choosing the next token from a row's logits, with that request's own settings and random generator.
 
 The filters run in the order `transformers.generate` applies them (repetition penalty, temperature, top-k, top-p), with
-transformers' own processors, so that a seeded answer here is the one `generate` would give.
+transformers' own processors, so that a seeded answer here is the one `generate` would give. `sampling_scores` is the
+same filter as a distribution (what the Inside tab shows a sampler keeps), and `record_logprobs` what an answer token
+carries when a request asks for log-probabilities.
 
     >>> sample(logits, GenerationSettings(temperature=0), seen_ids=[], generator=None)   # doctest: +SKIP
     464
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers.generation.logits_process import (
@@ -20,19 +24,64 @@ from transformers.generation.logits_process import (
 from core.engine.settings import GenerationSettings
 
 
-def sample(logits: torch.Tensor, settings: GenerationSettings, seen_ids: list[int],
-           generator: torch.Generator | None) -> int:
-    """The next token from one row's last logits [vocab]; temperature 0 is greedy (argmax)."""
-    scores = logits.float().unsqueeze(0)
+def _penalised(logits: torch.Tensor, settings: GenerationSettings, seen_ids: list[int]) -> torch.Tensor:
+    """[1, vocab] float32 scores after the repetition penalty (the one filter greedy decoding applies too)."""
+    scores = logits.float().reshape(1, -1)
     if settings.repetition_penalty != 1.0:
         seen = torch.tensor([seen_ids], device=scores.device)
         scores = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty)(seen, scores)
-    if settings.temperature <= 0:
-        return int(scores.argmax(-1))
+    return scores
+
+
+def _warped(scores: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    """Temperature, top-k and top-p (temperature > 0): -inf for every token they filter out."""
     scores = TemperatureLogitsWarper(settings.temperature)(None, scores)
     if settings.top_k > 0:
         scores = TopKLogitsWarper(settings.top_k)(None, scores)
     if settings.top_p < 1.0:
         scores = TopPLogitsWarper(settings.top_p)(None, scores)
-    probs = torch.softmax(scores, dim=-1)
+    return scores
+
+
+def sample(logits: torch.Tensor, settings: GenerationSettings, seen_ids: list[int],
+           generator: torch.Generator | None) -> int:
+    """The next token from one row's last logits [vocab]; temperature 0 is greedy (argmax)."""
+    scores = _penalised(logits, settings, seen_ids)
+    if settings.temperature <= 0:
+        return int(scores.argmax(-1))
+    probs = torch.softmax(_warped(scores, settings), dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sampling_scores(logits: torch.Tensor, settings: GenerationSettings, seen_ids: list[int]) -> torch.Tensor:
+    """[vocab] scores whose softmax is the distribution `sample` draws from; -inf for the tokens it cannot draw.
+    Greedy keeps the argmax alone."""
+    scores = _penalised(logits, settings, seen_ids)
+    if settings.temperature <= 0:
+        greedy = torch.full_like(scores, float("-inf"))
+        greedy[0, int(scores.argmax(-1))] = 0.0
+        return greedy[0]
+    return _warped(scores, settings)[0]
+
+
+@dataclass(frozen=True)
+class StepLogprobs:
+    """One answer token's log-probability and the `n` most likely tokens' at that step (ids, not text: turned into
+    OpenAI's shape only when the answer is read, core/engine/logprobs.py)."""
+
+    token: int
+    logprob: float
+    top_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+
+
+def record_logprobs(logits: torch.Tensor, token: int, n: int) -> StepLogprobs:
+    """The chosen token's log-probability and the top `n`, from one row of raw logits [vocab]: the model's own
+    distribution, before penalty, temperature, top-k and top-p (vLLM's default, and the one that still means
+    something at temperature 0). Called after the token is chosen, so answers do not change."""
+    scores = logits.float()
+    lse = scores.logsumexp(-1)
+    top = scores.topk(n)
+    values = (torch.cat([scores[token].reshape(1), top.values]) - lse).tolist()
+    return StepLogprobs(token=token, logprob=values[0], top_ids=tuple(top.indices.tolist()),
+                        top_logprobs=tuple(values[1:]))

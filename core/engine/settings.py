@@ -10,6 +10,7 @@ from core import checks
 MAX_TEMPERATURE = 5.0
 MAX_REPETITION_PENALTY = 5.0
 MAX_TOP_K = 100_000
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 @dataclass
@@ -25,6 +26,7 @@ class GenerationSettings:
     repetition_penalty: Any = 1.0
     max_new_tokens: Any = 256
     seed: Any = None
+    top_logprobs: Any = None  # None: no log-probabilities; n: each answer token's and the n most likely tokens'
 
     def validated(self, max_new_tokens_limit: int) -> GenerationSettings:
         return replace(
@@ -36,4 +38,6 @@ class GenerationSettings:
                                              low_open=True),
             max_new_tokens=checks.integer(self.max_new_tokens, "max_new_tokens", 1, max_new_tokens_limit),
             seed=checks.seed(self.seed),
+            top_logprobs=None if self.top_logprobs is None else checks.integer(self.top_logprobs, "top_logprobs",
+                                                                                0, MAX_TOP_LOGPROBS),
         )

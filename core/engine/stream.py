@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.engine.logprobs import TokenLogprob, openai_logprobs
+from core.engine.sampling import StepLogprobs
 from core.engine.settings import GenerationSettings
 from core.errors import GenerationError
 from core.text.prompt import Prompt
@@ -73,6 +75,10 @@ class ChatStream:
         self.finished_at: float | None = None
         self.stop_reason = ""
         self.cached_tokens = 0  # prompt tokens the engine did not have to recompute
+        # when the request asked for log-probabilities (settings.top_logprobs): one record per token, appended by
+        # the engine before the token is pushed
+        self.logprobs: list[StepLogprobs] = []
+        self.logprobs_note = ""  # why an answer that asked for log-probabilities has none (a server without them)
 
     # -- the engine's side ----------------------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -133,6 +139,13 @@ class ChatStream:
         """The answer so far, without special tokens; a trailing incomplete UTF-8 character is held back."""
         text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
         return text if self.done else text.rstrip("\ufffd")
+
+    def answer_logprobs(self) -> list[TokenLogprob] | None:
+        """Each answer token so far with its log-probability and the most likely tokens at its step (OpenAI's
+        `logprobs.content`; special tokens left out, as in the text), or None when the request did not ask."""
+        if self.settings.top_logprobs is None:
+            return None
+        return openai_logprobs(self.logprobs[:len(self._tokens)], self._tokenizer)
 
     @property
     def stats(self) -> ChatStats:

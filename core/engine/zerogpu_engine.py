@@ -17,13 +17,16 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
 from core.config import RequestLimits
 from core.engine.base import Engine
 from core.engine.batch_decoder import BatchDecoder, Slot
+from core.engine.jobs import finish
+from core.engine.sampling import StepLogprobs
 from core.engine.settings import GenerationSettings
 from core.engine.stream import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream
 from core.engine.zerogpu import gpu
@@ -35,13 +38,17 @@ log = logging.getLogger(__name__)
 # Models by key: the decorated call receives plain, picklable arguments (ZeroGPU pickles them into its worker,
 # which inherits this registry by fork), never the model itself.
 _MODELS: dict[int, tuple[torch.nn.Module, list[int]]] = {}
+_LOADED: dict[int, LoadedModel] = {}  # the same models with their tokenizers, for inspections
 _keys = itertools.count(1)
+T = TypeVar("T")
+INSPECT_DURATION = 30  # seconds of GPU one inspection may hold
 
 
 @gpu
 def generate_ids(model_key: int, prompt_ids: list[int], params: GenerationSettings,
-                 max_new_tokens: int) -> Iterator[list[int]]:
-    """Yield the new token ids of one answer, a step at a time; the last item ends with a stop id or the limit."""
+                 max_new_tokens: int) -> Iterator[tuple[list[int], list[StepLogprobs]]]:
+    """Yield the new token ids of one answer, a step at a time, with their log-probability records (when
+    `params.top_logprobs` asks for them); the last ids end with a stop id or the limit."""
     model, stop_ids = _MODELS[model_key]
     decoder = BatchDecoder(model, stop_ids)
     new: list[int] = []
@@ -49,11 +56,18 @@ def generate_ids(model_key: int, prompt_ids: list[int], params: GenerationSettin
     with torch.inference_mode():
         decoder.admit([slot])
         while True:
-            yield list(new)
+            yield list(new), list(slot.logprobs)
             new.clear()
+            slot.logprobs.clear()
             if slot.finish_reason is not None:
                 return
             decoder.step()
+
+
+@gpu(duration=INSPECT_DURATION)
+def inspect_on_gpu(model_key: int, fn: Callable[..., T], args: tuple) -> T:
+    """`fn(loaded, *args)` inside a GPU call (fn is module-level, so it pickles by name into ZeroGPU's worker)."""
+    return finish(fn(_LOADED[model_key], *args))
 
 
 class ZeroGPUChatEngine(Engine):
@@ -63,6 +77,7 @@ class ZeroGPUChatEngine(Engine):
         super().__init__(loaded, limits)  # each request: its own GPU call
         self._key = next(_keys)
         _MODELS[self._key] = (loaded.model, self.stop_ids)
+        _LOADED[self._key] = loaded
 
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Start generating `prompt`; BusyError when `max_queue` requests are already in flight."""
@@ -79,7 +94,8 @@ class ZeroGPUChatEngine(Engine):
         try:
             steps = generate_ids(self._key, stream.prompt.ids, stream.settings,
                                  stream.settings.max_new_tokens)
-            for ids in steps:
+            for ids, records in steps:
+                stream.logprobs.extend(records)
                 if ids:
                     stream.push(ids)
                 if stream.cancelled:
@@ -96,8 +112,13 @@ class ZeroGPUChatEngine(Engine):
                 steps.close()  # on ZeroGPU this ends the GPU call early
             stream.finish(reason, error)
 
+    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(loaded, *args)` in a GPU call of its own (the Inside tab's views)."""
+        return inspect_on_gpu(self._key, fn, args)
+
     def describe(self) -> str:
         return "chat runs on ZeroGPU: each answer in its own GPU call"
 
     def close(self) -> None:
         _MODELS.pop(self._key, None)
+        _LOADED.pop(self._key, None)

@@ -177,7 +177,7 @@ def check_text(text: str, max_chars: int = MAX_CHARS) -> None:
     checks.text(text, "The input", max_chars)
 
 
-def _stream_texts(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[tuple[str, int]]:
+def stream_texts(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[tuple[str, int]]:
     """For each id: (text it decodes to in context, index of the token whose chunk completes it).
 
     A streaming decoder emits nothing for a byte that only starts a character; the pending tokens are assigned to
@@ -246,7 +246,7 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, text: str, name: str = "",
     except NotImplementedError:  # a Python tokenizer without offsets
         ids = [int(i) for i in tokenizer(text, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]]
         offsets = _offsets_by_search(text, [tokenizer.decode([i]) for i in ids])
-    texts = _stream_texts(tokenizer, ids)
+    texts = stream_texts(tokenizer, ids)
     pieces = tokenizer.convert_ids_to_tokens(ids)
     specials = special_ids(tokenizer)
     tokens: list[Token] = []
@@ -271,7 +271,7 @@ def tokens_for_ids(tokenizer: PreTrainedTokenizerBase, ids: list[int], name: str
     """
     ids = [int(i) for i in ids]
     check_ids(tokenizer, ids)
-    texts = _stream_texts(tokenizer, ids)
+    texts = stream_texts(tokenizer, ids)
     pieces = tokenizer.convert_ids_to_tokens(ids)
     specials = special_ids(tokenizer)
     # where each emitted chunk lies in the decoded text

@@ -1,0 +1,145 @@
+"""What looking inside costs, each against its own baseline measured in the same run, alternating:
+
+1. `next_tokens` and `logit_lens` (the work behind /next_tokens and /logit_lens, run through the chat engine's
+   worker as the endpoints run them) on a 64-token text ÷ one plain forward pass of that text on the same worker
+   (transformers' default: logits at every position). Target ≤ 1.5. The lens is measured at the default positions
+   for where the model runs, and at the GPU default for comparison: each of its cells is one full LM-head row.
+2. Chat tokens/s with per-token logprobs (top 5) on ÷ off, greedy, one chat alone and four together, the order
+   of on and off swapped every round. Target ≥ 0.9.
+
+Wall time and process CPU time are both recorded: on a machine shared with other work the CPU time measures the
+work itself, the wall time what a user waits.
+
+    python -m bench.bench_inside [--rounds 7] [--chat-rounds 5] [--tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from bench.results_io import write_results
+from core.config import default_cache_dir
+from core.engine.local import ChatEngine
+from core.engine.settings import GenerationSettings
+from core.inside.logit_lens import CPU_POSITIONS, GPU_POSITIONS, default_positions, logit_lens
+from core.inside.next_tokens import next_tokens
+from core.model.loading import load_model
+
+PASSAGE = ("The river bank was quiet in the early morning. A heron stood in the shallow water, watching for fish, "
+           "while the mist rose slowly from the surface. Further along, a small boat was tied to an old wooden post, "
+           "and its owner sat nearby with a cup of tea, reading yesterday's newspaper and waiting for the sun. ")
+QUESTIONS = ["Write a long story about a dragon who learns to read.", "Describe a busy market in a big city.",
+             "Explain how a bicycle works, in detail.", "Describe the life of a lighthouse keeper."]
+
+
+def text_of(tokenizer, tokens: int) -> str:
+    """A text that tokenizes to exactly `tokens` tokens."""
+    text = tokenizer.decode(tokenizer(PASSAGE * 4, add_special_tokens=False)["input_ids"][:tokens])
+    if len(tokenizer(text, add_special_tokens=False)["input_ids"]) != tokens:
+        raise RuntimeError("the cut text re-tokenizes to a different length")
+    return text
+
+
+def _forward(loaded, ids: list[int]) -> None:
+    with torch.inference_mode():
+        loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device))
+
+
+def measured(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of each case, the cases alternating within every round after one warm-up."""
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - start_cpu)
+            wall[name].append(time.perf_counter() - start_wall)
+    return {name: {"wall_s": statistics.median(wall[name]), "cpu_s": statistics.median(cpu[name]),
+                   "wall_rounds": wall[name], "cpu_rounds": cpu[name]} for name in cases}
+
+
+def latency(engine: ChatEngine, rounds: int) -> dict[str, dict[str, float]]:
+    loaded = engine.loaded
+    text = text_of(loaded.tokenizer, 64)
+    ids = loaded.tokenizer(text)["input_ids"]
+    positions = default_positions(loaded.device)
+    cases = {
+        "plain forward": lambda: engine.inspect(_forward, ids),
+        "next_tokens": lambda: next_tokens(engine, text, k=10, temperature=0.7, top_p=0.95, top_k=50),
+        f"logit_lens {positions} positions (default here)": lambda: logit_lens(engine, text, max_tokens=positions),
+    }
+    other = GPU_POSITIONS if positions == CPU_POSITIONS else CPU_POSITIONS
+    cases[f"logit_lens {other} positions"] = lambda: logit_lens(engine, text, max_tokens=other)
+    result = measured(cases, rounds)
+    base = result["plain forward"]
+    for row in result.values():
+        row["ratio_wall"] = row["wall_s"] / base["wall_s"]
+        row["ratio_cpu"] = row["cpu_s"] / base["cpu_s"]
+    return result
+
+
+def chat_rates(engine: ChatEngine, rounds: int, tokens: int) -> dict[str, dict[str, float]]:
+    """Tokens/s (wall, first token to last) and tokens per process CPU second, logprobs off and on."""
+    rates: dict[str, list[float]] = {}
+    per_cpu: dict[str, list[float]] = {}
+    for round_ in range(rounds):
+        for together in (1, len(QUESTIONS)):
+            for top in ((None, 5) if round_ % 2 == 0 else (5, None)):  # neither always runs first
+                label = f"{together} chat{'s' if together > 1 else ''}, logprobs {'on' if top else 'off'}"
+                settings = GenerationSettings(temperature=0, max_new_tokens=tokens, top_logprobs=top)
+                start_cpu = time.process_time()
+                streams = [engine.chat(q, [], "", settings) for q in QUESTIONS[:together]]
+                for stream in streams:
+                    stream.collect()
+                cpu = time.process_time() - start_cpu
+                first = min(s.first_token_at for s in streams)
+                last = max(s.finished_at for s in streams)
+                generated = sum(len(s.token_ids) for s in streams)
+                rates.setdefault(label, []).append((generated - together) / (last - first))
+                per_cpu.setdefault(label, []).append(generated / cpu)
+    return {label: {"tokens_per_s": statistics.median(rates[label]),
+                    "tokens_per_cpu_s": statistics.median(per_cpu[label]), "rounds_tokens_per_s": rates[label]}
+            for label in rates}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--chat-rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=48)
+    args = parser.parse_args()
+    loaded = load_model("bundled", device="cpu", cache_dir=default_cache_dir())
+    engine = ChatEngine(loaded, max_batch=len(QUESTIONS), prefix_cache_mb=0)
+    try:
+        lat = latency(engine, args.rounds)
+        chat = chat_rates(engine, args.chat_rounds, args.tokens)
+    finally:
+        engine.close()
+    ratios = {}
+    for together in ("1 chat", f"{len(QUESTIONS)} chats"):
+        on, off = chat[f"{together}, logprobs on"], chat[f"{together}, logprobs off"]
+        ratios[together] = {"wall": on["tokens_per_s"] / off["tokens_per_s"],
+                            "cpu": on["tokens_per_cpu_s"] / off["tokens_per_cpu_s"]}
+    table = [(f"{name}, 64 tokens: ms (wall / CPU)", f"{row['wall_s'] * 1000:,.0f} / {row['cpu_s'] * 1000:,.0f}")
+             for name, row in lat.items()]
+    table += [(f"{name} ÷ plain forward (wall / CPU; target ≤ 1.5)",
+               f"{row['ratio_wall']:.2f} / {row['ratio_cpu']:.2f}")
+              for name, row in lat.items() if name != "plain forward"]
+    table += [(f"{label}: tokens/s (wall)", f"{row['tokens_per_s']:.1f}") for label, row in chat.items()]
+    table += [(f"{together}: tokens/s logprobs on ÷ off (wall / CPU; target ≥ 0.9)",
+               f"{r['wall']:.3f} / {r['cpu']:.3f}") for together, r in ratios.items()]
+    write_results("inside", {"latency_64_tokens": lat, "chat": chat, "chat_ratio_on_off": ratios,
+                             "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
+                             "chat_rounds": args.chat_rounds, "tokens": args.tokens}, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Inspection jobs: read-only uses of the model (the Inside tab's views) run on the engine's worker thread, between
+two decoding steps.
+
+Why on the worker rather than in the web request's thread: one thread then does all the torch work, with one warm
+OpenMP team (a second forward pass at the same time oversubscribes the cores and slows both); forward hooks, which
+see every thread's calls, see only the job's own pass; the running batch and its cache are never touched; and there is
+no second copy of the model. A job that returns a generator runs one step (up to its next `yield`) between two
+decoding steps, so a running chat waits for one step at most; a plain function runs whole, like one more prefill.
+
+    >>> jobs = InspectionJobs(wake=lambda: engine_queue.put(WAKE))                    # doctest: +SKIP
+    >>> jobs.run(lambda: model(ids).logits, alive=worker.is_alive)   # from a web request; the worker calls step()
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator
+from inspect import isgenerator
+from typing import Any, TypeVar
+
+import torch
+
+from core.errors import BusyError, ModelNotReadyError
+
+T = TypeVar("T")
+MAX_WAITING = 8  # inspections waiting at once; more are told the server is busy
+WAIT_S = 120.0  # the longest a caller waits for its inspection to start
+WAKE = object()  # put on the engine's request queue so that an idle worker looks at the jobs
+
+
+def finish(result: Any) -> Any:
+    """The value of a job's result: a plain value as it is, a generator driven to its end (its return value)."""
+    if not isgenerator(result):
+        return result
+    while True:
+        try:
+            with torch.inference_mode():
+                next(result)
+        except StopIteration as done:
+            return done.value
+
+
+class _Job:
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.steps: Generator | None = None  # when `fn` returned a generator: one step per decoding step
+
+
+class InspectionJobs:
+    """The waiting inspections and the one in progress. `run` is called from any thread but the worker; `step`,
+    `busy` and `fail_all` by the worker alone."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self._waiting: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._current: _Job | None = None
+        self._count = 0  # submitted and not yet returned to their callers
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], T], alive: Callable[[], bool], timeout: float = WAIT_S) -> T:
+        """Run `fn` on the worker and return its result (or raise its exception); see the module docstring."""
+        if not alive():
+            raise ModelNotReadyError("The model's worker has stopped.")
+        with self._lock:
+            if self._count >= MAX_WAITING:
+                raise BusyError(f"{self._count} inspections are waiting for the model. Try again in a moment.")
+            self._count += 1
+        job = _Job(fn)
+        try:
+            self._waiting.put(job)
+            self._wake()
+            deadline = time.monotonic() + timeout
+            while not job.future.done():
+                concurrent.futures.wait([job.future], timeout=0.5)
+                if not alive() and job.future.cancel():
+                    raise ModelNotReadyError("The model's worker has stopped.")
+                if time.monotonic() > deadline and job.future.cancel():
+                    raise BusyError("The model stayed busy too long for this inspection. Try again in a moment.")
+            return job.future.result()
+        finally:
+            with self._lock:
+                self._count -= 1
+
+    @property
+    def busy(self) -> bool:
+        """An inspection is in progress or waiting: the worker must not sleep."""
+        return self._current is not None or not self._waiting.empty()
+
+    def step(self) -> None:
+        """Run one step of the inspection in progress, or start the next waiting one."""
+        while self._current is None:
+            try:
+                job = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if job.future.set_running_or_notify_cancel():  # False: its caller gave up waiting
+                self._current = job
+        if self._advance(self._current):
+            self._current = None
+
+    @staticmethod
+    def _advance(job: _Job) -> bool:
+        """One step of `job`; True when it has finished (with a result or an exception)."""
+        try:
+            with torch.inference_mode():
+                if job.steps is None:
+                    result = job.fn()
+                    if not isgenerator(result):
+                        job.future.set_result(result)
+                        return True
+                    job.steps = result
+                next(job.steps)
+            return False
+        except StopIteration as done:
+            job.future.set_result(done.value)
+        except Exception as exc:  # the caller's request fails with it; the worker goes on
+            job.future.set_exception(exc)
+        return True
+
+    def fail_all(self) -> None:
+        """The worker is stopping: every inspection in progress or waiting is told so."""
+        stopped = ModelNotReadyError("The model's worker has stopped.")
+        if self._current is not None:
+            self._current.future.set_exception(stopped)
+            self._current = None
+        while True:
+            try:
+                job = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(stopped)

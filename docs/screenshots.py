@@ -1,0 +1,91 @@
+"""Screenshots of the Inside tab's views and Chat's answer probabilities, for the docs: the app on the embedded model,
+driven by Debian's Chromium through Playwright, each view cropped and saved as a small palette PNG under docs/.
+
+    .venv/bin/python -m docs.screenshots
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+DOCS = Path(__file__).resolve().parent
+TIMEOUT_MS = 120_000
+
+
+def save(page, selector: str, name: str) -> None:
+    """The element's screenshot, reduced to 128 colours (the views are flat colours and text)."""
+    from PIL import Image
+
+    png = page.locator(selector).first.screenshot(animations="disabled")
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128)
+    image.save(DOCS / name, optimize=True)
+    print(f"{name}: {image.size[0]}×{image.size[1]}, {(DOCS / name).stat().st_size // 1024} KiB")
+
+
+def wait_for(page, selector: str, needle: str) -> None:
+    """Until the element (or, for a text box, its textarea's value) contains `needle`."""
+    page.wait_for_function("([sel, needle]) => { const el = document.querySelector(sel); const box = "
+                           "el?.querySelector('textarea'); return ((box ? box.value : el?.innerText) || '')"
+                           ".includes(needle); }", arg=[selector, needle], timeout=TIMEOUT_MS)
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    from core.config import AppConfig, default_cache_dir
+    from core.host import ModelHost
+    from core.model.loading import load_model
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.servers import launched
+
+    host = ModelHost.from_loaded(load_model("bundled", device="cpu", cache_dir=default_cache_dir()),
+                                 AppConfig(model="bundled"))
+    with launched(host) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.get_by_role("tab", name="Inside", exact=True).click()
+
+        page.get_by_role("button", name="The capital of France is").first.click()
+        wait_for(page, "#next-table", "Paris")
+        page.wait_for_function("() => (document.querySelector('#next-plot canvas')?.width || 0) > 300")
+        page.wait_for_timeout(500)  # the chart's transition
+        save(page, "#inside-next", "inside-next-tokens.png")
+
+        page.get_by_role("tab", name="Contextual embeddings", exact=True).click()
+        page.get_by_role("button", name="river bank vs bank account").click()
+        wait_for(page, "#ctx-followed", "B: 'bank'")
+        page.wait_for_function("() => !!document.querySelector('#ctx-plot svg.marks .mark-line path')")
+        save(page, "#inside-contextual", "inside-contextual.png")
+
+        page.get_by_role("tab", name="Logit lens", exact=True).click()
+        page.locator("#inside-lens").get_by_role("button", name="The capital of France is").click()
+        wait_for(page, "#lens-table", "Paris")
+        save(page, "#inside-lens", "inside-logit-lens.png")
+
+        page.get_by_role("tab", name="Chat", exact=True).click()
+        page.get_by_text("Generation settings").click()
+        temperature = page.locator("#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]").get_by_label(
+            "number input for Temperature (0 = greedy)")
+        temperature.fill("0")
+        temperature.press("Enter")
+        page.locator("#chat-input textarea").fill("What is the capital of France?")
+        page.locator("#chat-input textarea").press("Enter")
+        wait_for(page, "#chatbot", "stop: end of turn")
+        page.get_by_text("Answer tokens by probability").first.click()
+        wait_for(page, "#answer-probs", "Paris")
+        page.locator("#answer-probs .token").filter(has_text="Paris").first.click()
+        wait_for(page, "#answer-alternatives", "chosen")
+        save(page, "#answer-probs-accordion", "chat-answer-probabilities.png")
+        browser.close()
+    host.close()
+
+
+if __name__ == "__main__":
+    main()

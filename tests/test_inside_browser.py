@@ -1,0 +1,117 @@
+"""The Inside tab's three views and Chat's answer probabilities in a real browser (Debian's Chromium through
+Playwright), on the bundled model."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.browser
+WAIT_MS = 120_000  # a view waits its turn on the model's worker; the machine may be busy
+
+
+def wait_for_text(page, selector: str, needle: str) -> None:
+    """Until the element (or, for a text box, its textarea's value) contains `needle`."""
+    page.wait_for_function("([sel, needle]) => { const el = document.querySelector(sel); const box = "
+                           "el?.querySelector('textarea'); return ((box ? box.value : el?.innerText) || '')"
+                           ".includes(needle); }", arg=[selector, needle], timeout=WAIT_MS)
+
+
+def rows_of(page, selector: str) -> list[list[str]]:
+    """The cells of a Dataframe's body rows, as text (the grid's rows; its header cells are not grid cells)."""
+    rows = page.locator(selector).evaluate(
+        "el => [...el.querySelectorAll('[role=row]')].map(row => [...row.querySelectorAll('[role=gridcell]')]"
+        ".map(cell => cell.innerText.trim()))")
+    return [row for row in rows if row]
+
+
+def set_temperature(page, scope: str, value: str) -> None:
+    """Type into the temperature slider's number box inside `scope`, and wait until the slider holds it."""
+    box = page.locator(scope).get_by_label("number input for Temperature (0 = greedy)")
+    box.fill(value)
+    box.press("Enter")
+    slider = page.locator(scope).get_by_label("range slider for Temperature (0 = greedy)")
+    page.wait_for_function("([el, value]) => el.value === value", arg=[slider.element_handle(), value],
+                           timeout=WAIT_MS)
+
+
+def open_inside(browser_page, view: str) -> None:
+    browser_page.open_tab("Inside")
+    browser_page.open_tab(view)
+
+
+def test_next_tokens_chart_table_and_settings(browser_page):
+    page = browser_page.page
+    open_inside(browser_page, "Next token")
+    page.get_by_role("button", name="The capital of France is").first.click()
+    wait_for_text(page, "#next-table", "␣Paris")
+    page.wait_for_function("() => (document.querySelector('#next-plot canvas')?.width || 0) > 300", timeout=WAIT_MS)
+    first = rows_of(page, "#next-table")[0]
+    assert first[:2] == ["1", "␣Paris"] and first[5] == "yes"
+    assert "entropy" in page.locator("#next-summary textarea").input_value()
+
+    set_temperature(page, "#inside-next", "0")
+    page.locator("#next-run").click()
+    wait_for_text(page, "#next-summary", "the sampler keeps 1 token (")
+    assert page.locator("#next-summary textarea").input_value().endswith("entropy 0.00 bits")
+    kept = [row[5] for row in rows_of(page, "#next-table")]
+    assert kept[0] == "yes" and set(kept[1:]) == {"no"}
+
+    page.locator("#next-text textarea").fill("")
+    page.locator("#next-run").click()
+    page.wait_for_function("() => /Type a text first/.test(document.body.innerText)", timeout=WAIT_MS)
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_contextual_line_and_table_for_bank(browser_page):
+    page = browser_page.page
+    open_inside(browser_page, "Contextual embeddings")
+    page.get_by_role("button", name="river bank vs bank account").click()
+    wait_for_text(page, "#ctx-followed", "B: 'bank'")
+    assert "␣bank" in page.locator("#ctx-followed textarea").input_value()
+    page.wait_for_function("() => !!document.querySelector('#ctx-plot svg.marks .mark-line path')", timeout=WAIT_MS)
+    rows = rows_of(page, "#ctx-table")  # the rows drawn so far: the table draws what its height shows
+    assert rows[0][:2] == ["0", "1"] and float(rows[1][1]) < 1
+    assert rows[0][4].split()[0] == "␣bank"
+
+    page.locator("#ctx-word-a textarea, #ctx-word-a input").first.fill("money")
+    page.locator("#ctx-run").click()
+    page.wait_for_function("() => /'money' does not occur in sentence A/.test(document.body.innerText)",
+                           timeout=WAIT_MS)
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_logit_lens_grid_shows_markup_as_text(browser_page):
+    page = browser_page.page
+    open_inside(browser_page, "Logit lens")
+    page.locator("#lens-text textarea").fill("<b>x</b><img src=x onerror=alert(1)> The capital of France is")
+    page.locator("#lens-run").click()
+    wait_for_text(page, "#lens-table", "␣Paris")
+    rows = rows_of(page, "#lens-table")  # the rows drawn so far, from the output layer down
+    assert rows[0][0] == "30 (output)" and [row[0] for row in rows[:3]] == ["30 (output)", "29", "28"]
+    assert rows[0][-1].startswith("␣Paris ") and len(rows[0]) == 9
+    assert page.locator("#lens-table img, #lens-table b").count() == 0
+    assert "Showing the last 8 of" in page.locator("#lens-note textarea").input_value()
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_chat_answer_coloured_by_probability_with_alternatives(browser_page):
+    page = browser_page.page
+    browser_page.open_tab("Chat")
+    page.get_by_text("Generation settings").click()
+    set_temperature(page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
+    page.locator("#chat-input textarea").fill("What is the capital of France?")
+    page.locator("#chat-input textarea").press("Enter")
+    wait_for_text(page, "#chatbot", "stop: end of turn")
+    page.get_by_text("Answer tokens by probability").first.click()
+    wait_for_text(page, "#answer-probs", "␣Paris")
+    legend = page.locator("#answer-probs [data-testid='highlighted-text:category-legend']").inner_text()
+    assert "≥ 90%" in legend and "< 10%" in legend
+    answer = page.locator("#chatbot [data-testid=bot]").first.inner_text()
+    shown = "".join(page.locator("#answer-probs .token .text").all_inner_texts()).replace("␣", " ")
+    assert shown.strip() and shown.strip() in answer
+    page.locator("#answer-probs .token").filter(has_text="Paris").first.click()
+    wait_for_text(page, "#answer-alternatives", "← chosen")
+    alternatives = rows_of(page, "#answer-alternatives")
+    assert len(alternatives) == 5 and any("␣Paris" in row[1] and "chosen" in row[1] for row in alternatives)
+    assert len(rows_of(page, "#answer-probs-table")) == len(page.locator("#answer-probs .token").all())
+    assert not browser_page.dialogs and not browser_page.page_errors
