@@ -12,6 +12,6 @@ The map (each subpackage's __init__ says what lives there and what it may import
 - `engine/`     chat: the stream, the engine contract, the local scheduler and batch decoder, remote and ZeroGPU.
 - `inside/`     inside the model: next-token probabilities, contextual embeddings, the logit lens.
 
-Arrows point one way: engine → text → model, embeddings → (nothing but the top level), host → all,
+Arrows point one way: engine → text → model, embeddings → text.token_strings, host → all,
 inside → engine, embeddings, text, model.
 """

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.embeddings.table_cache import cached_json
+from core.text.token_strings import DECODE, decode_anchor, decoded_after
 
 VOCAB_TABLES_FORMAT = "vocab-tables-v1"  # change it when the tables' contents or meaning change
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -110,11 +111,6 @@ class Vocabulary:
     @staticmethod
     def _token_texts(tokenizer: Any, n: int) -> list[str]:
         """Each token's text as it reads after another token (so SentencePiece's `▁king` keeps its space)."""
-        kwargs = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
-        anchor = tokenizer.encode("a", add_special_tokens=False)
-        if len(anchor) == 1:
-            prefix = tokenizer.decode(anchor, **kwargs)
-            texts = tokenizer.batch_decode([[anchor[0], i] for i in range(n)], **kwargs)
-            if prefix and all(t.startswith(prefix) for t in texts):
-                return [t[len(prefix):] for t in texts]
-        return [tokenizer.decode([i], **kwargs) for i in range(n)]
+        anchor = decode_anchor(tokenizer)
+        texts = decoded_after(tokenizer, anchor, list(range(n))) if anchor else None
+        return texts if texts is not None else [tokenizer.decode([i], **DECODE) for i in range(n)]

@@ -20,9 +20,26 @@ from typing import Any
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-_DECODE = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+DECODE = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
 _BY_TOKENIZER: weakref.WeakKeyDictionary[Any, TokenStrings] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+
+
+def decode_anchor(tokenizer: Any) -> tuple[int, str] | None:
+    """A one-token text ("a") to decode tokens after, and what it decodes to alone; None where "a" is not one token.
+    Decoded after another token, SentencePiece's `▁king` keeps the space that decoding it alone drops."""
+    ids = tokenizer.encode("a", add_special_tokens=False)
+    if len(ids) != 1:
+        return None
+    prefix = tokenizer.decode(ids, **DECODE)
+    return (ids[0], prefix) if prefix else None
+
+
+def decoded_after(tokenizer: Any, anchor: tuple[int, str], ids: list[int]) -> list[str] | None:
+    """Each token's text as it reads after the anchor; None where one of them does not start with the anchor's."""
+    token, prefix = anchor
+    texts = tokenizer.batch_decode([[token, i] for i in ids], **DECODE)
+    return [t[len(prefix):] for t in texts] if all(t.startswith(prefix) for t in texts) else None
 
 
 class TokenStrings:
@@ -35,9 +52,7 @@ class TokenStrings:
         self._byte_chars = ({c: b for b, c in bytes_to_unicode().items()}
                             if backend is not None and "ByteLevel" in repr(backend.decoder) else None)
         self._added = {int(i): t.content for i, t in tokenizer.added_tokens_decoder.items()}
-        anchor = tokenizer.encode("a", add_special_tokens=False)
-        self._anchor = anchor if len(anchor) == 1 else None
-        self._prefix = tokenizer.decode(anchor, **_DECODE) if self._anchor else ""
+        self._anchor = decode_anchor(tokenizer)
         self._pieces: dict[int, str] = {}
         self._texts: dict[int, str] = {}
 
@@ -58,11 +73,8 @@ class TokenStrings:
         return self._texts[token_id]
 
     def _decode(self, token_id: int) -> str:
-        if self._anchor is not None:
-            both = self.tokenizer.decode([*self._anchor, token_id], **_DECODE)
-            if both.startswith(self._prefix):
-                return both[len(self._prefix):]
-        return self.tokenizer.decode([token_id], **_DECODE)
+        after = decoded_after(self.tokenizer, self._anchor, [token_id]) if self._anchor else None
+        return after[0] if after else self.tokenizer.decode([token_id], **DECODE)
 
     def bytes(self, token_id: int) -> bytes:
         """The UTF-8 bytes the token adds to the output; exact for byte tokens, whose text alone is `�`."""
