@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,6 +60,15 @@ def launched(host) -> Iterator[str]:
         yield f"http://127.0.0.1:{config.port}/"
     finally:
         demo.close()
+
+
+@contextlib.contextmanager
+def launched_client(host) -> Iterator[Any]:
+    """A gradio_client Client on the full app around `host` (see `launched`)."""
+    from gradio_client import Client
+
+    with launched(host) as url:
+        yield Client(url, verbose=False)
 
 
 class ScriptedChatServer:

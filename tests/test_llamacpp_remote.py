@@ -24,7 +24,7 @@ from core.engine.settings import GenerationSettings
 from core.host import ModelHost
 from core.model.bundled import bundled_gguf_path
 from tests.conftest import free_port
-from tests.servers import http_ok, launched, running
+from tests.servers import http_ok, launched_client, running
 from tests.test_remote import LONG_ANSWER, LONG_PROMPT, assert_token_views_work
 
 pytestmark = pytest.mark.slow  # starts llama.cpp's server, llama.cpp in-process and the app
@@ -83,10 +83,8 @@ def host(server: Server, cache_dir: Path) -> Iterator[ModelHost]:
 
 @pytest.fixture(scope="module")
 def client(host: ModelHost):
-    from gradio_client import Client
-
-    with launched(host) as url:
-        yield Client(url, verbose=False)
+    with launched_client(host) as client:
+        yield client
 
 
 def llamacpp_answer(worker: LlamaCppWorker, host: ModelHost, prompt_ids: list[int] | None = None

@@ -30,7 +30,7 @@ from core.model.bundled import bundled_checkpoint
 from core.model.embeddings_only import load_embeddings_only
 from core.model.loading import LoadedModel
 from tests.conftest import free_port
-from tests.servers import ScriptedChatServer, http_ok, launched, running
+from tests.servers import ScriptedChatServer, http_ok, launched, launched_client, running
 from tests.transformers_serve import aborted_generations
 
 pytestmark = pytest.mark.slow  # most tests here start `transformers serve`
@@ -88,10 +88,8 @@ def remote_host(server: Server, embeddings: LoadedModel) -> Iterator[ModelHost]:
 
 @pytest.fixture(scope="module")
 def remote_client(remote_host: ModelHost):
-    from gradio_client import Client
-
-    with launched(remote_host) as url:
-        yield Client(url, verbose=False)
+    with launched_client(remote_host) as client:
+        yield client
 
 
 def test_api_base_accepts_the_usual_spellings():
