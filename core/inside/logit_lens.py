@@ -4,8 +4,8 @@ Every layer's residual stream goes through the model's own final norm and LM hea
 last row is the model's real prediction. One forward pass keeps the residual stream at the positions shown; then the
 LM head scores (layers + 1) × positions rows, CHUNK_ROWS at a time with a pause after each. Exact probabilities need
 every logit of a row, so each cell costs one full LM-head row: on a small model with a large vocabulary (SmolLM2:
-30 layers, 49,152 × 576) a column of cells costs about a tenth of a forward pass over 64 tokens, which is why the
-default shows fewer positions on the CPU than on a GPU (docs/performance.md has the measured cost).
+30 layers, 49,152 × 576) a column of cells costs a sizeable share of a forward pass over a short text, which is why
+the default shows fewer positions on the CPU than on a GPU (docs/performance.md has the measured cost).
 
     >>> grid = logit_lens(engine, "The capital of France is")                       # doctest: +SKIP
     >>> grid["rows"][-1][-1]["text"], round(grid["rows"][-1][-1]["prob"], 2)         # doctest: +SKIP
@@ -30,7 +30,7 @@ from core.text.token_strings import token_strings
 
 MAX_LENS_TOKENS = 64
 CPU_POSITIONS, GPU_POSITIONS = 8, 32  # the default positions shown, by where the model runs
-CHUNK_ROWS = 256  # LM-head rows scored at once (SmolLM2: 256 × 49,152 float32 logits = 50 MB)
+CHUNK_ROWS = 128  # LM-head rows scored at once: small enough for the allocator to reuse its block between chunks
 
 
 class LensCell(TypedDict):
@@ -68,10 +68,11 @@ def _compute(loaded: LoadedModel, ids: list[int], first: int) -> Generator[None,
     top, prob, actual_prob = [], [], []
     for start in range(0, len(states), CHUNK_ROWS):
         logits = parts.logits(states[start:start + CHUNK_ROWS])
-        lse = logits.logsumexp(-1)
-        best, best_id = logits.max(-1)
         want = actual[start:start + CHUNK_ROWS]
         picked = logits.gather(1, want.clamp(min=0).unsqueeze(1))[:, 0]
+        best, best_id = logits.max(-1)
+        # log-sum-exp in place on the chunk (what logsumexp does, without its full-size temporaries)
+        lse = logits.sub_(best.unsqueeze(1)).exp_().sum(-1).log_().add_(best)
         top += best_id.tolist()
         prob += (best - lse).exp().tolist()
         actual_prob += torch.where(want >= 0, (picked - lse).exp(), torch.full_like(lse, float("nan"))).tolist()
