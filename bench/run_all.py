@@ -6,8 +6,8 @@ import importlib
 import sys
 
 BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_chat", "bench.bench_index", "bench.bench_load",
-              "bench.bench_prompt", "bench.bench_tokenizers", "bench.bench_evaluation", "bench.bench_llamacpp",
-              "bench.gpu_check", "bench.bench_inside"]
+              "bench.bench_prefill", "bench.bench_prompt", "bench.bench_tokenizers", "bench.bench_evaluation",
+              "bench.bench_llamacpp", "bench.gpu_check", "bench.bench_inside"]
 
 
 def main() -> int:

@@ -63,6 +63,7 @@ class AppConfig:
     max_sessions: int = 1000  # gradio sessions kept in memory, each with a copy of the app's config (gradio: 10,000)
     max_batch: int = 0  # requests decoded together (0 = as many as fit in memory at full context, at most 32)
     prefix_cache_mb: int = 256  # keys/values of recent prompts and conversations, reused by prompts that start alike
+    prefill_chunk: int = 256  # prompt tokens read between two decoding steps, so a long prompt never stalls the others
     engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
     engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
     engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
@@ -119,6 +120,9 @@ class AppConfig:
         count("--prefix-cache-mb", "TOKEN_LAB_PREFIX_CACHE_MB", base.prefix_cache_mb,
               "memory for reusing the attention keys/values of prompts that start alike (the system prompt, the "
               "conversation so far); 0 turns it off")
+        count("--prefill-chunk", "TOKEN_LAB_PREFILL_CHUNK", base.prefill_chunk,
+              "prompt tokens read between two decoding steps of the running chats, so that a long prompt never "
+              "stalls them; 0 reads every prompt in one pass")
         p.add_argument("--engine-url", default=env.get("ENGINE_URL") or None,
                        help="send chat to this OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (env "
                             "ENGINE_URL; API key from env ENGINE_API_KEY); --model then loads only the tokenizer "
@@ -140,5 +144,6 @@ class AppConfig:
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
                    max_history_messages=args.max_history_messages, max_history_chars=args.max_history_chars,
                    max_sessions=args.max_sessions, max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
+                   prefill_chunk=args.prefill_chunk,
                    engine_url=args.engine_url, engine_model=args.engine_model,
                    engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears)

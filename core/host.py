@@ -136,7 +136,8 @@ class ModelHost:
                                     timeout=c.engine_timeout, api_key=os.environ.get("ENGINE_API_KEY") or None)
         if on_zerogpu():
             return ZeroGPUChatEngine(loaded, c.limits)
-        return ChatEngine(loaded, c.limits, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb)
+        return ChatEngine(loaded, c.limits, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb,
+                          prefill_chunk=c.prefill_chunk)
 
     def _finish(self, loaded: LoadedModel) -> None:
         from core.embeddings.index import VocabIndex

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +13,7 @@ from core.config import RequestLimits
 from core.engine.capacity import MAX_ROWS, kv_bytes_per_token, rows_that_fit
 from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
-from core.engine.stream import END_OF_TURN, LENGTH, STOPPED
+from core.engine.stream import END_OF_TURN, LENGTH, STOPPED, ChatStream
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
 
@@ -100,3 +102,56 @@ def test_batch_rows_are_bounded_by_memory_at_full_context(bundled, phi3_tiny):
         assert 1 <= engine.max_batch <= MAX_ROWS and engine.stats()["max_batch"] == engine.max_batch
     finally:
         engine.close()
+
+
+LONG_TEXT = 20 * ("The river bank was quiet in the early morning. "
+                  "A heron stood in the shallow water, watching for fish. ")
+STORY = "Write a long story about a dragon who learns to read."
+
+
+def test_a_long_prompt_is_read_in_chunks_while_another_chat_streams(bundled, monkeypatch):
+    """A long prompt that arrives while a chat is streaming is read a chunk per decoding step: the streaming chat gets
+    a token after every chunk instead of waiting for the whole prompt (the worker's own order of pushes is the
+    evidence), and both answers equal their answers alone."""
+    pushes: list[int] = []  # stream ids, in the order the worker pushed their tokens
+    push = ChatStream.push
+
+    def logged_push(self: ChatStream, token_ids: list[int]) -> None:
+        pushes.append(self.id)
+        push(self, token_ids)
+
+    monkeypatch.setattr(ChatStream, "push", logged_push)
+    engine = ChatEngine(bundled, RequestLimits(max_queue=4), max_batch=4, prefix_cache_mb=0, prefill_chunk=64)
+    try:
+        story_settings = GenerationSettings(temperature=0, max_new_tokens=80)
+        summary_settings = GenerationSettings(temperature=0, max_new_tokens=12)
+        story = engine.chat(STORY, [], "", story_settings)
+        for _ in range(12_000):  # a liveness bound: wait until the story is streaming
+            if story.token_ids:
+                break
+            time.sleep(0.01)
+        mark = len(pushes)
+        summary = engine.chat(LONG_TEXT + "Summarise this in one sentence.", [], "", summary_settings)
+        summary_text, story_text = summary.collect(), story.collect()
+        chunks = math.ceil(len(summary.prompt.ids) / 64)
+        first = pushes.index(summary.id, mark)
+        streamed_meanwhile = pushes[mark:first].count(story.id)
+        assert len(story.token_ids) > chunks + 2, "the story ended before the long prompt was read: nothing to see"
+        assert streamed_meanwhile >= chunks - 1, (streamed_meanwhile, chunks)
+        assert summary_text == engine.chat(LONG_TEXT + "Summarise this in one sentence.", [], "",
+                                           summary_settings).collect()
+        assert story_text == engine.chat(STORY, [], "", story_settings).collect()
+    finally:
+        engine.close()
+
+
+def test_a_prompt_read_in_chunks_gets_the_answer_of_one_pass(bundled):
+    settings = GenerationSettings(temperature=0, max_new_tokens=16)
+    answers = []
+    for chunk in (0, 64):
+        engine = ChatEngine(bundled, RequestLimits(max_queue=2), max_batch=2, prefix_cache_mb=0, prefill_chunk=chunk)
+        try:
+            answers.append(engine.chat(LONG_TEXT + "What stood in the water?", [], "", settings).collect())
+        finally:
+            engine.close()
+    assert answers[0] == answers[1] and answers[0]

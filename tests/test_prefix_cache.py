@@ -125,3 +125,6 @@ def test_prefix_cache_and_batch_size_are_configurable():
     assert AppConfig.from_args(["--max-batch", "4"]).max_batch == 4
     assert AppConfig.from_args(["--prefix-cache-mb", "0"]).prefix_cache_mb == 0
     assert AppConfig.from_args([], env={"TOKEN_LAB_PREFIX_CACHE_MB": "64"}).prefix_cache_mb == 64
+    assert AppConfig.from_args([]).prefill_chunk == 256
+    assert AppConfig.from_args(["--prefill-chunk", "0"]).prefill_chunk == 0
+    assert AppConfig.from_args([], env={"TOKEN_LAB_PREFILL_CHUNK": "512"}).prefill_chunk == 512

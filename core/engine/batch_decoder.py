@@ -1,9 +1,9 @@
 """Continuous batching for chat: many requests decode together, one forward pass per step for all of them.
 
 Batch-1 decoding reads every weight once per token, so it is memory-bound; decoding 8 sequences in one forward pass
-reads the weights once for all 8. New requests are prefilled between two decoding steps (all that are waiting, in
-one forward pass, so their first tokens come quickly) and then join the running batch; a finished or cancelled
-request leaves it at once.
+reads the weights once for all 8. New requests are prefilled together (all that are waiting, so their first tokens
+come quickly), a chunk of their prompts between two decoding steps so that a long prompt never stalls the rows
+already decoding, and then join the running batch; a finished or cancelled request leaves it at once.
 
 The batch keeps one KV cache, left-padded: every row's cache holds the same number of slots, the attention mask marks
 which are real, and each row has its own position ids. Invariant: the cache holds every token of a row except the
@@ -16,6 +16,8 @@ continue from the prefix, so the model sees exactly the sequence it would withou
 
     >>> decoder = BatchDecoder(model, stop_ids=[2], prefix_cache=PrefixCache(256 << 20))   # doctest: +SKIP
     >>> decoder.admit([slot]); decoder.step()                                                # doctest: +SKIP
+    >>> group = decoder.begin([long_slot])                                                   # doctest: +SKIP
+    >>> while not decoder.prefill(group, columns=256): decoder.step()                         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -53,6 +55,23 @@ class Slot:
         self.generator.manual_seed(self.params.seed if self.params.seed is not None else random.getrandbits(63))
 
 
+@dataclass
+class Prefill:
+    """Requests being prefilled together (BatchDecoder.begin lays them out; BatchDecoder.prefill feeds them)."""
+
+    slots: list[Slot]
+    ids: torch.Tensor  # [rows, width]: each row's new prompt tokens, left-padded
+    positions: torch.Tensor  # [rows, width]
+    mask: torch.Tensor  # [rows, past + width], 1 = real token
+    past: int  # columns of reused prefix-cache keys/values before the new tokens
+    cache: DynamicCache
+    fed: int = 0  # columns of `ids` fed so far
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+
 class BatchDecoder:
     """Owns the running batch. Not thread-safe: exactly one thread (the engine's worker) calls it."""
 
@@ -86,8 +105,13 @@ class BatchDecoder:
 
     # -- membership --------------------------------------------------------------------------------------------
     def admit(self, slots: list[Slot]) -> None:
-        """Prefill new requests together (one forward pass over the part of each prompt not found in the prefix
-        cache), sample each one's first token, and merge the unfinished ones into the running batch.
+        """Prefill new requests together in one forward pass, sample each one's first token, and merge the
+        unfinished ones into the running batch."""
+        self.prefill(self.begin(slots))
+
+    def begin(self, slots: list[Slot]) -> Prefill:
+        """Lay out new requests for prefilling (over the part of each prompt not found in the prefix cache); nothing
+        is computed until `prefill`.
 
         Layout of row i (P = longest reused prefix in this group, S = longest new part; 0 = masked):
             [0 … 0 | reused prefix of row i][0 … 0 | new tokens of row i]
@@ -109,14 +133,28 @@ class BatchDecoder:
             mask[row, past + width - len(new):] = 1
             slot.cached_tokens = length
         cache = DynamicCache(_stack_past(reused, past)) if past else DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
-        for row, slot in enumerate(slots):  # first tokens first: storing the prompts' keys can wait a moment
+        return Prefill(slots, ids, positions, mask, past, cache)
+
+    def prefill(self, group: Prefill, columns: int | None = None) -> bool:
+        """Feed the next `columns` prompt columns of `group` (None: all that remain) in one forward pass; after the
+        last, sample each row's first token and merge the group into the running batch. Returns whether the group
+        is done. Feeding a long prompt in chunks, with decoding steps of the running batch in between, keeps the
+        other chats streaming while it is read; the keys and values are those of one pass up to float rounding."""
+        start = group.fed
+        end = group.width if columns is None else min(group.width, start + columns)
+        out = self.model(input_ids=group.ids[:, start:end], attention_mask=group.mask[:, :group.past + end],
+                         position_ids=group.positions[:, start:end], past_key_values=group.cache, use_cache=True,
+                         logits_to_keep=1)
+        group.fed = end
+        if end < group.width:
+            return False
+        for row, slot in enumerate(group.slots):  # first tokens first: storing the prompts' keys can wait a moment
             self._accept(slot, self._pick(out.logits[row, -1], slot))
-        for row, slot in enumerate(slots):
-            self._remember(slot.prompt_ids, cache, mask, row)
-        self._merge(slots, cache, mask)
+        for row, slot in enumerate(group.slots):
+            self._remember(slot.prompt_ids, group.cache, group.mask, row)
+        self._merge(group.slots, group.cache, group.mask)
         self.prune()
+        return True
 
     # -- prefix cache ------------------------------------------------------------------------------------------
     def _lookup(self, ids: list[int]) -> tuple[int, LayerKV]:

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -28,7 +29,7 @@ import torch
 from core.config import RequestLimits
 from core.engine.arrivals import take_burst
 from core.engine.base import Engine
-from core.engine.batch_decoder import BatchDecoder, Slot
+from core.engine.batch_decoder import BatchDecoder, Prefill, Slot
 from core.engine.capacity import free_memory_bytes, rows_that_fit
 from core.engine.heap import HeapTrimmer
 from core.engine.jobs import WAKE, InspectionJobs, finish
@@ -40,6 +41,16 @@ from core.text.prompt import Prompt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Running = tuple[ChatStream, Slot]  # a request and its row in the batch
+PREFILL_CHUNK = 256  # prompt tokens read per turn of the worker's loop, between two decoding steps
+
+
+@dataclass
+class PrefillGroup:
+    """Requests that arrived together, their prompts being read a chunk per turn of the worker's loop."""
+
+    prefill: Prefill
+    pairs: list[Running]
 
 class ChatEngine(Engine):
     """The in-process engine: a bounded request queue and one worker thread that decodes all requests together,
@@ -49,8 +60,9 @@ class ChatEngine(Engine):
     IN_FLIGHT_IS_BATCH = False  # the worker counts the rows it decodes together
 
     def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None, max_batch: int = 0,
-                 prefix_cache_mb: int = 256) -> None:
+                 prefix_cache_mb: int = 256, prefill_chunk: int = PREFILL_CHUNK) -> None:
         super().__init__(loaded, limits)
+        self.prefill_chunk = prefill_chunk if prefill_chunk > 0 else None  # None: every prompt in one pass
         # 0 = as many rows as fit: every row could grow to the full context, and an out-of-memory step fails
         # every request in the batch
         self.max_batch = max_batch or rows_that_fit(loaded.model, loaded.context_length,
@@ -104,10 +116,10 @@ class ChatEngine(Engine):
             self._worker.join(timeout)
 
     # -- worker ------------------------------------------------------------------------------------------------
-    def _admit(self, decoder: BatchDecoder, streams: list[ChatStream]) -> list[tuple[ChatStream, Slot]]:
-        """Prefill new requests together and sample their first tokens; returns the (stream, row) pairs."""
+    def _begin(self, decoder: BatchDecoder, streams: list[ChatStream]) -> list[PrefillGroup]:
+        """Lay out new requests for prefilling together (none computed yet); a cancelled one ends here."""
         now = time.perf_counter()
-        admitted = []
+        pairs = []
         for stream in streams:
             stream.started = now
             if stream.cancelled:
@@ -116,23 +128,33 @@ class ChatEngine(Engine):
             slot = Slot(prompt_ids=stream.prompt.ids, params=stream.settings,
                         max_new_tokens=stream.settings.max_new_tokens, emit=lambda token, s=stream: s.push([token]),
                         logprobs=stream.logprobs)  # the stream's own list: a token's record is there before it
-            admitted.append((stream, slot))
-        if not admitted:
+            pairs.append((stream, slot))
+        if not pairs:
             return []
+        return [PrefillGroup(decoder.begin([slot for _, slot in pairs]), pairs)]
+
+    def _feed(self, decoder: BatchDecoder, group: PrefillGroup) -> tuple[list[PrefillGroup], list[Running]]:
+        """One chunk of a group's prompts; returns (the groups still to feed, the rows that began decoding)."""
+        if all(stream.cancelled for stream, _ in group.pairs):
+            for stream, _ in group.pairs:
+                stream.finish(STOPPED)
+            return [], []
         try:
             with torch.inference_mode():
-                decoder.admit([slot for _, slot in admitted])
-            for stream, slot in admitted:
-                stream.cached_tokens = slot.cached_tokens
+                done = decoder.prefill(group.prefill, self.prefill_chunk)
         except Exception as exc:
-            if len(admitted) > 1:  # find the culprit: prefill each alone
-                return [pair for one in admitted for pair in self._admit(decoder, [one[0]])]
+            if len(group.pairs) > 1:  # find the culprit: prefill each alone
+                return [one for stream, _ in group.pairs for one in self._begin(decoder, [stream])], []
             log.exception("prefill failed")
-            admitted[0][0].finish(ERROR, exc)  # surfaced to the caller by the stream, never swallowed
-            return []
-        return admitted
+            group.pairs[0][0].finish(ERROR, exc)  # surfaced to the caller by the stream, never swallowed
+            return [], []
+        if not done:
+            return [group], []
+        for stream, slot in group.pairs:
+            stream.cached_tokens = slot.cached_tokens
+        return [], group.pairs
 
-    def _settle(self, decoder: BatchDecoder, active: list[tuple[ChatStream, Slot]]) -> list[tuple[ChatStream, Slot]]:
+    def _settle(self, decoder: BatchDecoder, active: list[Running]) -> list[Running]:
         """Finish the streams whose rows ended; returns the rows still running."""
         running = []
         for stream, slot in active:
@@ -166,18 +188,28 @@ class ChatEngine(Engine):
             self._jobs.fail_all()  # inspections still waiting are told the worker stopped
 
     def _serve(self) -> None:
+        """The worker's loop: each turn runs one step of an inspection, one chunk of every prompt being prefilled,
+        then one decoding step of every running row, so a long prompt never stalls the chats already streaming."""
         decoder = BatchDecoder(self.loaded.model, self.stop_ids, self.prefix_cache)
         self._warm_up(decoder)
-        active: list[tuple[ChatStream, Slot]] = []
+        active: list[Running] = []
+        groups: list[PrefillGroup] = []
         while True:
             self._jobs.step()  # one step of an inspection, if any, between two decoding steps
-            waiting = take_burst(self._queue, room=self.max_batch - len(active),
-                                 wait_for_first=not active and not self._jobs.busy)
+            room = self.max_batch - len(active) - sum(len(group.pairs) for group in groups)
+            waiting = take_burst(self._queue, room=room,
+                                 wait_for_first=not active and not groups and not self._jobs.busy)
             if None in waiting:
                 return
-            waiting = [item for item in waiting if item is not WAKE]
-            if waiting:
-                active = self._settle(decoder, active + self._admit(decoder, waiting))
+            groups += self._begin(decoder, [item for item in waiting if item is not WAKE])
+            started: list[Running] = []
+            for group in groups[:]:
+                groups.remove(group)
+                still, began = self._feed(decoder, group)
+                groups += still
+                started += began
+            if started:
+                active = self._settle(decoder, active + started)
                 if len(active) < self.max_batch and not self._queue.empty():
                     continue  # more arrived during that prefill: admit them before decoding, first tokens first
             if not active:

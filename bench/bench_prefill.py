@@ -1,0 +1,93 @@
+"""What a long prompt costs the chats already streaming: read in one pass, or a chunk per decoding step.
+
+A chat is streaming a story when a prompt of `--prompt-tokens` tokens arrives (a long conversation, a pasted
+document). Measured for each way of reading it, alternating, on fresh engines over one loaded model:
+
+- the story's longest pause between two tokens while the long prompt is read (one pass: the whole prefill);
+- the long prompt's time to first token (chunked: its chunks share the worker with the story's steps);
+- the story's tokens streamed meanwhile.
+
+Target: the longest pause chunked ÷ in one pass well under 1 (the point of chunking), for a first token of the long
+prompt that is not much later.
+
+    python -m bench.bench_prefill [--prompt-tokens 4000] [--chunk 256] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+from bench.results_io import write_results
+from core.config import RequestLimits, default_cache_dir
+from core.engine.local import ChatEngine
+from core.engine.settings import GenerationSettings
+from core.model.loading import load_model
+
+STORY = "Write a long story about a dragon who learns to read."
+PASSAGE = ("The river bank was quiet in the early morning. A heron stood in the shallow water, watching for fish, "
+           "while the mist rose slowly from the surface. ")
+
+
+def long_prompt(tokenizer, tokens: int) -> str:
+    ids = tokenizer(PASSAGE * (tokens // 20 + 1), add_special_tokens=False)["input_ids"][:tokens]
+    return tokenizer.decode(ids) + "\nSummarise this in one sentence."
+
+
+def one_round(loaded, chunk: int, text: str) -> dict[str, float]:
+    """A story streaming, then the long prompt: the story's token times around the long prompt's first token."""
+    engine = ChatEngine(loaded, RequestLimits(max_queue=4, max_new_tokens=2048), max_batch=2, prefix_cache_mb=0,
+                        prefill_chunk=chunk)
+    try:
+        story = engine.chat(STORY, [], "", GenerationSettings(temperature=0, max_new_tokens=2000))
+        times: list[float] = []
+        push = story.push
+        story.push = lambda ids: (times.append(time.perf_counter()), push(ids))[1]
+        while len(times) < 3:  # the story is streaming
+            time.sleep(0.01)
+        arrived = time.perf_counter()
+        summary = engine.chat(text, [], "", GenerationSettings(temperature=0, max_new_tokens=1))
+        summary.collect()
+        first = summary.first_token_at
+        story.cancel()
+        story.wait(60)
+        window = [arrived] + [t for t in times if arrived < t <= first] + [first]
+        return {"longest_pause_s": max(b - a for a, b in itertools.pairwise(window)),
+                "ttft_s": first - arrived, "story_tokens_meanwhile": len(window) - 2,
+                "prompt_tokens": len(summary.prompt.ids)}
+    finally:
+        engine.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompt-tokens", type=int, default=4000)
+    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    loaded = load_model("bundled", device="cpu", cache_dir=default_cache_dir())
+    text = long_prompt(loaded.tokenizer, args.prompt_tokens)
+    modes = {"one pass": 0, f"chunks of {args.chunk}": args.chunk}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+    for round_ in range(args.rounds):
+        for name in (list(modes) if round_ % 2 == 0 else list(modes)[::-1]):  # neither always first
+            runs[name].append(one_round(loaded, modes[name], text))
+            print(name, runs[name][-1], flush=True)
+    summary = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for name, rows in runs.items()}
+    one, chunked = summary["one pass"], summary[f"chunks of {args.chunk}"]
+    pause_ratio = chunked["longest_pause_s"] / one["longest_pause_s"]
+    ttft_ratio = chunked["ttft_s"] / one["ttft_s"]
+    table = [("long prompt", f"{int(one['prompt_tokens']):,} tokens, arriving while one chat streams"),
+             *[(f"{name}: the streaming chat's longest pause / long prompt's first token / story tokens meanwhile",
+                f"{s['longest_pause_s']:.2f} s / {s['ttft_s']:.2f} s / {int(s['story_tokens_meanwhile'])}")
+               for name, s in summary.items()],
+             ("longest pause, chunked ÷ one pass (target well under 1)", f"{pause_ratio:.3f}"),
+             ("long prompt's first token, chunked ÷ one pass", f"{ttft_ratio:.2f}")]
+    write_results("prefill", {"runs": runs, "summary": summary, "pause_ratio": pause_ratio, "ttft_ratio": ttft_ratio},
+                  table)
+
+
+if __name__ == "__main__":
+    main()
