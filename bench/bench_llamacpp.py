@@ -5,8 +5,8 @@ the same number of new tokens and the same threads, alternating in one run:
   bench_chat measures it (the weights dequantized to float32);
 - llama.cpp in-process: llama-cpp-python in its own Python (bench/llamacpp_worker.py), fed the prompt ids that the
   app builds;
-- Token Lab with `--engine-url` on llama.cpp's OpenAI-compatible server (llama-cpp-python's): the same `/chat`,
-  decoded by llama.cpp.
+- Token Lab with `--engine-url` on llama.cpp's OpenAI-compatible server: the same `/chat`, decoded by llama.cpp
+  (llama-cpp-python's server, or llama.cpp's own C++ `llama-server` when TOKEN_LAB_LLAMA_SERVER names its binary).
 
 Each gets tokens/s (tokens ÷ time from the request to the last token), decode tokens/s (after the first token) and
 time to first token, as ratios to llama.cpp in-process. Every round sends a new message, so each engine reuses only
@@ -34,7 +34,7 @@ import numpy as np
 
 from bench.app_process import free_port, start_app
 from bench.clients import new_session, rest_chat
-from bench.llamacpp import LlamaCppWorker, find_llamacpp, server_command
+from bench.llamacpp import LlamaCppWorker, find_llamacpp, llama_server_command, server_command
 from bench.results_io import write_results
 from core.config import default_cache_dir
 from core.model.bundled import bundled_checkpoint, bundled_gguf_path
@@ -42,8 +42,10 @@ from core.model.embeddings_only import load_embeddings_only
 from core.text.prompt import PromptBuilder
 
 PROMPT = "Write a long story about a dragon who learns to read."
-LOCAL, LLAMACPP, REMOTE = "Token Lab /chat, default CPU engine", "llama.cpp in-process", \
-    "Token Lab /chat, --engine-url llama.cpp server"
+LLAMA_SERVER_ENV = "TOKEN_LAB_LLAMA_SERVER"  # a llama-server binary: the remote row uses it instead
+LOCAL, LLAMACPP = "Token Lab /chat, default CPU engine", "llama.cpp in-process"
+REMOTE = ("Token Lab /chat, --engine-url llama-server" if os.environ.get(LLAMA_SERVER_ENV)
+          else "Token Lab /chat, --engine-url llama-cpp-python's server")
 SERVER_START_TIMEOUT = 120
 
 
@@ -63,9 +65,12 @@ def read_bandwidth_gb_s(threads: int, repeats: int = 5) -> float:
 
 
 def start_server(python, port: int, threads: int) -> subprocess.Popen:
-    """llama.cpp's server, ready to answer (its model list answers)."""
-    server = subprocess.Popen(server_command(python, bundled_gguf_path(), port, threads), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    """llama.cpp's server, ready to answer (its model list answers): llama-server when TOKEN_LAB_LLAMA_SERVER names
+    it, else llama-cpp-python's."""
+    binary = os.environ.get(LLAMA_SERVER_ENV)
+    command = (llama_server_command(binary, bundled_gguf_path(), port, threads) if binary
+               else server_command(python, bundled_gguf_path(), port, threads))
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while True:
         try:
@@ -140,7 +145,8 @@ def main() -> None:
             "ratio_tok_s": {name: median(name, "tok_s") / base_rate for name in samples},
             "read_bandwidth_gb_s": bandwidth, "float32_weight_bytes": weight_bytes, "gguf_bytes": gguf_bytes,
             "float32_bound_tok_s": bandwidth * 1e9 / weight_bytes, "gguf_bound_tok_s": bandwidth * 1e9 / gguf_bytes,
-            "load_average_before_after": [load_before, os.getloadavg()], "llamacpp_python": str(python)}
+            "load_average_before_after": [load_before, os.getloadavg()], "llamacpp_python": str(python),
+            "llama_server": os.environ.get(LLAMA_SERVER_ENV)}
     table = []
     for name in (LLAMACPP, LOCAL, REMOTE):
         rate, ttft = median(name, "tok_s"), median(name, "ttft_s")

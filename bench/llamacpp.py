@@ -47,6 +47,13 @@ def server_command(python: Path, gguf: Path, port: int, threads: int) -> list[st
             "--interrupt_requests", "False"]
 
 
+def llama_server_command(binary: str, gguf: Path, port: int, threads: int) -> list[str]:
+    """llama.cpp's own C++ server (`llama-server`, named by TOKEN_LAB_LLAMA_SERVER) on loopback, one slot, as
+    docs/deploy.md runs it: the same OpenAI API without a Python layer of its own."""
+    return [binary, "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-c", "4096", "-np", "1",
+            "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
+
+
 class LlamaCppWorker:
     """llama.cpp in-process in its own Python (bench/llamacpp_worker.py): greedy answers to prompt token ids, timed."""
 
