@@ -4,8 +4,11 @@ and stops."""
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
+
+from tests.holds import cancelled, hold_pushes
 
 pytestmark = pytest.mark.browser
 
@@ -18,15 +21,29 @@ def bot_text(page) -> str:
     return bots.first.inner_text() if bots.count() else ""
 
 
-def test_chat_streams_then_stops(browser_page, bundled_host):
+def test_chat_streams_then_stops(browser_page, bundled_host, monkeypatch):
+    """The answer grows on the page, and Stop ends it before its token limit. The app runs in this process, so the
+    engine's worker is held (tests/holds.py) at the answer's 12th token until the page has shown the start of it,
+    then at its 40th until Stop cancels it: it is still generating when Stop is clicked, however fast the machine."""
     page = browser_page.page
     engine = bundled_host.require().engine
     stopped_before = engine.stats()["recent"]["stop_reasons"].get("stopped", 0)
+    first_seen = threading.Event()
+
+    def dragon(stream) -> bool:
+        return "dragon" in stream.prompt.text
+
+    hold_pushes(monkeypatch, dragon, after=12, until=lambda _: first_seen)
+    hold_pushes(monkeypatch, dragon, after=40, until=cancelled)
     box = page.locator("#chat-input textarea")
     box.fill("Write a long story about a dragon who learns to read.")
     box.press("Enter")
-    page.wait_for_function("() => (document.querySelector('#chatbot [data-testid=bot]')?.innerText || '').length > 20")
-    first = bot_text(page)
+    try:
+        page.wait_for_function(
+            "() => (document.querySelector('#chatbot [data-testid=bot]')?.innerText || '').length > 20")
+        first = bot_text(page)  # at most the first 12 tokens: the worker waits there until this has been read
+    finally:
+        first_seen.set()
     page.wait_for_function("n => document.querySelector('#chatbot [data-testid=bot]').innerText.length > n",
                            arg=len(first) + 10)
     assert len(bot_text(page)) > len(first), "the answer did not grow: no streaming"
