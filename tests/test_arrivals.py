@@ -30,13 +30,24 @@ def test_an_idle_worker_gathers_requests_that_arrive_just_after_the_first():
     late.join()
 
 
+class NeverWait(queue.Queue):
+    """A queue on which waiting is a failure: a `get` that could block (for any time at all) raises AssertionError,
+    so a caller that would wait for an arrival is caught whether or not something would have arrived meanwhile."""
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        if block and (timeout is None or timeout > 0):
+            raise AssertionError(f"a busy worker waited for arrivals: get(block=True, timeout={timeout})")
+        return super().get(block, timeout)
+
+
 def test_a_busy_worker_takes_only_what_is_already_there():
-    q: queue.Queue = queue.Queue()
+    q: queue.Queue = NeverWait()
     q.put("waiting")
-    late = put_later(q, ["late"], delay_s=0.05)
-    assert take_burst(q, room=8, wait_for_first=False, gap_s=1.0, max_s=5.0) == ["waiting"]
-    late.join()
-    assert q.get_nowait() == "late"  # left for the next step
+    q.put("also waiting")
+    # a later arrival would come only to a worker that waits for it: NeverWait fails any such wait at once
+    assert take_burst(q, room=8, wait_for_first=False, gap_s=1.0, max_s=5.0) == ["waiting", "also waiting"]
+    q.put("late")
+    assert take_burst(q, room=8, wait_for_first=False, gap_s=1.0, max_s=5.0) == ["late"]  # taken at the next step
 
 
 def test_a_steady_stream_does_not_hold_the_first_request_past_the_limit():

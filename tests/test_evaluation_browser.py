@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
+from core.embeddings import evaluator
+from tests.holds import HOLD_S
+
 pytestmark = pytest.mark.browser
+LONG_LIMIT = 4999  # nearly every question: minutes, unless cancelled
 
 
 def wait_for_text(page, selector: str, needle: str, timeout: float = 120_000) -> None:
@@ -31,16 +38,57 @@ def test_a_small_evaluation_beside_the_literature(browser_page):
     assert not browser_page.dialogs and not browser_page.page_errors
 
 
-def test_a_long_evaluation_shows_progress_and_cancels(browser_page):
+def hold_long_scoring(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> threading.Event:
+    """The long evaluation's analogy scoring (this process runs the app) reports its first progress, then waits
+    until it has been asked to stop and `release` is set (bounded, as tests/holds.py's holds): it is still running
+    when Cancel is clicked, and it does not end (and replace Cancel's message with its own) before the test has
+    read that message, however fast the machine scores. The event returned is set when the held scoring has seen
+    the stop request."""
+    score_analogies = evaluator.score_analogies
+    asked_to_stop = threading.Event()
+
+    def held(*args, limit: int = 0, progress=None, should_stop=None, **kwargs):
+        if limit != LONG_LIMIT or progress is None or should_stop is None:
+            return score_analogies(*args, limit=limit, progress=progress, should_stop=should_stop, **kwargs)
+        reported: list[int] = []
+
+        def report(done: int, total: int) -> None:
+            progress(done, total)
+            reported.append(done)
+            if len(reported) == 1:
+                deadline = time.monotonic() + HOLD_S  # a liveness bound, as tests/holds.py's
+                while time.monotonic() < deadline:
+                    if should_stop():  # the app's stop flag is a plain callable: it is polled
+                        asked_to_stop.set()
+                        if release.is_set():
+                            break
+                    release.wait(0.01)
+
+        return score_analogies(*args, limit=limit, progress=report, should_stop=should_stop, **kwargs)
+
+    monkeypatch.setattr(evaluator, "score_analogies", held)
+    return asked_to_stop
+
+
+def test_a_long_evaluation_shows_progress_and_cancels(browser_page, monkeypatch):
+    """A long evaluation shows its stage's progress and Cancel stops it (its scoring held after its first progress
+    report until Cancel has asked it to stop and the test has read Cancel's message); the Evaluate button works
+    again afterwards."""
+    release = threading.Event()
+    asked_to_stop = hold_long_scoring(monkeypatch, release)
     page = browser_page.page
     browser_page.open_tab("Evaluation")
     page.get_by_label("3CosMul").check()
-    page.locator("#eval-limit input").fill("4999")  # nearly every question: minutes, unless cancelled
+    page.locator("#eval-limit input").fill(str(LONG_LIMIT))
     page.locator("#eval-run").click()
-    page.wait_for_function("() => [...document.querySelectorAll('.progress-level')]"
-                           ".some(e => e.innerText.includes('Google analogies, rule A (3cosmul)'))")
-    page.locator("#eval-cancel").click()
-    wait_for_text(page, "#eval-summary", "Cancelled: the evaluation stops after the batch", timeout=30_000)
+    try:
+        page.wait_for_function("() => [...document.querySelectorAll('.progress-level')]"
+                               ".some(e => e.innerText.includes('Google analogies, rule A (3cosmul)'))")
+        page.locator("#eval-cancel").click()
+        wait_for_text(page, "#eval-summary", "Cancelled: the evaluation stops after the batch", timeout=30_000)
+    finally:
+        release.set()
+    assert asked_to_stop.wait(HOLD_S), "Cancel did not ask the running evaluation to stop"
     page.locator("#eval-limit input").fill("1")  # the button works again
     page.locator("#eval-run").click()
     wait_for_text(page, "#eval-summary", "the first question of each section")

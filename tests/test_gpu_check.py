@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench import gpu_check
+from core.engine.local import ChatEngine
 from tests import phi3
+from tests.holds import hold_pushes
 
 ROOT = Path(__file__).resolve().parent.parent
 # --no-tests: `make test` runs the GPU-marked tests itself (they skip here); a nested pytest would only add a minute
@@ -46,9 +49,36 @@ def test_dry_run_measures_every_figure(tmp_path: Path):
     assert "engine / model.generate" in table and "p95 TTFT" in table and "neighbours, 32 queries" in table
 
 
-def test_a_failing_part_is_reported_and_the_rest_still_measured(tmp_path: Path):
+def test_a_failing_part_is_reported_and_the_rest_still_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """17 chats at once exceed the engine's queue of 16: decoding fails with the engine's own sentence, the neighbours
-    are still measured, and the exit status says something failed."""
+    are still measured, and the exit status says something failed. In the 17-chat run the worker is held at each
+    token it pushes until every chat has been submitted or one refused: no chat can finish, and give its place back,
+    while they are being submitted, however fast the machine decodes."""
+    chats = 17
+    together, submitted = threading.Event(), threading.Event()
+    engine_chats, chat = gpu_check.engine_chats, ChatEngine.chat
+    accepted: list = []
+
+    def marked_engine_chats(engine: ChatEngine, n: int, tokens: int) -> dict:
+        if n == chats:
+            together.set()
+        return engine_chats(engine, n, tokens)
+
+    def counted_chat(self: ChatEngine, *args, **kwargs):
+        try:
+            stream = chat(self, *args, **kwargs)
+        except BaseException:
+            submitted.set()  # refused (the point) or broken: either way the submissions are over
+            raise
+        if together.is_set():
+            accepted.append(stream)
+            if len(accepted) == chats:
+                submitted.set()  # all accepted: the queue did not refuse the 17th (the test then fails below)
+        return stream
+
+    monkeypatch.setattr(gpu_check, "engine_chats", marked_engine_chats)
+    monkeypatch.setattr(ChatEngine, "chat", counted_chat)
+    hold_pushes(monkeypatch, lambda _: together.is_set(), after=1, until=lambda _: submitted)
     assert gpu_check.main([*DRY_RUN, "--chats", "17", "--out", str(tmp_path)]) == 1
     result = json.loads((tmp_path / "gpu.json").read_text())
     assert result["decoding"]["failed"].startswith("decoding: BusyError: The server is busy")
