@@ -14,6 +14,8 @@ from core.engine.capacity import MAX_ROWS, kv_bytes_per_token, rows_that_fit
 from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
 from core.engine.stream import END_OF_TURN, LENGTH, STOPPED, ChatStream
+from core.errors import GenerationError
+from core.text.prompt import Prompt
 from tests.holds import cancelled, hold_pushes
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
@@ -158,3 +160,21 @@ def test_a_prompt_read_in_chunks_gets_the_answer_of_one_pass(bundled):
         finally:
             engine.close()
     assert answers[0] == answers[1] and answers[0]
+
+
+def test_a_prompt_that_fails_midway_through_its_chunks_fails_alone(bundled):
+    """A prompt whose last chunk breaks (a token id outside the vocabulary) gets the error; a request prefilled in
+    the same group still gets its answer, the same as alone."""
+    engine = ChatEngine(bundled, RequestLimits(max_queue=4), max_batch=4, prefix_cache_mb=0, prefill_chunk=64)
+    try:
+        settings = GenerationSettings(temperature=0, max_new_tokens=12)
+        alone = engine.chat("What is the capital of France?", [], "", settings).collect()
+        out_of_vocabulary = bundled.model.get_input_embeddings().weight.shape[0]
+        ids = [*bundled.tokenizer(LONG_TEXT)["input_ids"][:300], out_of_vocabulary]
+        broken = engine.submit(Prompt(ids=ids, text="broken"), settings)
+        good = engine.chat("What is the capital of France?", [], "", settings)
+        with pytest.raises(GenerationError, match="Generation failed"):
+            broken.collect()
+        assert good.collect() == alone
+    finally:
+        engine.close()

@@ -52,6 +52,7 @@ class PrefillGroup:
     prefill: Prefill
     pairs: list[Running]
 
+
 class ChatEngine(Engine):
     """The in-process engine: a bounded request queue and one worker thread that decodes all requests together,
     reusing the keys/values of prompt prefixes it has seen (core/engine/prefix_cache.py; `prefix_cache_mb=0` turns it
@@ -131,7 +132,13 @@ class ChatEngine(Engine):
             pairs.append((stream, slot))
         if not pairs:
             return []
-        return [PrefillGroup(decoder.begin([slot for _, slot in pairs]), pairs)]
+        try:
+            return [PrefillGroup(decoder.begin([slot for _, slot in pairs]), pairs)]
+        except Exception as exc:
+            log.exception("laying out a prefill failed")
+            for stream, _ in pairs:
+                stream.finish(ERROR, exc)  # surfaced to the caller by the stream, never swallowed
+            return []
 
     def _feed(self, decoder: BatchDecoder, group: PrefillGroup) -> tuple[list[PrefillGroup], list[Running]]:
         """One chunk of a group's prompts; returns (the groups still to feed, the rows that began decoding)."""
