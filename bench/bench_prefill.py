@@ -42,9 +42,14 @@ def one_round(loaded, chunk: int, text: str) -> dict[str, float]:
                         prefill_chunk=chunk)
     try:
         story = engine.chat(STORY, [], "", GenerationSettings(temperature=0, max_new_tokens=2000))
-        times: list[float] = []
+        times: list[float] = []  # when the worker pushed each of the story's tokens
         push = story.push
-        story.push = lambda ids: (times.append(time.perf_counter()), push(ids))[1]
+
+        def timed_push(ids: list[int]) -> None:
+            times.append(time.perf_counter())
+            push(ids)
+
+        story.push = timed_push
         while len(times) < 3:  # the story is streaming
             time.sleep(0.01)
         arrived = time.perf_counter()

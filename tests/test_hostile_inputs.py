@@ -19,6 +19,7 @@ from gradio_client.exceptions import AppError
 
 from core.config import AppConfig
 from core.host import ModelHost
+from tests.holds import HOLD_S
 from tests.servers import launched
 
 TIMEOUT = httpx.Timeout(120.0)  # liveness only: a request that never ends fails here instead of hanging the suite
@@ -369,7 +370,7 @@ def test_other_endpoints_answer_while_a_huge_request_is_prepared(tiny_host, tiny
     hold = threading.Event()
 
     def held_build(*args, **kwargs):
-        hold.wait(60)  # bounded: a server that cannot answer while held still ends, and the test then fails
+        hold.wait(HOLD_S)  # bounded: a server that cannot answer while held still ends, and the test then fails
         return build(*args, **kwargs)
 
     monkeypatch.setattr(prompts, "build", held_build)

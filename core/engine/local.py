@@ -209,9 +209,8 @@ class ChatEngine(Engine):
             if None in waiting:
                 return
             groups += self._begin(decoder, [item for item in waiting if item is not WAKE])
-            started: list[Running] = []
-            for group in groups[:]:
-                groups.remove(group)
+            feeding, groups, started = groups, [], []
+            for group in feeding:
                 still, began = self._feed(decoder, group)
                 groups += still
                 started += began
