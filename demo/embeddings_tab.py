@@ -296,7 +296,9 @@ def build_embeddings_tab(host: ModelHost) -> None:
     n_outputs = [resolved, table, vec_info, vec_plot, nmap]
     a_inputs = [positive, negative, k, method, group, hide]
     a_outputs = [a_resolved, a_table, a_map]
-    common = {"api_visibility": "private", "concurrency_limit": API_CONCURRENCY, "concurrency_id": "embeddings"}
+    # always_last: a click that lands while the same view is still finishing runs after it instead of being dropped
+    common = {"api_visibility": "private", "concurrency_limit": API_CONCURRENCY, "concurrency_id": "embeddings",
+              "trigger_mode": "always_last"}
     gr.on([find.click, query.submit, tab.select], show_neighbors, n_inputs, n_outputs, **common)
     gr.on([solve.click, positive.submit, negative.submit], show_analogy, a_inputs, a_outputs, **common)
     for button, (_, pos, neg) in zip(preset_buttons, PRESETS, strict=True):

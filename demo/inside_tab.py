@@ -280,8 +280,9 @@ def build_inside_tab(host: ModelHost) -> None:
                 lens_grid = gr.Dataframe(interactive=False, label="Layers × positions", elem_id="lens-table",
                                          max_height=640, line_breaks=False, wrap=False)
 
+    # always_last: a click that lands while the same view is still finishing runs after it instead of being dropped
     common: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": API_CONCURRENCY,
-                              "concurrency_id": "inside"}
+                              "concurrency_id": "inside", "trigger_mode": "always_last"}
     next_inputs = [text, chat, k, temperature, top_k, top_p]
     next_outputs = [next_summary, next_plot, next_table, read]
     gr.on([run_next.click, text.submit], show_next_tokens, next_inputs, next_outputs, **common)

@@ -28,6 +28,7 @@ CHROMIUM = Path(os.environ.get("TOKEN_LAB_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 LOAD_TIMEOUT_MS = 30_000
+SETTLE_FRAMES = 3
 
 
 @dataclass
@@ -41,13 +42,27 @@ class BrowserPage:
     console_errors: list[str] = field(default_factory=list)
 
     def open_tab(self, name: str) -> None:
-        """Click the tab labelled `name` and wait until it is selected."""
+        """Click the tab labelled `name` and wait until it is selected and its content settled."""
         tab = self.page.get_by_role("tab", name=name, exact=True)
         tab.click()
         self.page.wait_for_function(
             "name => [...document.querySelectorAll('[role=tab]')]"
             ".some(t => t.textContent.trim() === name && t.getAttribute('aria-selected') === 'true')",
             arg=name, timeout=LOAD_TIMEOUT_MS)
+        self.settle()
+
+    def open_accordion(self, label: str) -> None:
+        """Open the (closed) accordion labelled `label` and wait until its content is shown and settled."""
+        header = self.page.locator(".label-wrap", has_text=label).first
+        header.click()
+        header.locator("xpath=following-sibling::*[@data-testid='accordion-content'][1]").wait_for(state="visible")
+        self.settle()
+
+    def settle(self) -> None:
+        """Let the page paint a few frames. Gradio renders a tab's or an accordion's children when first shown and,
+        an animation frame later, sets them to their configured values again: what is typed before then is lost."""
+        self.page.evaluate("frames => new Promise(done => { const next = left => left ? "
+                           "requestAnimationFrame(() => next(left - 1)) : done(); next(frames); })", SETTLE_FRAMES)
 
 
 @pytest.fixture(scope="session")

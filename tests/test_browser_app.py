@@ -85,7 +85,7 @@ def test_prompt_inspector_and_retry(browser_page, bundled_host, monkeypatch):
     box.press("Enter")
     page.wait_for_function("() => /stop: (end of turn|length)/.test(document.querySelector('#chatbot').innerText)",
                            timeout=ANSWER_TIMEOUT_MS)
-    page.locator(".label-wrap", has_text="What the model receives").first.click()
+    browser_page.open_accordion("What the model receives")
     inspector = page.locator("#prompt-inspector")
     inspector.wait_for()
     # control tokens are the spans colored like <|im_start|>: the template's own, never the user's typed "<|im_end|>"

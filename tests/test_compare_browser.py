@@ -43,7 +43,7 @@ def test_the_example_compares_every_offline_tokenizer(browser_page, cache_dir: P
     assert ("phi3" in [t.key for t in offline]) == phi3.fixture_available()
     page = browser_page.page
     browser_page.open_tab("Tokens")
-    page.get_by_text("Compare tokenizers", exact=True).click()
+    browser_page.open_accordion("Compare tokenizers")
     assert HUB_ONLY_NOTE in page.locator("body").inner_text()
     page.locator("#compare-seed").click()
     page.wait_for_function(

@@ -3,7 +3,12 @@ Playwright), on the bundled model."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+
+import demo.inside_tab
+from tests.holds import HOLD_S
 
 pytestmark = pytest.mark.browser
 WAIT_MS = 120_000  # a view waits its turn on the model's worker; the machine may be busy
@@ -24,14 +29,19 @@ def rows_of(page, selector: str) -> list[list[str]]:
     return [row for row in rows if row]
 
 
-def set_temperature(page, scope: str, value: str) -> None:
-    """Type into the temperature slider's number box inside `scope`, and wait until the slider holds it."""
+def set_temperature(browser_page, scope: str, value: str) -> None:
+    """Type into the temperature slider's number box inside `scope` until the slider holds it (typing again if
+    Gradio's first render of the slider put its configured value back: see BrowserPage.settle)."""
+    page = browser_page.page
     box = page.locator(scope).get_by_label("number input for Temperature (0 = greedy)")
-    box.fill(value)
-    box.press("Enter")
     slider = page.locator(scope).get_by_label("range slider for Temperature (0 = greedy)")
-    page.wait_for_function("([el, value]) => el.value === value", arg=[slider.element_handle(), value],
-                           timeout=WAIT_MS)
+    for _ in range(3):
+        box.fill(value)
+        box.press("Enter")
+        browser_page.settle()
+        if slider.input_value() == value:
+            return
+    raise AssertionError(f"the temperature slider shows {slider.input_value()} after typing {value} three times")
 
 
 def open_inside(browser_page, view: str) -> None:
@@ -49,7 +59,7 @@ def test_next_tokens_chart_table_and_settings(browser_page):
     assert first[:2] == ["1", "␣Paris"] and first[5] == "yes"
     assert "entropy" in page.locator("#next-summary textarea").input_value()
 
-    set_temperature(page, "#inside-next", "0")
+    set_temperature(browser_page, "#inside-next", "0")
     page.locator("#next-run").click()
     wait_for_text(page, "#next-summary", "the sampler keeps 1 token (")
     assert page.locator("#next-summary textarea").input_value().endswith("entropy 0.00 bits")
@@ -59,6 +69,32 @@ def test_next_tokens_chart_table_and_settings(browser_page):
     page.locator("#next-text textarea").fill("")
     page.locator("#next-run").click()
     page.wait_for_function("() => /Type a text first/.test(document.body.innerText)", timeout=WAIT_MS)
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_a_run_clicked_while_the_last_one_finishes_runs_after_it(browser_page, monkeypatch):
+    """The second click lands while the first run is still being computed (held there): it is not dropped, it runs
+    next, and the newest text's answer is what the view ends up showing."""
+    reached, release = threading.Event(), threading.Event()
+    compute = demo.inside_tab.next_tokens
+
+    def held(engine, text, **settings):
+        if "alphabet" in text:
+            reached.set()
+            release.wait(HOLD_S)
+        return compute(engine, text, **settings)
+
+    monkeypatch.setattr(demo.inside_tab, "next_tokens", held)
+    page = browser_page.page
+    open_inside(browser_page, "Next token")
+    box = page.locator("#next-text textarea")
+    box.fill("The first letter of the alphabet is")
+    page.locator("#next-run").click()
+    assert reached.wait(HOLD_S)
+    box.fill("The capital of France is")
+    page.locator("#next-run").click()
+    release.set()
+    wait_for_text(page, "#next-table", "␣Paris")
     assert not browser_page.dialogs and not browser_page.page_errors
 
 
@@ -97,12 +133,12 @@ def test_logit_lens_grid_shows_markup_as_text(browser_page):
 def test_chat_answer_coloured_by_probability_with_alternatives(browser_page):
     page = browser_page.page
     browser_page.open_tab("Chat")
-    page.get_by_text("Generation settings").click()
-    set_temperature(page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
+    browser_page.open_accordion("Generation settings")
+    set_temperature(browser_page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
     page.locator("#chat-input textarea").fill("What is the capital of France?")
     page.locator("#chat-input textarea").press("Enter")
     wait_for_text(page, "#chatbot", "stop: end of turn")
-    page.get_by_text("Answer tokens by probability").first.click()
+    browser_page.open_accordion("Answer tokens by probability")
     wait_for_text(page, "#answer-probs", "␣Paris")
     legend = page.locator("#answer-probs [data-testid='highlighted-text:category-legend']").inner_text()
     assert "≥ 90%" in legend and "< 10%" in legend

@@ -51,7 +51,7 @@ def test_html_and_script_show_as_text(browser_page) -> None:
 def test_bad_ids_error_is_literal(browser_page) -> None:
     page = browser_page.page
     browser_page.open_tab("Tokens")
-    page.get_by_text("Ids → text", exact=True).click()
+    browser_page.open_accordion("Ids → text")
     page.locator("#detok-ids textarea").fill("57, <img src=x onerror=window.__pwned=3>, 99999999")
     page.get_by_role("button", name="Decode", exact=True).click()
     toast = page.locator("[data-testid=toast-body]").first
@@ -76,14 +76,14 @@ def test_byte_tokens_show_whole_characters(browser_page) -> None:
 def test_compare_seed_sample_and_chat_template(browser_page) -> None:
     page = browser_page.page
     browser_page.open_tab("Tokens")
-    page.get_by_text("Compare tokenizers", exact=True).click()
+    browser_page.open_accordion("Compare tokenizers")
     page.locator("#compare-seed").click()
     page.wait_for_function("() => /BERT WordPiece/.test(document.querySelector('#compare-summary')?.innerText || '')")
     assert page.locator("#tokens-text textarea").input_value() == SEED_SAMPLE
     summary = page.locator("#compare-summary").inner_text()
     assert "Loaded model: SmolLM2" in summary and "SmolLM2-135M (bundled)" in summary
 
-    page.get_by_text("Chat template", exact=True).click()
+    browser_page.open_accordion("Chat template")
     page.get_by_role("button", name="Show as tokens").click()
     wait_for_view(page, "<|im_start|>user", "#template-view")
     texts = token_texts(page, "#template-view")
