@@ -27,12 +27,14 @@ from typing import Any, TypeVar
 import torch
 
 from core.config import RequestLimits
+from core.engine import lean_step
 from core.engine.arrivals import take_burst
 from core.engine.base import Engine
 from core.engine.batch_decoder import BatchDecoder, Prefill, Slot
 from core.engine.capacity import free_memory_bytes, rows_that_fit
 from core.engine.heap import HeapTrimmer
 from core.engine.jobs import WAKE, InspectionJobs, finish
+from core.engine.lean_decoder import LeanBatchDecoder
 from core.engine.prefix_cache import PrefixCache
 from core.engine.settings import GenerationSettings
 from core.engine.stream import ERROR, STOPPED, ChatStream
@@ -69,6 +71,8 @@ class ChatEngine(Engine):
         self.max_batch = max_batch or rows_that_fit(loaded.model, loaded.context_length,
                                                     free_memory_bytes(loaded.model.device))
         self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
+        # the lean step where it computes the same bits as the model's forward, in less time per token
+        self.decoder_class = LeanBatchDecoder if lean_step.supports(loaded.model) else BatchDecoder
         self.heap = HeapTrimmer()  # the worker returns freed heap pages to the system now and then
         self._queue: queue.Queue[ChatStream | object | None] = queue.Queue()
         self._jobs = InspectionJobs(wake=lambda: self._queue.put(WAKE))
@@ -103,7 +107,8 @@ class ChatEngine(Engine):
 
     def describe(self) -> str:
         cache = f", prefix cache {self.prefix_cache.max_bytes >> 20} MB" if self.prefix_cache is not None else ""
-        return (f"chat runs in-process on {self.loaded.device}: up to {self.max_batch} chats decoded together"
+        lean = " (lean decoding step, static KV cache)" if self.decoder_class is LeanBatchDecoder else ""
+        return (f"chat runs in-process on {self.loaded.device}{lean}: up to {self.max_batch} chats decoded together"
                 f"{cache}")
 
     def close(self, timeout: float = 60.0) -> None:
@@ -197,7 +202,7 @@ class ChatEngine(Engine):
     def _serve(self) -> None:
         """The worker's loop: each turn runs one step of an inspection, one chunk of every prompt being prefilled,
         then one decoding step of every running row, so a long prompt never stalls the chats already streaming."""
-        decoder = BatchDecoder(self.loaded.model, self.stop_ids, self.prefix_cache)
+        decoder = self.decoder_class(self.loaded.model, self.stop_ids, self.prefix_cache)
         self._warm_up(decoder)
         active: list[Running] = []
         groups: list[PrefillGroup] = []

@@ -48,7 +48,9 @@ def packing_works(dtype: torch.dtype) -> bool:
         return False
 
 
-def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias) on a weight packed by oneDNN, at x's own row count (see row_bucket for why one row
+    should run as two)."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -77,9 +79,9 @@ def _bucketed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor |
     rows = x.numel() // inputs
     bucket = row_bucket(rows)
     if bucket == rows:
-        return _linear(x, packed, bias)
+        return packed_matmul(x, packed, bias)
     flat = x.reshape(rows, inputs)
-    out = _linear(torch.cat([flat, flat.new_zeros(bucket - rows, inputs)]), packed, bias)
+    out = packed_matmul(torch.cat([flat, flat.new_zeros(bucket - rows, inputs)]), packed, bias)
     return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
 
 

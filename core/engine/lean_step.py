@@ -1,0 +1,129 @@
+"""One decoding step of a Llama-family model (Llama, SmolLM2) as the few torch ops it needs, on the model's own
+packed weights: the chat engine's model runner on the CPU.
+
+Why: a decoding step through transformers runs over a thousand torch ops under layers of Python (module calls,
+output capturing, mask building, cache objects), and at a small model's size that overhead, not arithmetic, is most
+of a step. This step runs about thirty ops per layer and no modules, and computes the same bits as the transformers
+forward in float32: each op is the one transformers runs on the same operands. Fusing q|k|v and gate|up into one
+packed matmul gives each output column the same dot product; the rotary "rotate half" is a flip with its sign moved
+onto a precomputed sine; attention takes the SDPA path transformers takes (`enable_gqa` when no column is masked,
+grouped queries with a boolean mask otherwise). tests/test_lean_step.py checks the logits bit for bit.
+
+    >>> step = LeanLlamaStep(model)                                    # doctest: +SKIP
+    >>> step.reserve(1024)                                             # doctest: +SKIP
+    >>> logits = step(tokens, positions, keys, values, length, None)   # [rows, vocab]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.model.packed_linear import BATCH_HINT, PackedLinear, packed_matmul
+
+ARCHITECTURES = ("LlamaForCausalLM",)
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether the lean step computes exactly what `model`'s forward does: a Llama-architecture model in float32 on
+    the CPU, with default rotary embeddings, no biases, SiLU, SDPA attention and every linear layer packed."""
+    config = model.config
+    first = next(model.parameters())
+    linears = [m for m in model.modules() if isinstance(m, (nn.Linear, PackedLinear))]
+    rope = getattr(config, "rope_parameters", None) or {}
+    return (type(model).__name__ in ARCHITECTURES and first.dtype == torch.float32 and first.device.type == "cpu"
+            and rope.get("rope_type", "default") == "default" and not config.attention_bias
+            and not config.mlp_bias and config.hidden_act == "silu"
+            and getattr(config, "_attn_implementation", "sdpa") == "sdpa"
+            and bool(linears) and all(isinstance(m, PackedLinear) for m in linears))
+
+
+def _fused(*layers: PackedLinear) -> torch.Tensor:
+    """One packed weight for linear layers that read the same input (their outputs side by side)."""
+    weight = torch.cat([layer.weight for layer in layers]).contiguous()
+    return torch.ops.mkldnn._reorder_linear_weight(weight, batch_size=BATCH_HINT)
+
+
+class LeanLlamaStep:
+    """The step. Holds packed copies of the fused weights (q|k|v and gate|up of each layer); the embedding, the
+    norms, o_proj, down_proj and the LM head are the model's own tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        config, inner = model.config, model.model
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.groups = self.heads // self.kv_heads
+        self.scale = self.head_dim ** -0.5
+        self.eps = inner.norm.variance_epsilon
+        self.embed = inner.embed_tokens.weight
+        self.norm = inner.norm.weight
+        self.lm_head = model.lm_head.packed
+        self.layers = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append((layer.input_layernorm.weight, _fused(attn.q_proj, attn.k_proj, attn.v_proj),
+                                attn.o_proj.packed, layer.post_attention_layernorm.weight,
+                                _fused(mlp.gate_proj, mlp.up_proj), mlp.down_proj.packed))
+        self.inv_freq = inner.rotary_emb.inv_freq
+        self.attention_scaling = inner.rotary_emb.attention_scaling
+        self._cos = self._sin = torch.empty(0, self.head_dim)
+
+    def reserve(self, positions: int) -> None:
+        """Make the rotary tables cover positions 0 .. positions-1, computed by transformers' formula (the same
+        elementwise ops, so the same bits)."""
+        if positions <= len(self._cos):
+            return
+        size = max(positions, 2 * len(self._cos), 1024)
+        freqs = torch.arange(size).float()[:, None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        half = self.head_dim // 2
+        self._cos, self._sin = cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
+                 values: list[torch.Tensor], length: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Logits [rows, vocab] for one new token per row.
+
+        tokens, positions: [rows] (positions below `reserve`'s bound); keys/values: per layer
+        [rows, kv_heads, capacity, head_dim] holding `length` columns, the new one is written at column `length`;
+        mask: None when no column is masked, else a boolean [rows, capacity] (True = attend) that also marks
+        column `length`.
+        """
+        rows = tokens.shape[0]
+        # a lone row runs as two copies, as the packed matmul would pad it, but only the first is cached and attends
+        lone = rows == 1
+        if lone:
+            tokens, positions, rows = tokens.repeat(2), positions.repeat(2), 2
+        n = length + 1
+        h, kv, d, g = self.heads, self.kv_heads, self.head_dim, self.groups
+        cos, sin = self._cos[positions, None], self._sin[positions, None]
+        attn_mask = None if mask is None else mask[:, None, None, :n]
+        mm = packed_matmul
+        x = F.embedding(tokens, self.embed)
+        for (norm1, qkv_w, o_w, norm2, gate_up_w, down_w), k_cache, v_cache in zip(self.layers, keys, values,
+                                                                                    strict=True):
+            qkv = mm(self._rms(x, norm1), qkv_w)
+            qk = qkv[:, :(h + kv) * d].view(rows, h + kv, d)
+            qk = qk * cos + qk.view(rows, h + kv, 2, d // 2).flip(2).view(rows, h + kv, d) * sin
+            cached = 1 if lone else rows
+            k_cache[:, :, length] = qk[:cached, h:]
+            v_cache[:, :, length] = qkv[:cached, (h + kv) * d:].view(cached, kv, d)
+            q = qk[:cached, :h]
+            if attn_mask is None:
+                out = F.scaled_dot_product_attention(q.unsqueeze(2), k_cache[:, :, :n], v_cache[:, :, :n],
+                                                     scale=self.scale, enable_gqa=True)
+            else:
+                out = F.scaled_dot_product_attention(q.reshape(cached, kv, g, d), k_cache[:, :, :n],
+                                                     v_cache[:, :, :n], attn_mask=attn_mask, scale=self.scale)
+            out = out.reshape(cached, h * d)
+            x = x + mm(out.expand(rows, h * d) if lone else out, o_w)
+            gate_up = mm(self._rms(x, norm2), gate_up_w)
+            half = gate_up.shape[1] // 2
+            x = x + mm(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
+        logits = mm(self._rms(x, self.norm), self.lm_head)
+        return logits[:1] if lone else logits

@@ -1,0 +1,110 @@
+"""The lean decoding step and its static-cache decoder change no answer: its logits equal the transformers forward's
+bit for bit, and greedy chats through the engine equal plain `model.generate` (float32), across re-seatings of the
+static cache and in a batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from core.config import RequestLimits
+from core.engine import lean_decoder
+from core.engine.batch_decoder import BatchDecoder
+from core.engine.lean_step import LeanLlamaStep, supports
+from core.engine.local import ChatEngine
+from core.engine.settings import GenerationSettings
+
+QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Write a story about a dragon."]
+TOKENS = 40
+
+
+def test_the_lean_step_serves_the_bundled_model_and_nothing_it_would_compute_differently(bundled, phi3_tiny):
+    assert supports(bundled.model)
+    assert not supports(phi3_tiny.model)  # another architecture: the engine keeps the transformers forward
+
+
+def left_padded(rows: list[list[int]], gap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and mask of `rows`, left-padded; row 0 gets `gap` masked columns after its first 5 tokens, as a row that
+    reused a shorter cached prefix has."""
+    width = max(len(r) for r in rows) + gap
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        start = width - len(r) - (gap if i == 0 else 0)
+        if i == 0 and gap:
+            ids[i, start:start + 5], mask[i, start:start + 5] = torch.tensor(r[:5]), 1
+            ids[i, width - len(r) + 5:], mask[i, width - len(r) + 5:] = torch.tensor(r[5:]), 1
+        else:
+            ids[i, start:], mask[i, start:] = torch.tensor(r), 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("count,gap", [(1, 0), (1, 7), (3, 0), (3, 7)],
+                         ids=["lone row", "lone row with a masked gap", "3 padded rows", "3 rows, one with a gap"])
+def test_lean_logits_equal_the_transformers_forward_bit_for_bit(bundled, count, gap):
+    model, tokenizer = bundled.model, bundled.tokenizer
+    rows = [tokenizer(q)["input_ids"] for q in QUESTIONS[:count]]
+    ids, mask = left_padded(rows, gap)
+    cache = DynamicCache()
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                    past_key_values=cache, use_cache=True)
+        pending = out.logits[:, -1].argmax(-1)
+        steps, n = 6, mask.shape[1]
+        keys = [torch.zeros(count, layer.keys.shape[1], n + steps, layer.keys.shape[3]) for layer in cache.layers]
+        values = [torch.zeros_like(k) for k in keys]
+        for k, v, layer in zip(keys, values, cache.layers, strict=True):
+            k[:, :, :n], v[:, :, :n] = layer.keys, layer.values
+        lean_mask = torch.ones(count, n + steps, dtype=torch.bool)
+        lean_mask[:, :n] = mask.bool()
+        step = LeanLlamaStep(model)
+        step.reserve(n + steps + 1)
+        for i in range(steps):
+            positions = mask.sum(1)
+            mask = torch.cat([mask, torch.ones(count, 1, dtype=torch.long)], dim=1)
+            expected = model(input_ids=pending[:, None], attention_mask=mask, position_ids=positions[:, None],
+                             past_key_values=cache, use_cache=True).logits[:, -1]
+            got = step(pending, positions, keys, values, n + i, lean_mask if gap or count > 1 else None)
+            assert torch.equal(got, expected), f"step {i}: max |difference| {(got - expected).abs().max():.3g}"
+            pending = expected.argmax(-1)
+
+
+def generate_ids(loaded, ids: list[int], tokens: int) -> list[int]:
+    x = torch.tensor([ids])
+    out = loaded.model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=tokens,
+                                do_sample=False, eos_token_id=loaded.tokenizer.eos_token_id,
+                                pad_token_id=loaded.tokenizer.pad_token_id)
+    return out[0, len(ids):].tolist()
+
+
+def test_greedy_chats_equal_plain_generate_alone_and_batched_across_reseatings(bundled, monkeypatch):
+    monkeypatch.setattr(lean_decoder, "HEADROOM", 3)  # the static cache fills and is seated again every 3 tokens
+    engine = ChatEngine(bundled, RequestLimits(max_queue=8), max_batch=8)
+    try:
+        settings = GenerationSettings(temperature=0, max_new_tokens=TOKENS)
+        prompts = [engine.prompt(q, [], "", TOKENS) for q in QUESTIONS]
+        expected = [generate_ids(bundled, p.ids, TOKENS) for p in prompts]
+        alone = []
+        for p in prompts:
+            stream = engine.submit(p, settings)
+            stream.collect()
+            alone.append(stream.token_ids)
+        streams = [engine.submit(p, settings) for p in prompts]  # queued together: decoded in one batch
+        for stream in streams:
+            stream.collect()
+        assert engine.stats()["peak_batch"] >= 2
+    finally:
+        engine.close()
+    assert alone == expected
+    assert [s.token_ids for s in streams] == expected
+
+
+def test_the_engine_decodes_with_the_lean_step_where_supported_and_says_so(bundled, phi3_tiny):
+    for loaded, kind, said in ((bundled, lean_decoder.LeanBatchDecoder, True), (phi3_tiny, BatchDecoder, False)):
+        engine = ChatEngine(loaded, RequestLimits(max_queue=2), max_batch=2)
+        try:
+            assert engine.decoder_class is kind
+            assert ("lean decoding step" in engine.describe()) is said
+        finally:
+            engine.close()
