@@ -85,13 +85,20 @@ class BatchDecoder:
         self.mask: torch.Tensor | None = None  # [batch, cache length], 1 = real token
 
     @staticmethod
-    def _pick(logits: torch.Tensor, slot: Slot) -> int:
-        """The next token for one row, with the row's own settings and random generator (and its log-probabilities
-        recorded, when the request asked for them)."""
-        token = sample(logits, slot.params, slot.prompt_ids + slot.generated, slot.generator)
-        if slot.params.top_logprobs is not None:
-            slot.logprobs.append(record_logprobs(logits, token, slot.params.top_logprobs))
-        return token
+    def _choose(logits: torch.Tensor, slots: list[Slot]) -> list[int]:
+        """Each row's next token from logits [rows, vocab], with the row's own settings and random generator: one
+        argmax for all the greedy rows, and the log-probabilities of the rows that asked recorded in one pass."""
+        greedy = [slot.params.temperature <= 0 and slot.params.repetition_penalty == 1.0 for slot in slots]
+        argmax = logits.argmax(-1).tolist() if any(greedy) else []
+        tokens = [argmax[row] if greedy[row] else sample(logits[row], slot.params, slot.prompt_ids + slot.generated,
+                                                         slot.generator) for row, slot in enumerate(slots)]
+        asked = [row for row, slot in enumerate(slots) if slot.params.top_logprobs is not None]
+        if asked:
+            records = record_logprobs(logits[asked], [tokens[row] for row in asked],
+                                      [slots[row].params.top_logprobs for row in asked])
+            for row, record in zip(asked, records, strict=True):
+                slots[row].logprobs.append(record)
+        return tokens
 
     def _accept(self, slot: Slot, token: int) -> None:
         """Record and emit a sampled token; decide whether the row is finished."""
@@ -148,8 +155,9 @@ class BatchDecoder:
         group.fed = end
         if end < group.width:
             return False
-        for row, slot in enumerate(group.slots):  # first tokens first: storing the prompts' keys can wait a moment
-            self._accept(slot, self._pick(out.logits[row, -1], slot))
+        first = self._choose(out.logits[:, -1], group.slots)
+        for slot, token in zip(group.slots, first, strict=True):  # first tokens first: storing keys can wait
+            self._accept(slot, token)
         for row, slot in enumerate(group.slots):
             self._remember(slot.prompt_ids, group.cache, group.mask, row)
         self._merge(group.slots, group.cache, group.mask)
@@ -222,9 +230,8 @@ class BatchDecoder:
         self.mask = torch.cat([self.mask, torch.ones_like(pending)], dim=1)
         out = self.model(input_ids=pending, attention_mask=self.mask, position_ids=positions,
                          past_key_values=self.cache, use_cache=True)
-        logits = out.logits[:, -1]
-        for row, slot in enumerate(self.slots):
-            self._accept(slot, self._pick(logits[row], slot))
+        for slot, token in zip(self.slots, self._choose(out.logits[:, -1], self.slots), strict=True):
+            self._accept(slot, token)
 
     def reset(self) -> None:
         """Forget every row (after an error in a batched step; the engine reports it to each request)."""

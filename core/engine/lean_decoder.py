@@ -17,7 +17,7 @@ import torch
 from core.engine.batch_decoder import BatchDecoder, Prefill
 from core.engine.lean_step import LeanLlamaStep
 
-HEADROOM = 256  # free columns given to the batch each time it is seated
+HEADROOM = 256  # free columns (at least) given to the batch each time it is seated
 
 
 class LeanBatchDecoder(BatchDecoder):
@@ -43,9 +43,10 @@ class LeanBatchDecoder(BatchDecoder):
         self.mask = self._mask_long[:, :n]
 
     def _seat(self) -> None:
-        """Copy the batch's cache into buffers with HEADROOM free columns."""
+        """Copy the batch's cache into buffers with at least HEADROOM free columns. Capacities are multiples of
+        HEADROOM, so buffers freed by one seating fit the next and the heap does not fragment."""
         rows, kv, n, d = self.cache.layers[0].keys.shape
-        capacity = n + HEADROOM
+        capacity = -(-(n + HEADROOM) // HEADROOM) * HEADROOM
         self._keys, self._values = [], []
         for layer in self.cache.layers:
             k = layer.keys.new_empty(rows, kv, capacity, d)
@@ -58,7 +59,7 @@ class LeanBatchDecoder(BatchDecoder):
         self._mask_bool = self._mask_long.bool()  # the columns after n will all hold real tokens
         self._padded = not bool(self.mask.all())
         self._positions = self.mask.sum(dim=1)
-        self.lean.reserve(int(self._positions.max()) + HEADROOM + 1)
+        self.lean.reserve(int(self._positions.max()) + capacity - n + 1)
         self._length = n
         self._seated = True
 
@@ -94,8 +95,5 @@ class LeanBatchDecoder(BatchDecoder):
                            self._mask_bool if self._padded else None)
         self._length += 1
         self._positions += 1
-        greedy = [slot.params.temperature <= 0 and slot.params.repetition_penalty == 1.0
-                  and slot.params.top_logprobs is None for slot in self.slots]
-        picks = logits.argmax(-1).tolist() if any(greedy) else []
-        for row, slot in enumerate(self.slots):
-            self._accept(slot, picks[row] if greedy[row] else self._pick(logits[row], slot))
+        for slot, token in zip(self.slots, self._choose(logits, self.slots), strict=True):
+            self._accept(slot, token)

@@ -75,13 +75,15 @@ class StepLogprobs:
     top_logprobs: tuple[float, ...]
 
 
-def record_logprobs(logits: torch.Tensor, token: int, n: int) -> StepLogprobs:
-    """The chosen token's log-probability and the top `n`, from one row of raw logits [vocab]: the model's own
-    distribution, before penalty, temperature, top-k and top-p (vLLM's default, and the one that still means
-    something at temperature 0). Called after the token is chosen, so answers do not change."""
+def record_logprobs(logits: torch.Tensor, tokens: list[int], counts: list[int]) -> list[StepLogprobs]:
+    """For each row of raw logits [rows, vocab]: the chosen token's log-probability and the top `counts[row]`, from
+    the model's own distribution, before penalty, temperature, top-k and top-p (vLLM's default, and the one that
+    still means something at temperature 0). One pass over all the rows that asked; called after the tokens are
+    chosen, so answers do not change."""
     scores = logits.float()
-    lse = scores.logsumexp(-1)
-    top = scores.topk(n)
-    values = (torch.cat([scores[token].reshape(1), top.values]) - lse).tolist()
-    return StepLogprobs(token=token, logprob=values[0], top_ids=tuple(top.indices.tolist()),
-                        top_logprobs=tuple(values[1:]))
+    lse = scores.logsumexp(-1, keepdim=True)
+    top = scores.topk(max(counts), dim=-1)
+    chosen = (scores.gather(-1, torch.tensor(tokens, device=scores.device)[:, None]) - lse)[:, 0].tolist()
+    top_values, top_ids = (top.values - lse).tolist(), top.indices.tolist()
+    return [StepLogprobs(token=token, logprob=logprob, top_ids=tuple(ids[:n]), top_logprobs=tuple(values[:n]))
+            for token, logprob, ids, values, n in zip(tokens, chosen, top_ids, top_values, counts, strict=True)]
