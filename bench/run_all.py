@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_chat", "bench.bench_index", "bench.bench_load",
-              "bench.bench_prefill", "bench.bench_prompt", "bench.bench_tokenizers", "bench.bench_evaluation",
-              "bench.bench_llamacpp", "bench.gpu_check", "bench.bench_inside"]
+BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_decoder", "bench.bench_chat",
+              "bench.bench_index", "bench.bench_load", "bench.bench_prefill", "bench.bench_prompt",
+              "bench.bench_tokenizers", "bench.bench_evaluation", "bench.bench_llamacpp", "bench.gpu_check",
+              "bench.bench_inside"]
 
 
 def main() -> int:
