@@ -1,9 +1,9 @@
 """One decoding step of a Llama-family model (Llama, SmolLM2) as the few torch ops it needs, on the model's own
 packed weights: the chat engine's model runner on the CPU.
 
-Why: a decoding step through transformers runs over a thousand torch ops under layers of Python (module calls,
-output capturing, mask building, cache objects), and at a small model's size that overhead, not arithmetic, is most
-of a step. This step runs about thirty ops per layer and no modules, and computes the same bits as the transformers
+Why: a decoding step through transformers runs every op under layers of Python (module calls, output capturing,
+mask building, cache objects), and at a small model's size that overhead, not arithmetic, is much of a step. This
+step runs only the ops a layer needs and no modules, and computes the same bits as the transformers
 forward in float32: each op is the one transformers runs on the same operands. Fusing q|k|v and gate|up into one
 packed matmul gives each output column the same dot product; the rotary "rotate half" is a flip with its sign moved
 onto a precomputed sine; attention takes the SDPA path transformers takes (`enable_gqa` when no column is masked,
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.model.packed_linear import BATCH_HINT, PackedLinear, packed_matmul
+from core.model.packed_linear import PackedLinear, pack_weight, packed_matmul
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 
@@ -41,8 +41,7 @@ def supports(model: nn.Module) -> bool:
 
 def _fused(*layers: PackedLinear) -> torch.Tensor:
     """One packed weight for linear layers that read the same input (their outputs side by side)."""
-    weight = torch.cat([layer.weight for layer in layers]).contiguous()
-    return torch.ops.mkldnn._reorder_linear_weight(weight, batch_size=BATCH_HINT)
+    return pack_weight(torch.cat([layer.weight for layer in layers]).contiguous())
 
 
 class LeanLlamaStep:

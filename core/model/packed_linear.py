@@ -37,7 +37,7 @@ def packing_works(dtype: torch.dtype) -> bool:
         generator = torch.Generator().manual_seed(0)
         weight = torch.randn(96, 80, generator=generator).to(dtype)
         rows = torch.randn(17, 80, generator=generator).to(dtype)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size=BATCH_HINT)
+        packed = pack_weight(weight)
         together = _bucketed_linear(rows, packed, None)
         alone = torch.cat([_bucketed_linear(rows[i:i + 1], packed, None) for i in range(len(rows))])
         reference = rows.float() @ weight.float().T
@@ -46,6 +46,11 @@ def packing_works(dtype: torch.dtype) -> bool:
     except (RuntimeError, NotImplementedError):
         log.info("oneDNN packed linear unavailable for %s", dtype, exc_info=True)
         return False
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A dense [out, in] weight in oneDNN's blocked layout, for `packed_matmul`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, batch_size=BATCH_HINT)
 
 
 def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,7 +99,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         with torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_size=BATCH_HINT)
+            self.packed = pack_weight(weight.detach())
         self.bias = bias
 
     @property
@@ -114,7 +119,7 @@ class PackedLinear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.packed, batch_size=BATCH_HINT)
+        self.packed = pack_weight(self.packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _bucketed_linear(x, self.packed, self.bias)
