@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 HEAVY_MODULES = ("core.model.loading", "core.model.embeddings_only", "core.text.prompt", "core.text.tokens",
                  "core.text.registry", "core.embeddings.index", "core.engine.local", "core.engine.remote",
                  "core.engine.zerogpu_engine", "core.inside.contextual", "core.inside.logit_lens")
-LOADER_EXIT_WAIT_S = 30.0  # the longest an exit waits for loading to end (a hub download may take longer)
+LOADER_EXIT_WAIT_S = 120.0  # the longest an exit waits for loading to end, a first start (dequantizing) included
 
 
 @dataclass
