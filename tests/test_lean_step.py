@@ -1,6 +1,6 @@
 """The lean decoding step and its static-cache decoder change no answer: its logits equal the transformers forward's
 bit for bit, and greedy chats through the engine equal plain `model.generate` (float32), across re-seatings of the
-static cache and in a batch."""
+static cache and in a batch. The views' forward passes on the lean step equal transformers' too."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from transformers import DynamicCache
 from core.config import RequestLimits
 from core.engine import lean_decoder
 from core.engine.batch_decoder import BatchDecoder
-from core.engine.lean_step import LeanLlamaStep, supports
+from core.engine.jobs import finish
+from core.engine.lean_step import LeanLlamaStep, shared_step, supports
 from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
+from core.inside import forward
+from core.inside.anatomy import anatomy
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Write a story about a dragon."]
 TOKENS = 40
@@ -108,3 +111,36 @@ def test_the_engine_decodes_with_the_lean_step_where_supported_and_says_so(bundl
             assert ("lean decoding step" in engine.describe()) is said
         finally:
             engine.close()
+
+
+def views_forward(loaded, rows: list[list[int]], keep: list[range], chunk: int, lean: bool, monkeypatch):
+    """The residual stream and last logits the views compute, on the lean step or (lean=False) on transformers."""
+    with monkeypatch.context() as patch:
+        if not lean:
+            patch.setattr(forward, "shared_step", lambda model: None)
+        with torch.inference_mode():
+            stream = finish(forward.residual_stream(loaded.model, anatomy(loaded.model), rows, keep, chunk))
+            logits = finish(forward.last_logits(loaded.model, rows[0], chunk))
+    return stream, logits
+
+
+@pytest.mark.parametrize("lengths,chunk", [((40,), 128), ((40, 9), 128), ((129,), 64), ((150, 70), 64)],
+                         ids=["one row", "two right-padded rows", "three chunks, the last of one column",
+                              "two rows over three chunks"])
+def test_the_views_forward_on_the_lean_step_equals_transformers_bit_for_bit(bundled, lengths, chunk, monkeypatch):
+    ids = bundled.tokenizer(" ".join(QUESTIONS) * 12)["input_ids"]
+    rows = [ids[i:i + n] for i, n in enumerate(lengths)]
+    keep = [range(0, n) for n in lengths]
+    lean_stream, lean_logits = views_forward(bundled, rows, keep, chunk, True, monkeypatch)
+    stream, logits = views_forward(bundled, rows, keep, chunk, False, monkeypatch)
+    assert lean_stream[0].shape == (bundled.model.config.num_hidden_layers + 1, lengths[0], 576)
+    for got, expected in zip(lean_stream, stream, strict=True):
+        assert torch.equal(got, expected), f"max |difference| {(got - expected).abs().max():.3g}"
+    assert torch.equal(lean_logits, logits)
+
+
+def test_the_decoder_and_the_views_share_one_lean_step(bundled, phi3_tiny):
+    step = shared_step(bundled.model)
+    assert step is not None and shared_step(bundled.model) is step
+    assert lean_decoder.LeanBatchDecoder(bundled.model, stop_ids=[0]).lean is step  # one copy of the fused weights
+    assert shared_step(phi3_tiny.model) is None

@@ -15,17 +15,18 @@ from __future__ import annotations
 import torch
 
 from core.engine.batch_decoder import BatchDecoder, Prefill
-from core.engine.lean_step import LeanLlamaStep
+from core.engine.lean_step import shared_step
 
 HEADROOM = 256  # free columns (at least) given to the batch each time it is seated
 
 
 class LeanBatchDecoder(BatchDecoder):
-    """A BatchDecoder whose decoding steps run LeanLlamaStep on a static cache. Only for `lean_step.supports`."""
+    """A BatchDecoder whose decoding steps run the model's LeanLlamaStep on a static cache. Only for
+    `lean_step.supports`."""
 
     def __init__(self, model, stop_ids: list[int], prefix_cache=None) -> None:
         super().__init__(model, stop_ids, prefix_cache)
-        self.lean = LeanLlamaStep(model)
+        self.lean = shared_step(model)
         self._seated = False
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []

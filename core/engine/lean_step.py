@@ -1,5 +1,5 @@
-"""One decoding step of a Llama-family model (Llama, SmolLM2) as the few torch ops it needs, on the model's own
-packed weights: the chat engine's model runner on the CPU.
+"""A Llama-family model (Llama, SmolLM2) as the few torch ops it needs, on the model's own packed weights: the chat
+engine's decoding step on the CPU, and the views' forward pass over whole chunks of text (`forward`).
 
 Why: a decoding step through transformers runs every op under layers of Python (module calls, output capturing,
 mask building, cache objects), and at a small model's size that overhead, not arithmetic, is much of a step. This
@@ -16,6 +16,10 @@ grouped queries with a boolean mask otherwise). tests/test_lean_step.py checks t
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -23,6 +27,8 @@ from torch.nn import functional as F
 from core.model.packed_linear import PackedLinear, pack_weight, packed_matmul
 
 ARCHITECTURES = ("LlamaForCausalLM",)
+_SHARED: weakref.WeakKeyDictionary[nn.Module, LeanLlamaStep] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 
 
 def supports(model: nn.Module) -> bool:
@@ -37,6 +43,18 @@ def supports(model: nn.Module) -> bool:
             and not config.mlp_bias and config.hidden_act == "silu"
             and getattr(config, "_attn_implementation", "sdpa") == "sdpa"
             and bool(linears) and all(isinstance(m, PackedLinear) for m in linears))
+
+
+def shared_step(model: nn.Module) -> LeanLlamaStep | None:
+    """The one LeanLlamaStep of `model` (built on first use), or None where `supports` says no. The chat's decoder
+    and the views share it: its fused weights are a copy of the model's, made once."""
+    if not supports(model):
+        return None
+    with _LOCK:
+        step = _SHARED.get(model)
+        if step is None:
+            step = _SHARED[model] = LeanLlamaStep(model)
+        return step
 
 
 def _fused(*layers: PackedLinear) -> torch.Tensor:
@@ -126,3 +144,65 @@ class LeanLlamaStep:
             x = x + mm(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
         logits = mm(self._rms(x, self.norm), self.lm_head)
         return logits[:1] if lone else logits
+
+    def forward(self, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """The residual stream of right-padded rows `ids` [rows, width], `chunk` columns at a time: for each chunk,
+        its first column and [layers + 1] tensors [rows, columns, hidden] (the input embeddings, then each layer's
+        output before the final norm), as transformers' forward computes them for the same chunks on a cache.
+
+        The views' forward pass (core/inside/forward.py). Causal attention never lets a token see the padding after
+        its row, so the rows need no mask; a chunk after the first attends to the cached columns before it through
+        the boolean mask transformers builds for that case, with the keys repeated per query head as it does."""
+        rows, width = ids.shape
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        self.reserve(width)
+        keys = [torch.empty(rows, kv, width, d) for _ in self.layers]
+        values = [torch.empty(rows, kv, width, d) for _ in self.layers]
+        for start in range(0, width, chunk):
+            n = min(chunk, width - start)
+            end = start + n
+            cos, sin = self._cos[start:end, None], self._sin[start:end, None]
+            mask = None
+            if start:
+                mask = (torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]).expand(rows, 1, n, end)
+            x = F.embedding(ids[:, start:end], self.embed).reshape(rows * n, -1)
+            stream = [x]
+            for (norm1, qkv_w, o_w, norm2, gate_up_w, down_w), k_cache, v_cache in zip(self.layers, keys, values,
+                                                                                        strict=True):
+                qkv = _matmul(self._rms(x, norm1), qkv_w).view(rows, n, -1)
+                qk = qkv[..., :(h + kv) * d].reshape(rows, n, h + kv, d)
+                qk = qk * cos + qk.view(rows, n, h + kv, 2, d // 2).flip(3).view(rows, n, h + kv, d) * sin
+                k_cache[:, :, start:end] = qk[:, :, h:].transpose(1, 2)
+                v_cache[:, :, start:end] = qkv[..., (h + kv) * d:].view(rows, n, kv, d).transpose(1, 2)
+                q = qk[:, :, :h].transpose(1, 2)
+                if mask is None:
+                    out = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], is_causal=True,
+                                                         scale=self.scale, enable_gqa=True)
+                else:
+                    out = F.scaled_dot_product_attention(q, _repeat(k_cache[:, :, :end], self.groups),
+                                                         _repeat(v_cache[:, :, :end], self.groups), attn_mask=mask,
+                                                         scale=self.scale)
+                x = x + _matmul(out.transpose(1, 2).reshape(rows * n, h * d), o_w)
+                gate_up = _matmul(self._rms(x, norm2), gate_up_w)
+                half = gate_up.shape[1] // 2
+                x = x + _matmul(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
+                stream.append(x)
+            yield start, [s.view(rows, n, -1) for s in stream]
+
+    def logits(self, last: torch.Tensor) -> torch.Tensor:
+        """The model's logits [rows, vocab] for residual-stream rows [rows, hidden] out of the last layer."""
+        return _matmul(self._rms(last, self.norm), self.lm_head)
+
+
+def _matmul(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """A packed matmul; a lone row goes through as two, as PackedLinear runs it, for the same bits."""
+    if x.shape[0] == 1:
+        return packed_matmul(x.repeat(2, 1), packed)[:1]
+    return packed_matmul(x, packed)
+
+
+def _repeat(cache: torch.Tensor, groups: int) -> torch.Tensor:
+    """[rows, kv_heads, columns, d] → [rows, kv_heads * groups, columns, d], each key/value head once per query
+    head it serves (transformers' repeat_kv)."""
+    rows, kv, columns, d = cache.shape
+    return cache[:, :, None].expand(rows, kv, groups, columns, d).reshape(rows, kv * groups, columns, d)

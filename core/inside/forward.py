@@ -3,7 +3,9 @@ for one chunk at most (the engine's worker runs one step of a generator between 
 
 A text that fits in one chunk is one plain forward pass. A longer one continues from the keys and values of the
 chunks before it, which computes the same thing. Several rows (contextual's two sentences) go through together,
-right-padded: causal attention never lets a token see the padding that follows its row.
+right-padded: causal attention never lets a token see the padding that follows its row. Where the chat engine decodes
+with the lean step (core/engine/lean_step.py), the views' passes run on it too: the same bits as the transformers
+forward, in less time, and the stream comes straight out of it instead of through hooks.
 
     >>> logits = yield from last_logits(model, ids)                                   # doctest: +SKIP
     >>> [states] = yield from residual_stream(model, parts, [ids], [range(3, 8)])      # [layers + 1, 5, hidden]
@@ -20,6 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 
+from core.engine.lean_step import shared_step
 from core.inside.anatomy import Anatomy
 
 CHUNK_TOKENS = 128
@@ -42,6 +45,14 @@ def _stream_hooks(layers: nn.ModuleList, into: list[torch.Tensor]) -> list[Remov
             *(layer.register_forward_hook(output) for layer in layers)]
 
 
+def _right_padded(model: Any, rows: list[list[int]]) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long, device=model.device)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids
+
+
 def _chunks(model: Any, rows: list[list[int]], chunk: int, layers: nn.ModuleList | None = None,
             **kwargs: Any) -> Iterator[tuple[int, Any, list[torch.Tensor]]]:
     """(first column, model output, the residual stream `layers` carried) for each chunk of the right-padded rows.
@@ -51,10 +62,8 @@ def _chunks(model: Any, rows: list[list[int]], chunk: int, layers: nn.ModuleList
     time it is asked (closures, which make the shared model impossible to pickle). A hook belongs to the module, so
     it would also see the decoding steps the worker runs between two chunks, and a forward pass another thread runs
     meanwhile: each hook is there during this pass's own forward call only and keeps its own thread's calls."""
-    width = max(len(row) for row in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long, device=model.device)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    ids = _right_padded(model, rows)
+    width = ids.shape[1]
     cache = DynamicCache() if width > chunk else None
     for start in range(0, width, chunk):
         received: list[torch.Tensor] = []
@@ -70,6 +79,13 @@ def _chunks(model: Any, rows: list[list[int]], chunk: int, layers: nn.ModuleList
 
 def last_logits(model: Any, ids: list[int], chunk: int = CHUNK_TOKENS) -> Generator[None, None, torch.Tensor]:
     """The model's float32 logits [vocab] for the token after `ids`."""
+    step = shared_step(model)
+    if step is not None:
+        last = None
+        for _start, stream in step.forward(_right_padded(model, [ids]), chunk):
+            last = stream[-1][0, -1:]
+            yield
+        return step.logits(last)[0]
     logits = None
     for _start, out, _ in _chunks(model, [ids], chunk, logits_to_keep=1):
         logits = out.logits[0, -1]
@@ -82,7 +98,13 @@ def residual_stream(model: Any, parts: Anatomy, rows: list[list[int]], keep: lis
     """For each row, the residual stream at its `keep` positions, [layers + 1, positions, hidden]: 0 is the input
     embedding rows, then each decoder layer's output, the last one taken before the final norm."""
     kept: list[list[torch.Tensor]] = [[] for _ in rows]
-    for start, _out, received in _chunks(model, rows, chunk, parts.layers, logits_to_keep=1):
+    step = shared_step(model)
+    if step is not None:
+        chunks = step.forward(_right_padded(model, rows), chunk)
+    else:
+        chunks = ((start, received) for start, _out, received in _chunks(model, rows, chunk, parts.layers,
+                                                                           logits_to_keep=1))
+    for start, received in chunks:
         if len(received) != parts.num_layers + 1:
             raise RuntimeError(f"expected {parts.num_layers + 1} residual-stream states, got {len(received)}")
         stack = torch.stack(received)  # [layers + 1, rows, chunk, hidden]
