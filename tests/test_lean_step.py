@@ -144,3 +144,25 @@ def test_the_decoder_and_the_views_share_one_lean_step(bundled, phi3_tiny):
     assert step is not None and shared_step(bundled.model) is step
     assert lean_decoder.LeanBatchDecoder(bundled.model, stop_ids=[0]).lean is step  # one copy of the fused weights
     assert shared_step(phi3_tiny.model) is None
+
+
+@pytest.mark.parametrize("count,gap", [(1, 0), (1, 7), (3, 0), (3, 7)],
+                         ids=["lone row", "lone row with a masked gap", "3 padded rows", "3 rows, one with a gap"])
+def test_a_prompt_fed_in_chunks_through_the_lean_step_equals_transformers_bit_for_bit(bundled, count, gap):
+    """What the chat's prefill computes (LeanBatchDecoder._feed): left-padded rows with their masks and positions,
+    fed in chunks of 5 columns and then one column, onto the same cache."""
+    model, tokenizer = bundled.model, bundled.tokenizer
+    ids, mask = left_padded([tokenizer(q)["input_ids"] for q in QUESTIONS[:count]], gap)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    step, lean_cache, cache = shared_step(model), DynamicCache(), DynamicCache()
+    width = ids.shape[1]
+    with torch.inference_mode():
+        for start, end in ((0, 5), (5, width - 1), (width - 1, width)):
+            got = step.logits(step.forward(ids[:, start:end], positions[:, start:end], mask[:, :end],
+                                           lean_cache)[-1][:, -1])
+            expected = model(input_ids=ids[:, start:end], attention_mask=mask[:, :end],
+                             position_ids=positions[:, start:end], past_key_values=cache, use_cache=True,
+                             logits_to_keep=1).logits[:, -1]
+            assert torch.equal(got, expected), f"columns {start}..{end}: {(got - expected).abs().max():.3g}"
+    for lean_layer, layer in zip(lean_cache.layers, cache.layers, strict=True):
+        assert torch.equal(lean_layer.keys, layer.keys) and torch.equal(lean_layer.values, layer.values)

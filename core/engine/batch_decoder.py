@@ -149,13 +149,11 @@ class BatchDecoder:
         other chats streaming while it is read; the keys and values are those of one pass up to float rounding."""
         start = group.fed
         end = group.width if columns is None else min(group.width, start + columns)
-        out = self.model(input_ids=group.ids[:, start:end], attention_mask=group.mask[:, :group.past + end],
-                         position_ids=group.positions[:, start:end], past_key_values=group.cache, use_cache=True,
-                         logits_to_keep=1)
+        logits = self._feed(group, start, end)
         group.fed = end
         if end < group.width:
             return False
-        first = self._choose(out.logits[:, -1], group.slots)
+        first = self._choose(logits, group.slots)
         for slot, token in zip(group.slots, first, strict=True):  # first tokens first: storing keys can wait
             self._accept(slot, token)
         for row, slot in enumerate(group.slots):
@@ -163,6 +161,13 @@ class BatchDecoder:
         self._merge(group.slots, group.cache, group.mask)
         self.prune()
         return True
+
+    def _feed(self, group: Prefill, start: int, end: int) -> torch.Tensor:
+        """Run columns start..end of `group` on its cache; the logits [rows, vocab] of its last column."""
+        out = self.model(input_ids=group.ids[:, start:end], attention_mask=group.mask[:, :group.past + end],
+                         position_ids=group.positions[:, start:end], past_key_values=group.cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1]
 
     # -- prefix cache ------------------------------------------------------------------------------------------
     def _lookup(self, ids: list[int]) -> tuple[int, LayerKV]:

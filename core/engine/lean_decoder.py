@@ -3,9 +3,9 @@ step supports (Llama-family, float32, CPU): the same answers, bit for bit, in le
 
 The running batch's keys and values live in preallocated buffers with free columns after the ones in use, so a
 step writes one column per layer instead of concatenating every layer's cache, and the step itself runs without
-transformers' modules. Prefill, the prefix cache, admission and pruning stay BatchDecoder's: before any of them the
-base class's cache is pointed at the columns in use (`_sync`), and after them the batch is copied once into fresh
-buffers (`_seat`).
+transformers' modules; a prompt's columns go through the lean step's `forward` too. The prefix cache, admission and
+pruning stay BatchDecoder's: before any of them the base class's cache is pointed at the columns in use (`_sync`),
+and after them the batch is copied once into fresh buffers (`_seat`).
 
     >>> decoder = LeanBatchDecoder(model, stop_ids=[2], prefix_cache=PrefixCache(256 << 20))   # doctest: +SKIP
 """
@@ -71,6 +71,11 @@ class LeanBatchDecoder(BatchDecoder):
         if done:
             self._seated = False
         return done
+
+    def _feed(self, group: Prefill, start: int, end: int) -> torch.Tensor:
+        stream = self.lean.forward(group.ids[:, start:end], group.positions[:, start:end],
+                                   group.mask[:, :group.past + end], group.cache)
+        return self.lean.logits(stream[-1][:, -1])
 
     def prune(self) -> None:
         if all(slot.finish_reason is None for slot in self.slots):

@@ -1,28 +1,31 @@
-"""A Llama-family model (Llama, SmolLM2) as the few torch ops it needs, on the model's own packed weights: the chat
-engine's decoding step on the CPU, and the views' forward pass over whole chunks of text (`forward`).
+"""A Llama-family model (Llama, SmolLM2) as the few torch ops it needs, on the model's own packed weights: on the
+CPU, the chat engine's decoding step (`__call__`, on a static cache) and its prompts' prefill, and the views'
+forward passes (`forward`, on a transformers cache).
 
-Why: a decoding step through transformers runs every op under layers of Python (module calls, output capturing,
+Why: a forward pass through transformers runs every op under layers of Python (module calls, output capturing,
 mask building, cache objects), and at a small model's size that overhead, not arithmetic, is much of a step. This
-step runs only the ops a layer needs and no modules, and computes the same bits as the transformers
-forward in float32: each op is the one transformers runs on the same operands. Fusing q|k|v and gate|up into one
-packed matmul gives each output column the same dot product; the rotary "rotate half" is a flip with its sign moved
-onto a precomputed sine; attention takes the SDPA path transformers takes (`enable_gqa` when no column is masked,
-grouped queries with a boolean mask otherwise). tests/test_lean_step.py checks the logits bit for bit.
+runs only the ops a layer needs and no modules, and computes the same bits as the transformers forward in float32:
+each op is the one transformers runs on the same operands. Fusing q|k|v and gate|up into one packed matmul gives
+each output column the same dot product; the rotary "rotate half" is a flip with its sign moved onto a precomputed
+sine; the mask is transformers' own, and attention takes the branch its SDPA path takes (`_attend`).
+tests/test_lean_step.py checks logits, caches and residual streams bit for bit.
 
-    >>> step = LeanLlamaStep(model)                                    # doctest: +SKIP
+    >>> step = shared_step(model)                                      # doctest: +SKIP
     >>> step.reserve(1024)                                             # doctest: +SKIP
-    >>> logits = step(tokens, positions, keys, values, length, None)   # [rows, vocab]   # doctest: +SKIP
+    >>> logits = step(tokens, positions, keys, values, length, None)   # [rows, vocab]       # doctest: +SKIP
+    >>> stream = step.forward(ids, positions, None, DynamicCache())    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
 
 from core.model.packed_linear import PackedLinear, pack_weight, packed_matmul
 
@@ -68,6 +71,7 @@ class LeanLlamaStep:
 
     def __init__(self, model: nn.Module) -> None:
         config, inner = model.config, model.model
+        self.config = config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -117,7 +121,7 @@ class LeanLlamaStep:
         if lone:
             tokens, positions, rows = tokens.repeat(2), positions.repeat(2), 2
         n = length + 1
-        h, kv, d, g = self.heads, self.kv_heads, self.head_dim, self.groups
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
         cos, sin = self._cos[positions, None], self._sin[positions, None]
         attn_mask = None if mask is None else mask[:, None, None, :n]
         mm = packed_matmul
@@ -130,13 +134,7 @@ class LeanLlamaStep:
             cached = 1 if lone else rows
             k_cache[:, :, length] = qk[:cached, h:]
             v_cache[:, :, length] = qkv[:cached, (h + kv) * d:].view(cached, kv, d)
-            q = qk[:cached, :h]
-            if attn_mask is None:
-                out = F.scaled_dot_product_attention(q.unsqueeze(2), k_cache[:, :, :n], v_cache[:, :, :n],
-                                                     scale=self.scale, enable_gqa=True)
-            else:
-                out = F.scaled_dot_product_attention(q.reshape(cached, kv, g, d), k_cache[:, :, :n],
-                                                     v_cache[:, :, :n], attn_mask=attn_mask, scale=self.scale)
+            out = self._attend(qk[:cached, :h].unsqueeze(2), k_cache[:, :, :n], v_cache[:, :, :n], attn_mask)
             out = out.reshape(cached, h * d)
             x = x + mm(out.expand(rows, h * d) if lone else out, o_w)
             gate_up = mm(self._rms(x, norm2), gate_up_w)
@@ -145,49 +143,53 @@ class LeanLlamaStep:
         logits = mm(self._rms(x, self.norm), self.lm_head)
         return logits[:1] if lone else logits
 
-    def forward(self, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
-        """The residual stream of right-padded rows `ids` [rows, width], `chunk` columns at a time: for each chunk,
-        its first column and [layers + 1] tensors [rows, columns, hidden] (the input embeddings, then each layer's
-        output before the final norm), as transformers' forward computes them for the same chunks on a cache.
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None,
+                cache: DynamicCache) -> list[torch.Tensor]:
+        """The residual stream for new columns `ids` [rows, n] at `positions` [rows, n] after the columns `cache`
+        holds, whose keys and values it extends: [layers + 1] tensors [rows, n, hidden] (the input embeddings, then
+        each layer's output before the final norm), as transformers' forward computes them from the same arguments.
+        attention_mask: [rows, cached + n], 1 = a real token, or None when every column is real.
 
-        The views' forward pass (core/inside/forward.py). Causal attention never lets a token see the padding after
-        its row, so the rows need no mask; a chunk after the first attends to the cached columns before it through
-        the boolean mask transformers builds for that case, with the keys repeated per query head as it does."""
-        rows, width = ids.shape
+        A prompt's prefill (LeanBatchDecoder) and the views' passes (core/inside/forward.py). The mask is the one
+        transformers builds for the same arguments, and attention takes the branch its SDPA path would take."""
+        rows, n = ids.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
-        self.reserve(width)
-        keys = [torch.empty(rows, kv, width, d) for _ in self.layers]
-        values = [torch.empty(rows, kv, width, d) for _ in self.layers]
-        for start in range(0, width, chunk):
-            n = min(chunk, width - start)
-            end = start + n
-            cos, sin = self._cos[start:end, None], self._sin[start:end, None]
-            mask = None
-            if start:
-                mask = (torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]).expand(rows, 1, n, end)
-            x = F.embedding(ids[:, start:end], self.embed).reshape(rows * n, -1)
-            stream = [x]
-            for (norm1, qkv_w, o_w, norm2, gate_up_w, down_w), k_cache, v_cache in zip(self.layers, keys, values,
-                                                                                        strict=True):
-                qkv = _matmul(self._rms(x, norm1), qkv_w).view(rows, n, -1)
-                qk = qkv[..., :(h + kv) * d].reshape(rows, n, h + kv, d)
-                qk = qk * cos + qk.view(rows, n, h + kv, 2, d // 2).flip(3).view(rows, n, h + kv, d) * sin
-                k_cache[:, :, start:end] = qk[:, :, h:].transpose(1, 2)
-                v_cache[:, :, start:end] = qkv[..., (h + kv) * d:].view(rows, n, kv, d).transpose(1, 2)
-                q = qk[:, :, :h].transpose(1, 2)
-                if mask is None:
-                    out = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], is_causal=True,
-                                                         scale=self.scale, enable_gqa=True)
-                else:
-                    out = F.scaled_dot_product_attention(q, _repeat(k_cache[:, :, :end], self.groups),
-                                                         _repeat(v_cache[:, :, :end], self.groups), attn_mask=mask,
-                                                         scale=self.scale)
-                x = x + _matmul(out.transpose(1, 2).reshape(rows * n, h * d), o_w)
-                gate_up = _matmul(self._rms(x, norm2), gate_up_w)
-                half = gate_up.shape[1] // 2
-                x = x + _matmul(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
-                stream.append(x)
-            yield start, [s.view(rows, n, -1) for s in stream]
+        self.reserve(int(positions.max()) + 1)
+        cos, sin = self._cos[positions].unsqueeze(2), self._sin[positions].unsqueeze(2)
+        x = F.embedding(ids, self.embed)
+        mask = create_causal_mask(config=self.config, inputs_embeds=x, attention_mask=attention_mask,
+                                  past_key_values=cache, position_ids=positions)
+        x = x.reshape(rows * n, -1)
+        stream = [x]
+        for i, (norm1, qkv_w, o_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
+            qkv = _matmul(self._rms(x, norm1), qkv_w).view(rows, n, -1)
+            qk = qkv[..., :(h + kv) * d].reshape(rows, n, h + kv, d)
+            qk = qk * cos + qk.view(rows, n, h + kv, 2, d // 2).flip(3).view(rows, n, h + kv, d) * sin
+            keys, values = cache.update(qk[:, :, h:].transpose(1, 2),
+                                        qkv[..., (h + kv) * d:].view(rows, n, kv, d).transpose(1, 2), i)
+            out = self._attend(qk[:, :, :h].transpose(1, 2), keys, values, mask)
+            x = x + _matmul(out.transpose(1, 2).reshape(rows * n, h * d), o_w)
+            gate_up = _matmul(self._rms(x, norm2), gate_up_w)
+            half = gate_up.shape[1] // 2
+            x = x + _matmul(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
+            stream.append(x)
+        return [s.view(rows, n, -1) for s in stream]
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """SDPA over q [rows, heads, n, d] as transformers' sdpa_attention_forward calls it: grouped-query SDPA
+        without a mask (causal for more than one query), the query heads grouped per key head for a single query
+        with a mask, the keys and values repeated per query head otherwise."""
+        rows, _, n, d = q.shape
+        if mask is None:
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=n > 1, scale=self.scale,
+                                                  enable_gqa=True)
+        if n == 1:
+            out = F.scaled_dot_product_attention(q.reshape(rows, self.kv_heads, self.groups, d), keys, values,
+                                                 attn_mask=mask, scale=self.scale)
+            return out.reshape(rows, self.heads, 1, d)
+        return F.scaled_dot_product_attention(q, _repeat(keys, self.groups), _repeat(values, self.groups),
+                                              attn_mask=mask, scale=self.scale)
 
     def logits(self, last: torch.Tensor) -> torch.Tensor:
         """The model's logits [rows, vocab] for residual-stream rows [rows, hidden] out of the last layer."""

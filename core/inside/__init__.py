@@ -7,6 +7,6 @@ a chat waits for one step of it at most; core/engine/jobs.py), in a GPU call of 
 has no weights here and says so. The part that runs there is a module-level function of plain arguments returning
 plain data; names and formatting happen back in the caller's thread.
 
-May import core.model, core.text, core.embeddings, core.engine's public API (base, settings, sampling, lean_step), core.config,
-core.errors and core.checks; only demo/ imports it.
+May import core.model, core.text, core.embeddings, core.engine's public API (base, settings, sampling, lean_step),
+core.config, core.errors and core.checks; only demo/ imports it.
 """

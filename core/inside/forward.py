@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 
-from core.engine.lean_step import shared_step
+from core.engine.lean_step import LeanLlamaStep, shared_step
 from core.inside.anatomy import Anatomy
 
 CHUNK_TOKENS = 128
@@ -77,12 +77,22 @@ def _chunks(model: Any, rows: list[list[int]], chunk: int, layers: nn.ModuleList
         yield start, out, received
 
 
+def _lean_chunks(step: LeanLlamaStep, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """(first column, the residual stream [layers + 1] of [rows, columns, hidden]) for each chunk of `ids`, on the
+    lean step: what `_chunks` reads with hooks, computed the same way."""
+    cache = DynamicCache()
+    for start in range(0, ids.shape[1], chunk):
+        columns = ids[:, start:start + chunk]
+        positions = torch.arange(start, start + columns.shape[1], device=ids.device).expand_as(columns)
+        yield start, step.forward(columns, positions, None, cache)
+
+
 def last_logits(model: Any, ids: list[int], chunk: int = CHUNK_TOKENS) -> Generator[None, None, torch.Tensor]:
     """The model's float32 logits [vocab] for the token after `ids`."""
     step = shared_step(model)
     if step is not None:
         last = None
-        for _start, stream in step.forward(_right_padded(model, [ids]), chunk):
+        for _start, stream in _lean_chunks(step, _right_padded(model, [ids]), chunk):
             last = stream[-1][0, -1:]
             yield
         return step.logits(last)[0]
@@ -100,7 +110,7 @@ def residual_stream(model: Any, parts: Anatomy, rows: list[list[int]], keep: lis
     kept: list[list[torch.Tensor]] = [[] for _ in rows]
     step = shared_step(model)
     if step is not None:
-        chunks = step.forward(_right_padded(model, rows), chunk)
+        chunks = _lean_chunks(step, _right_padded(model, rows), chunk)
     else:
         chunks = ((start, received) for start, _out, received in _chunks(model, rows, chunk, parts.layers,
                                                                            logits_to_keep=1))
