@@ -2,8 +2,10 @@
 
 1. `next_tokens` and `logit_lens` (the work behind /next_tokens and /logit_lens, run through the chat engine's
    worker as the endpoints run them) on a 64-token text ÷ one plain forward pass of that text on the same worker
-   (transformers' default: logits at every position). Target ≤ 1.5. The lens is measured at the default positions
-   for where the model runs, and at the GPU default for comparison: each of its cells is one full LM-head row.
+   (the model's transformers forward, logits at every position). Target ≤ 1.5. The lens is measured at the default
+   positions for where the model runs, and at the GPU default for comparison: each of its cells is one full LM-head
+   row. Where the views run on the lean step (core/engine/lean_step.py), the same pass on it is measured too, and
+   each view ÷ that pass reported beside.
 2. Chat tokens/s with per-token logprobs (top 5) on ÷ off, greedy, one chat alone and four together, the order
    of on and off swapped every round. Target ≥ 0.9.
 
@@ -21,9 +23,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from transformers import DynamicCache
 
 from bench.results_io import write_results
 from core.config import default_cache_dir
+from core.engine.lean_step import shared_step
 from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
 from core.inside.logit_lens import CPU_POSITIONS, GPU_POSITIONS, default_positions, logit_lens
@@ -33,6 +37,7 @@ from core.model.loading import load_model
 PASSAGE = ("The river bank was quiet in the early morning. A heron stood in the shallow water, watching for fish, "
            "while the mist rose slowly from the surface. Further along, a small boat was tied to an old wooden post, "
            "and its owner sat nearby with a cup of tea, reading yesterday's newspaper and waiting for the sun. ")
+LEAN = "the same forward on the lean step"
 QUESTIONS = ["Write a long story about a dragon who learns to read.", "Describe a busy market in a big city.",
              "Explain how a bicycle works, in detail.", "Describe the life of a lighthouse keeper."]
 
@@ -48,6 +53,14 @@ def text_of(tokenizer, tokens: int) -> str:
 def _forward(loaded, ids: list[int]) -> None:
     with torch.inference_mode():
         loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device))
+
+
+def _lean_forward(loaded, ids: list[int]) -> None:
+    """The same pass (logits at every position) on the lean step the views run on."""
+    step = shared_step(loaded.model)
+    with torch.inference_mode():
+        stream = step.forward(torch.tensor([ids]), torch.arange(len(ids))[None], None, DynamicCache())
+        step.logits(stream[-1][0])
 
 
 def measured(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, float]]:
@@ -78,11 +91,16 @@ def latency(engine: ChatEngine, rounds: int) -> dict[str, dict[str, float]]:
     }
     other = GPU_POSITIONS if positions == CPU_POSITIONS else CPU_POSITIONS
     cases[f"logit_lens {other} positions"] = lambda: logit_lens(engine, text, max_tokens=other)
+    if shared_step(loaded.model) is not None:
+        cases[LEAN] = lambda: engine.inspect(_lean_forward, ids)
     result = measured(cases, rounds)
-    base = result["plain forward"]
+    base, lean = result["plain forward"], result.get(LEAN)
     for row in result.values():
         row["ratio_wall"] = row["wall_s"] / base["wall_s"]
         row["ratio_cpu"] = row["cpu_s"] / base["cpu_s"]
+        if lean is not None:
+            row["ratio_lean_wall"] = row["wall_s"] / lean["wall_s"]
+            row["ratio_lean_cpu"] = row["cpu_s"] / lean["cpu_s"]
     return result
 
 
@@ -133,6 +151,8 @@ def main() -> None:
     table += [(f"{name} ÷ plain forward (wall / CPU; target ≤ 1.5)",
                f"{row['ratio_wall']:.2f} / {row['ratio_cpu']:.2f}")
               for name, row in lat.items() if name != "plain forward"]
+    table += [(f"{name} ÷ {LEAN} (wall / CPU)", f"{row['ratio_lean_wall']:.2f} / {row['ratio_lean_cpu']:.2f}")
+              for name, row in lat.items() if "ratio_lean_wall" in row and name not in ("plain forward", LEAN)]
     table += [(f"{label}: tokens/s (wall)", f"{row['tokens_per_s']:.1f}") for label, row in chat.items()]
     table += [(f"{together}: tokens/s logprobs on ÷ off (wall / CPU; target ≥ 0.9)",
                f"{r['wall']:.3f} / {r['cpu']:.3f}") for together, r in ratios.items()]
