@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from core.model.packed_linear import PackedLinear, pack_weight, packed_matmul
+from core.model.packed_linear import PackedLinear, bucketed_matmul, pack_weight, packed_matmul
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 _SHARED: weakref.WeakKeyDictionary[nn.Module, LeanLlamaStep] = weakref.WeakKeyDictionary()
@@ -162,16 +162,16 @@ class LeanLlamaStep:
         x = x.reshape(rows * n, -1)
         stream = [x]
         for i, (norm1, qkv_w, o_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
-            qkv = _matmul(self._rms(x, norm1), qkv_w).view(rows, n, -1)
+            qkv = bucketed_matmul(self._rms(x, norm1), qkv_w).view(rows, n, -1)
             qk = qkv[..., :(h + kv) * d].reshape(rows, n, h + kv, d)
             qk = qk * cos + qk.view(rows, n, h + kv, 2, d // 2).flip(3).view(rows, n, h + kv, d) * sin
             keys, values = cache.update(qk[:, :, h:].transpose(1, 2),
                                         qkv[..., (h + kv) * d:].view(rows, n, kv, d).transpose(1, 2), i)
             out = self._attend(qk[:, :, :h].transpose(1, 2), keys, values, mask)
-            x = x + _matmul(out.transpose(1, 2).reshape(rows * n, h * d), o_w)
-            gate_up = _matmul(self._rms(x, norm2), gate_up_w)
+            x = x + bucketed_matmul(out.transpose(1, 2).reshape(rows * n, h * d), o_w)
+            gate_up = bucketed_matmul(self._rms(x, norm2), gate_up_w)
             half = gate_up.shape[1] // 2
-            x = x + _matmul(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
+            x = x + bucketed_matmul(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
             stream.append(x)
         return [s.view(rows, n, -1) for s in stream]
 
@@ -193,14 +193,7 @@ class LeanLlamaStep:
 
     def logits(self, last: torch.Tensor) -> torch.Tensor:
         """The model's logits [rows, vocab] for residual-stream rows [rows, hidden] out of the last layer."""
-        return _matmul(self._rms(last, self.norm), self.lm_head)
-
-
-def _matmul(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    """A packed matmul; a lone row goes through as two, as PackedLinear runs it, for the same bits."""
-    if x.shape[0] == 1:
-        return packed_matmul(x.repeat(2, 1), packed)[:1]
-    return packed_matmul(x, packed)
+        return bucketed_matmul(self._rms(last, self.norm), self.lm_head)
 
 
 def _repeat(cache: torch.Tensor, groups: int) -> torch.Tensor:

@@ -38,8 +38,8 @@ def packing_works(dtype: torch.dtype) -> bool:
         weight = torch.randn(96, 80, generator=generator).to(dtype)
         rows = torch.randn(17, 80, generator=generator).to(dtype)
         packed = pack_weight(weight)
-        together = _bucketed_linear(rows, packed, None)
-        alone = torch.cat([_bucketed_linear(rows[i:i + 1], packed, None) for i in range(len(rows))])
+        together = bucketed_matmul(rows, packed, None)
+        alone = torch.cat([bucketed_matmul(rows[i:i + 1], packed, None) for i in range(len(rows))])
         reference = rows.float() @ weight.float().T
         close = torch.allclose(together.float(), reference, rtol=1e-2 if dtype != torch.float32 else 1e-5, atol=1e-3)
         return bool(close and torch.equal(together, alone))
@@ -79,7 +79,9 @@ def row_bucket(rows: int) -> int:
     return -(-rows // step) * step
 
 
-def _bucketed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def bucketed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`packed_matmul` at the row count `row_bucket` gives x's rows: how every matmul on a packed weight runs when its
+    row counts vary (prompts of any length), so that oneDNN keeps few kernels and each row gets the same bits."""
     inputs = x.shape[-1]
     rows = x.numel() // inputs
     bucket = row_bucket(rows)
@@ -122,7 +124,7 @@ class PackedLinear(nn.Module):
         self.packed = pack_weight(self.packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _bucketed_linear(x, self.packed, self.bias)
+        return bucketed_matmul(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
