@@ -21,7 +21,7 @@ from core.errors import InvalidInputError, UnavailableError
 from core.inside.anatomy import anatomy
 from core.inside.contextual import contextual
 from core.inside.forward import last_logits, residual_stream
-from core.inside.logit_lens import CPU_POSITIONS, MAX_LENS_TOKENS, logit_lens
+from core.inside.logit_lens import CPU_POSITIONS, MAX_BLOCK, MAX_LENS_TOKENS, logit_lens, row_max
 from core.inside.next_tokens import MAX_K, next_tokens
 from core.model.embeddings_only import EmbeddingsOnly
 
@@ -241,6 +241,24 @@ def test_chunks_compute_what_one_pass_computes(loaded):
     [chunked] = run(residual_stream, loaded.model, parts, [ids], keep, 4)
     assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-3)  # float32 rounding of a different order
     assert torch.allclose(run(last_logits, loaded.model, ids), run(last_logits, loaded.model, ids, 4), atol=1e-3)
+
+
+@pytest.mark.parametrize("vocab", [49_152, 32_064, MAX_BLOCK * 3 + 1, MAX_BLOCK - 1])
+def test_row_max_is_torch_max_with_its_first_index(vocab):
+    """The lens's blocked maximum must name the same token as torch.max (and so as greedy decoding), ties
+    included: the first index holding the maximum wins, within a block, across blocks and against the tail."""
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(9, vocab, generator=generator)
+    logits[1, [3, vocab - 1]] = 50.0  # a tie between the first block and the last entry
+    if vocab > 3 * MAX_BLOCK:
+        logits[2, [MAX_BLOCK + 5, 2 * MAX_BLOCK + 7]] = 50.0  # a tie across blocks
+    logits[3, [10, 11]] = 50.0  # a tie inside a block
+    logits[4, vocab - 1] = 50.0  # the maximum in the tail alone
+    logits[5, vocab - 2:] = 50.0  # a tie inside the tail
+    logits[6] = 0.0  # every entry tied
+    best, index = row_max(logits)
+    expected = logits.max(-1)
+    assert torch.equal(best, expected.values) and torch.equal(index, expected.indices)
 
 
 def test_lens_last_row_is_the_models_own_prediction(loaded, phi3, parts):
