@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -106,6 +107,13 @@ class LeanLlamaStep:
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
+    def _mlp(self, x: torch.Tensor, norm: torch.Tensor, gate_up_w: torch.Tensor, down_w: torch.Tensor,
+             mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """x plus the layer's MLP of x [rows, hidden], its matmuls run by `mm` (the step's or the forward's)."""
+        gate_up = mm(self._rms(x, norm), gate_up_w)
+        half = gate_up.shape[1] // 2
+        return x + mm(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
+
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
                  values: list[torch.Tensor], length: int, mask: torch.Tensor | None) -> torch.Tensor:
         """Logits [rows, vocab] for one new token per row.
@@ -130,16 +138,14 @@ class LeanLlamaStep:
                                                                                     strict=True):
             qkv = mm(self._rms(x, norm1), qkv_w)
             qk = qkv[:, :(h + kv) * d].view(rows, h + kv, d)
-            qk = qk * cos + qk.view(rows, h + kv, 2, d // 2).flip(2).view(rows, h + kv, d) * sin
+            qk = _rotary(qk, cos, sin)
             cached = 1 if lone else rows
             k_cache[:, :, length] = qk[:cached, h:]
             v_cache[:, :, length] = qkv[:cached, (h + kv) * d:].view(cached, kv, d)
             out = self._attend(qk[:cached, :h].unsqueeze(2), k_cache[:, :, :n], v_cache[:, :, :n], attn_mask)
             out = out.reshape(cached, h * d)
             x = x + mm(out.expand(rows, h * d) if lone else out, o_w)
-            gate_up = mm(self._rms(x, norm2), gate_up_w)
-            half = gate_up.shape[1] // 2
-            x = x + mm(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
+            x = self._mlp(x, norm2, gate_up_w, down_w, mm)
         logits = mm(self._rms(x, self.norm), self.lm_head)
         return logits[:1] if lone else logits
 
@@ -164,14 +170,12 @@ class LeanLlamaStep:
         for i, (norm1, qkv_w, o_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
             qkv = bucketed_matmul(self._rms(x, norm1), qkv_w).view(rows, n, -1)
             qk = qkv[..., :(h + kv) * d].reshape(rows, n, h + kv, d)
-            qk = qk * cos + qk.view(rows, n, h + kv, 2, d // 2).flip(3).view(rows, n, h + kv, d) * sin
+            qk = _rotary(qk, cos, sin)
             keys, values = cache.update(qk[:, :, h:].transpose(1, 2),
                                         qkv[..., (h + kv) * d:].view(rows, n, kv, d).transpose(1, 2), i)
             out = self._attend(qk[:, :, :h].transpose(1, 2), keys, values, mask)
             x = x + bucketed_matmul(out.transpose(1, 2).reshape(rows * n, h * d), o_w)
-            gate_up = bucketed_matmul(self._rms(x, norm2), gate_up_w)
-            half = gate_up.shape[1] // 2
-            x = x + bucketed_matmul(F.silu(gate_up[:, :half]) * gate_up[:, half:], down_w)
+            x = self._mlp(x, norm2, gate_up_w, down_w, bucketed_matmul)
             stream.append(x)
         return [s.view(rows, n, -1) for s in stream]
 
@@ -194,6 +198,12 @@ class LeanLlamaStep:
     def logits(self, last: torch.Tensor) -> torch.Tensor:
         """The model's logits [rows, vocab] for residual-stream rows [rows, hidden] out of the last layer."""
         return bucketed_matmul(self._rms(last, self.norm), self.lm_head)
+
+
+def _rotary(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of q|k heads [..., d] as transformers applies it: its "rotate half" is the two halves
+    swapped (a flip, exact) with the first half's sign carried by the precomputed `sin`."""
+    return qk * cos + qk.unflatten(-1, (2, -1)).flip(-2).flatten(-2) * sin
 
 
 def _repeat(cache: torch.Tensor, groups: int) -> torch.Tensor:
