@@ -203,7 +203,8 @@ class LeanLlamaStep:
 def _rotary(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of q|k heads [..., d] as transformers applies it: its "rotate half" is the two halves
     swapped (a flip, exact) with the first half's sign carried by the precomputed `sin`."""
-    return qk * cos + qk.unflatten(-1, (2, -1)).flip(-2).flatten(-2) * sin
+    *heads, d = qk.shape
+    return qk * cos + qk.view(*heads, 2, d // 2).flip(-2).view(*heads, d) * sin
 
 
 def _repeat(cache: torch.Tensor, groups: int) -> torch.Tensor:
