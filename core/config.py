@@ -16,6 +16,7 @@ from pathlib import Path
 
 PHI3_MODEL_ID = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
+ENGINES = ("auto", "onnx", "torch")
 
 
 def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -64,6 +65,8 @@ class AppConfig:
     max_batch: int = 0  # requests decoded together (0 = as many as fit in memory at full context, at most 32)
     prefix_cache_mb: int = 256  # keys/values of recent prompts and conversations, reused by prompts that start alike
     prefill_chunk: int = 256  # prompt tokens read between two decoding steps, so a long prompt never stalls the others
+    engine: str = "auto"  # chat's model runner on this machine: onnx (int8, ONNX Runtime), torch (exact), auto
+    onnx_model: str | None = None  # a folder converted elsewhere (e.g. Microsoft's Phi-3 ONNX build) for --engine onnx
     engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
     engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
     engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
@@ -123,6 +126,15 @@ class AppConfig:
         count("--prefill-chunk", "TOKEN_LAB_PREFILL_CHUNK", base.prefill_chunk,
               "prompt tokens read between two decoding steps of the running chats, so that a long prompt never "
               "stalls them; 0 reads every prompt in one pass")
+        p.add_argument("--engine", default=env.get("TOKEN_LAB_ENGINE", base.engine), choices=ENGINES,
+                       help="what runs chat in-process: 'onnx' = ONNX Runtime on int8 weights converted at the first "
+                            "start (fast on a CPU), 'torch' = the loaded weights as they are (float32 on a CPU: "
+                            "greedy answers equal transformers' generate), 'auto' = onnx on a CPU where the model's "
+                            "architecture converts, else torch (env TOKEN_LAB_ENGINE)")
+        p.add_argument("--onnx-model", default=env.get("TOKEN_LAB_ONNX_MODEL") or None,
+                       help="chat on this already converted model (a folder written by onnxruntime-genai's model "
+                            "builder, such as Microsoft's Phi-3 ONNX builds) instead of converting --model's weights; "
+                            "its vocabulary must be --model's (env TOKEN_LAB_ONNX_MODEL)")
         p.add_argument("--engine-url", default=env.get("ENGINE_URL") or None,
                        help="send chat to this OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (env "
                             "ENGINE_URL; API key from env ENGINE_API_KEY); --model then loads only the tokenizer "
@@ -144,6 +156,6 @@ class AppConfig:
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
                    max_history_messages=args.max_history_messages, max_history_chars=args.max_history_chars,
                    max_sessions=args.max_sessions, max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
-                   prefill_chunk=args.prefill_chunk,
+                   prefill_chunk=args.prefill_chunk, engine=args.engine, onnx_model=args.onnx_model,
                    engine_url=args.engine_url, engine_model=args.engine_model,
                    engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears)

@@ -19,9 +19,10 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import AppConfig
+from core.config import ENGINES, AppConfig
 from core.engine.zerogpu import on_zerogpu
 from core.errors import ModelLoadError, ModelNotReadyError
 
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 # Every core module that imports torch, transformers or FAISS: the loader thread imports them all before the UI is
 # built, since transformers' lazy module is not safe to import from two threads at once.
 HEAVY_MODULES = ("core.model.loading", "core.model.embeddings_only", "core.text.prompt", "core.text.tokens",
-                 "core.text.registry", "core.embeddings.index", "core.engine.local", "core.engine.remote",
-                 "core.engine.zerogpu_engine", "core.inside.contextual", "core.inside.logit_lens")
+                 "core.text.registry", "core.embeddings.index", "core.engine.local", "core.engine.onnx_model",
+                 "core.engine.remote", "core.engine.zerogpu_engine", "core.inside.contextual", "core.inside.logit_lens")
 LOADER_EXIT_WAIT_S = 120.0  # the longest an exit waits for loading to end, a first start (dequantizing) included
 
 
@@ -136,8 +137,47 @@ class ModelHost:
                                     timeout=c.engine_timeout, api_key=os.environ.get("ENGINE_API_KEY") or None)
         if on_zerogpu():
             return ZeroGPUChatEngine(loaded, c.limits)
+        onnx, onnx_note = self._onnx_model(loaded)
         return ChatEngine(loaded, c.limits, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb,
-                          prefill_chunk=c.prefill_chunk)
+                          prefill_chunk=c.prefill_chunk, onnx=onnx, onnx_note=onnx_note)
+
+    def _onnx_model(self, loaded: LoadedModel):
+        """The converted model when chat runs on ONNX Runtime (`--engine onnx`, or `auto` on a CPU where it can),
+        with the ready line's phrase for it; (None, "") for the torch engine. Under `auto` a model that cannot run
+        there chats on torch and the header says why; under `onnx` it is a load error."""
+        import torch
+
+        from core.engine.onnx_model import load_onnx_model, open_prebuilt
+        from core.model.onnx_export import convertible, onnx_available
+
+        c = self.config
+        if c.engine not in ENGINES:
+            raise ModelLoadError(f"unknown engine {c.engine!r}: use {', '.join(ENGINES)}")
+        if c.onnx_model and (c.engine == "torch" or loaded.device != "cpu"):
+            raise ModelLoadError(f"--onnx-model runs on the CPU with --engine onnx or auto (here: --engine {c.engine} "
+                                 f"on {loaded.device})")
+        if c.onnx_model:
+            return open_prebuilt(Path(c.onnx_model), loaded.model.config.vocab_size, torch.get_num_threads())
+        if c.engine == "torch" or (c.engine == "auto" and loaded.device != "cpu"):
+            return None, ""
+        architecture = (getattr(loaded.model.config, "architectures", None) or ["this architecture"])[0]
+        if loaded.device != "cpu":
+            why = f"it runs on the CPU, and the model is on {loaded.device}"
+        elif not convertible(loaded.model.config):
+            why = f"{architecture} is not among the architectures it runs (Llama, Phi-3)"
+        elif loaded.weights_dir is None:
+            why = "the model's checkpoint folder is not in the local cache"
+        else:
+            why = onnx_available()
+        if why is None:
+            try:
+                return load_onnx_model(loaded.weights_dir, c.cache_dir, torch.get_num_threads(), self._progress)
+            except ModelLoadError as exc:
+                why = str(exc)
+        if c.engine == "onnx":
+            raise ModelLoadError(f"--engine onnx: {why}")
+        loaded.note = f"{loaded.note} Chat runs on torch, not ONNX Runtime: {why}.".strip()
+        return None, ""
 
     def _finish(self, loaded: LoadedModel) -> None:
         from core.embeddings.index import VocabIndex

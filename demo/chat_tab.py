@@ -35,9 +35,10 @@ INTRO = ("Talk to the model. Each message goes through the model's own chat temp
          "stops at the model's end-of-turn token. Open **What the model receives** to see the exact tokens of the "
          "prompt, control tokens included.")
 PROBS_INTRO = ("The last answer, each token coloured by the probability the model gave it; click a token to see the "
-               "five tokens it found most likely at that step.")
+               "five tokens it found most likely at that step. On a CPU these come from the int8 model the chat runs "
+               "on (ONNX Runtime), so they can differ a little from the Inside tab, which reads the float32 weights.")
 TOP_LOGPROBS = 5  # alternatives recorded for each answer token in the page and in /chat_logprobs
-EXAMPLES = ["What is the capital of France?", "Explain tokenization to a ten-year-old.",
+EXAMPLES = ["What is the capital of Japan?", "Explain tokenization to a ten-year-old.",
             "Write a haiku about embeddings.", "Translate 'good morning' into French, Spanish and German."]
 
 
@@ -201,8 +202,9 @@ def build_chat_tab(host: ModelHost) -> None:
         engine) the prefix cache's size and how much of the prompts it served.
 
         Returns:
-            {"engine": str, "requests_in_progress": int, "max_queue": int, "requests_accepted": int,
-             "peak_batch": int, "recent": {"requests": int, "ttft_p50_s": float | None, "ttft_p95_s": ...,
+            {"engine": str, "runner": str ("onnx int8" or "torch float32"; in-process only),
+             "requests_in_progress": int, "max_queue": int, "requests_accepted": int, "peak_batch": int,
+             "recent": {"requests": int, "ttft_p50_s": float | None, "ttft_p95_s": ...,
              "queued_p50_s": ..., "queued_p95_s": ...} (the last 256 finished requests, timed in the server),
              "max_batch": int, "prefix_cache": {"sequences": int, "bytes": int, "max_bytes": int,
              "lookups": int, "hits": int, "reused_token_share": float}}

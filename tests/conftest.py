@@ -87,6 +87,15 @@ def tiny_chat(bundled: LoadedModel, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
+def bundled_onnx(bundled: LoadedModel, cache_dir: Path):
+    """The bundled model converted for ONNX Runtime (int8; converted once per cache folder), and its ready-line
+    phrase."""
+    from core.engine.onnx_model import load_onnx_model
+
+    return load_onnx_model(bundled.weights_dir, cache_dir, torch.get_num_threads())
+
+
+@pytest.fixture(scope="session")
 def bundled_host(bundled: LoadedModel):
     from core.host import ModelHost
 

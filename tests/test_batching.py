@@ -16,14 +16,16 @@ from core.engine.settings import GenerationSettings
 from core.engine.stream import END_OF_TURN, LENGTH, STOPPED, ChatStream
 from core.errors import GenerationError
 from core.text.prompt import Prompt
+from tests.engines import chat_engine
 from tests.holds import cancelled, hold_pushes
 
-QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
+QUESTIONS = ["What is the capital of Japan?", "Name three primary colors.", "What is 2 + 2?"]
+RUNNERS = ["torch", "onnx"]  # every test here holds for both of the in-process engine's runners
 
 
-@pytest.fixture(scope="module")
-def engine(bundled) -> Iterator[ChatEngine]:
-    engine = ChatEngine(bundled, RequestLimits(max_queue=8), max_batch=8)
+@pytest.fixture(scope="module", params=RUNNERS)
+def engine(request, bundled) -> Iterator[ChatEngine]:
+    engine = chat_engine(request, request.param, bundled, RequestLimits(max_queue=8), max_batch=8)
     yield engine
     engine.close()
 
@@ -50,7 +52,7 @@ def test_concurrent_greedy_answers_equal_answers_alone(engine):
     engine.peak_batch = 0
     together = run_together(engine, QUESTIONS, settings)
     assert together == alone
-    assert "Paris" in together[0]
+    assert "Tokyo" in together[0]
     assert engine.peak_batch >= 2, "the requests were not decoded together"
 
 
@@ -114,7 +116,8 @@ LONG_TEXT = 20 * ("The river bank was quiet in the early morning. "
 STORY = "Write a long story about a dragon who learns to read."
 
 
-def test_a_long_prompt_is_read_in_chunks_while_another_chat_streams(bundled, monkeypatch):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_long_prompt_is_read_in_chunks_while_another_chat_streams(request, runner, bundled, monkeypatch):
     """A long prompt that arrives while a chat is streaming is read a chunk per decoding step: the streaming chat gets
     a token after every chunk instead of waiting for the whole prompt (the worker's own order of pushes is the
     evidence), and both answers equal their answers alone."""
@@ -126,7 +129,8 @@ def test_a_long_prompt_is_read_in_chunks_while_another_chat_streams(bundled, mon
         push(self, token_ids)
 
     monkeypatch.setattr(ChatStream, "push", logged_push)
-    engine = ChatEngine(bundled, RequestLimits(max_queue=4), max_batch=4, prefix_cache_mb=0, prefill_chunk=64)
+    engine = chat_engine(request, runner, bundled, RequestLimits(max_queue=4), max_batch=4, prefix_cache_mb=0,
+                         prefill_chunk=64)
     try:
         story_settings = GenerationSettings(temperature=0, max_new_tokens=80)
         summary_settings = GenerationSettings(temperature=0, max_new_tokens=12)
@@ -150,11 +154,13 @@ def test_a_long_prompt_is_read_in_chunks_while_another_chat_streams(bundled, mon
         engine.close()
 
 
-def test_a_prompt_read_in_chunks_gets_the_answer_of_one_pass(bundled):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_prompt_read_in_chunks_gets_the_answer_of_one_pass(request, runner, bundled):
     settings = GenerationSettings(temperature=0, max_new_tokens=16)
     answers = []
     for chunk in (0, 64):
-        engine = ChatEngine(bundled, RequestLimits(max_queue=2), max_batch=2, prefix_cache_mb=0, prefill_chunk=chunk)
+        engine = chat_engine(request, runner, bundled, RequestLimits(max_queue=2), max_batch=2, prefix_cache_mb=0,
+                             prefill_chunk=chunk)
         try:
             answers.append(engine.chat(LONG_TEXT + "What stood in the water?", [], "", settings).collect())
         finally:
@@ -162,10 +168,12 @@ def test_a_prompt_read_in_chunks_gets_the_answer_of_one_pass(bundled):
     assert answers[0] == answers[1] and answers[0]
 
 
-def test_a_prompt_that_fails_midway_through_its_chunks_fails_alone(bundled):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_prompt_that_fails_midway_through_its_chunks_fails_alone(request, runner, bundled):
     """A prompt whose last chunk breaks (a token id outside the vocabulary) gets the error; a request prefilled in
     the same group still gets its answer, the same as alone."""
-    engine = ChatEngine(bundled, RequestLimits(max_queue=4), max_batch=4, prefix_cache_mb=0, prefill_chunk=64)
+    engine = chat_engine(request, runner, bundled, RequestLimits(max_queue=4), max_batch=4, prefix_cache_mb=0,
+                         prefill_chunk=64)
     try:
         settings = GenerationSettings(temperature=0, max_new_tokens=12)
         alone = engine.chat("What is the capital of France?", [], "", settings).collect()

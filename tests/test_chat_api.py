@@ -18,8 +18,8 @@ def chat(client: Client, message: str, history: list | None = None, **kw) -> str
                           api_name="/chat")
 
 
-def test_chat_endpoint_answers_paris(client):
-    assert "Paris" in chat(client, "What is the capital of France?")
+def test_chat_endpoint_answers_tokyo(client):
+    assert "Tokyo" in chat(client, "What is the capital of Japan?")
 
 
 def test_chat_streams_cumulative_text(client):
@@ -36,6 +36,7 @@ def test_engine_stats_show_the_prefix_cache_at_work(client):
     chat(client, "And another one?", [{"role": "user", "content": question}, {"role": "assistant", "content": first}])
     stats = client.predict(api_name="/engine_stats")
     assert stats["engine"] == "ChatEngine" and stats["requests_in_progress"] == 0
+    assert stats["runner"] == "onnx int8", "the app's default CPU engine is ONNX Runtime"
     assert stats["requests_accepted"] >= 2 and 1 <= stats["peak_batch"] <= stats["max_batch"]
     recent = stats["recent"]
     assert recent["requests"] >= 2 and 0 < recent["ttft_p50_s"] <= recent["ttft_p95_s"]
@@ -56,7 +57,7 @@ def test_prompt_endpoint_returns_exact_ids(client, bundled):
 
 
 def test_two_concurrent_sessions_get_their_own_answers(app_url):
-    questions = {"What is the capital of France?": "Paris", "What is the capital of Japan?": "Tokyo"}
+    questions = {"What is the capital of Germany?": "Berlin", "What is the capital of Japan?": "Tokyo"}
     answers: dict[str, str] = {}
 
     def ask(question: str) -> None:
@@ -83,8 +84,8 @@ def test_rest_api_chat_and_clear_error(app_url):
 
     # REST callers send every input in order: message, history, system_prompt, temperature, top_p,
     # max_new_tokens, seed, top_k, repetition_penalty
-    body = call("chat", ["What is the capital of France?", [], "", 0.0, 1.0, 32, None, 50, 1.0])
-    assert "event: complete" in body and "Paris" in body
+    body = call("chat", ["What is the capital of Japan?", [], "", 0.0, 1.0, 32, None, 50, 1.0])
+    assert "event: complete" in body and "Tokyo" in body
     body = call("chat", ["Hi", [], "", 9.0, 1.0, 32, None, 50, 1.0])
     assert "event: error" in body and "temperature must be a number in [0, 5]; got the number 9.0" in body
     assert "Traceback" not in body

@@ -25,7 +25,10 @@ from core.inside.logit_lens import CPU_POSITIONS, MAX_BLOCK, MAX_LENS_TOKENS, lo
 from core.inside.next_tokens import MAX_K, next_tokens
 from core.model.embeddings_only import EmbeddingsOnly
 
-QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Write a haiku about rain."]
+# The views read the float32 weights and the app's chat runs int8 on ONNX Runtime: their first tokens agree where
+# float32's choice is not a near tie (on "the capital of France" float32's top two are 0.08 apart, and int8 flips it,
+# as llama.cpp's Q4_1 does).
+QUESTIONS = ["What is the capital of Japan?", "Name three primary colors.", "Write a haiku about rain."]
 SETTINGS = [(1.0, 1.0, 0), (0.7, 0.95, 50), (1.3, 0.8, 0), (0.5, 1.0, 3), (2.0, 0.5, 10)]
 RIVER, ACCOUNT, MONEY = "I sat on the river bank.", "I opened a bank account.", "I took my money to the bank."
 CAPITAL = "The capital of France is"

@@ -14,7 +14,7 @@ from tests.servers import launched
 
 CAPITAL = "The capital of France is"
 RIVER, ACCOUNT = "I sat on the river bank.", "I opened a bank account."
-QUESTIONS = ["What is the capital of France?", "Write a haiku about rain."]
+QUESTIONS = ["What is the capital of Japan?", "Write a haiku about rain."]  # not near ties: see test_inside.py
 
 
 @pytest.mark.parametrize("question", QUESTIONS)

@@ -135,19 +135,19 @@ def test_chat_answer_coloured_by_probability_with_alternatives(browser_page):
     browser_page.open_tab("Chat")
     browser_page.open_accordion("Generation settings")
     set_temperature(browser_page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
-    page.locator("#chat-input textarea").fill("What is the capital of France?")
+    page.locator("#chat-input textarea").fill("What is the capital of Japan?")
     page.locator("#chat-input textarea").press("Enter")
     wait_for_text(page, "#chatbot", "stop: end of turn")
     browser_page.open_accordion("Answer tokens by probability")
-    wait_for_text(page, "#answer-probs", "␣Paris")
+    wait_for_text(page, "#answer-probs", "␣Tokyo")
     legend = page.locator("#answer-probs [data-testid='highlighted-text:category-legend']").inner_text()
     assert "≥ 90%" in legend and "< 10%" in legend
     answer = page.locator("#chatbot [data-testid=bot]").first.inner_text()
     shown = "".join(page.locator("#answer-probs .token .text").all_inner_texts()).replace("␣", " ")
     assert shown.strip() and shown.strip() in answer
-    page.locator("#answer-probs .token").filter(has_text="Paris").first.click()
+    page.locator("#answer-probs .token").filter(has_text="Tokyo").first.click()
     wait_for_text(page, "#answer-alternatives", "← chosen")
     alternatives = rows_of(page, "#answer-alternatives")
-    assert len(alternatives) == 5 and any("␣Paris" in row[1] and "chosen" in row[1] for row in alternatives)
+    assert len(alternatives) == 5 and any("␣Tokyo" in row[1] and "chosen" in row[1] for row in alternatives)
     assert len(rows_of(page, "#answer-probs-table")) == len(page.locator("#answer-probs .token").all())
     assert not browser_page.dialogs and not browser_page.page_errors

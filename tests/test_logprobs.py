@@ -19,6 +19,7 @@ from core.engine.settings import GenerationSettings
 from core.engine.zerogpu_engine import ZeroGPUChatEngine
 from core.errors import InvalidInputError
 from tests import phi3
+from tests.engines import chat_engine
 from tests.servers import ScriptedChatServer
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Describe the sea in one sentence."]
@@ -30,9 +31,9 @@ def asking(settings: GenerationSettings, n: int | None = 5) -> GenerationSetting
     return GenerationSettings(**{**settings.__dict__, "top_logprobs": n})
 
 
-@pytest.fixture(scope="module")
-def engine(bundled) -> Iterator[ChatEngine]:
-    engine = ChatEngine(bundled, RequestLimits(max_queue=8), max_batch=4)
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def engine(request, bundled) -> Iterator[ChatEngine]:
+    engine = chat_engine(request, request.param, bundled, RequestLimits(max_queue=8), max_batch=4)
     yield engine
     engine.close()
 
@@ -60,6 +61,8 @@ def test_answers_are_unchanged_alone_and_batched(engine, settings):
 
 
 def test_tokens_concatenate_to_the_answer_and_match_a_teacher_forced_pass(bundled, engine):
+    """On torch, the recorded numbers are the float32 model's own; on ONNX Runtime (int8) they are within its
+    rounding of them (tests/test_onnx_engine.py measures how close)."""
     stream = engine.chat(QUESTIONS[0], [], "", asking(GREEDY))
     answer = stream.collect()
     content = stream.answer_logprobs()
@@ -72,7 +75,8 @@ def test_tokens_concatenate_to_the_answer_and_match_a_teacher_forced_pass(bundle
     assert len(stream.logprobs) == len(stream.token_ids)
     for step, (record, token) in enumerate(zip(stream.logprobs, stream.token_ids, strict=True)):
         assert record.token == token
-        assert record.logprob == pytest.approx(float(expected[step, token]), abs=1e-3)
+        tolerance = 1e-3 if engine.onnx is None else 0.5
+        assert record.logprob == pytest.approx(float(expected[step, token]), abs=tolerance)
         assert record.top_ids[0] == token  # greedy: the chosen token is the most likely one
         assert list(record.top_logprobs) == sorted(record.top_logprobs, reverse=True) and len(record.top_ids) == 5
 
@@ -134,6 +138,8 @@ def test_byte_tokens_keep_their_raw_bytes(phi3_tokenizer):
 
 
 def test_zerogpu_engine_records_the_same_logprobs(bundled, engine):
+    if engine.onnx is not None:
+        pytest.skip("ZeroGPU decodes with torch: it is compared with the torch runner")
     zerogpu = ZeroGPUChatEngine(bundled)
     try:
         there = zerogpu.chat(QUESTIONS[0], [], "", asking(GREEDY))

@@ -13,6 +13,7 @@ import types
 import pytest
 
 from core.config import AppConfig, RequestLimits
+from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
 from core.engine.zerogpu import gpu, on_zerogpu
 from core.engine.zerogpu_engine import ZeroGPUChatEngine
@@ -64,18 +65,20 @@ def test_lab_uses_the_per_request_engine_on_zerogpu(fake_zerogpu: list, bundled)
         host.close()
 
 
-def test_same_greedy_answer_as_the_local_engine(bundled, bundled_host):
-    engine = ZeroGPUChatEngine(bundled, RequestLimits(max_queue=2))
+def test_same_greedy_answer_as_the_local_engine(bundled):
+    """ZeroGPU decodes with torch on the loaded weights: the same answer as the local engine's torch runner."""
+    engine, local = ZeroGPUChatEngine(bundled, RequestLimits(max_queue=2)), ChatEngine(bundled, max_batch=2)
     try:
         stream = engine.chat("What is the capital of France?", [], "", GREEDY)
         texts = list(stream)
         assert "Paris" in texts[-1] and stream.stop_reason == "end of turn"
-        local = bundled_host.require().engine.chat("What is the capital of France?", [], "", GREEDY)
-        local.wait(120)
-        assert stream.token_ids == local.token_ids
+        there = local.chat("What is the capital of France?", [], "", GREEDY)
+        there.wait(120)
+        assert stream.token_ids == there.token_ids
         assert stream.stats.generated_tokens == len(stream.token_ids) and stream.stats.ttft_s is not None
     finally:
         engine.close()
+        local.close()
 
 
 def test_cancel_and_busy(bundled):

@@ -22,9 +22,11 @@ continue from the prefix, so the model sees exactly the sequence it would withou
 
 from __future__ import annotations
 
+import abc
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -72,17 +74,18 @@ class Prefill:
         return self.ids.shape[1]
 
 
-class BatchDecoder:
-    """Owns the running batch. Not thread-safe: exactly one thread (the engine's worker) calls it."""
+class Decoder(abc.ABC):
+    """What every model runner of the local engine shares: the running rows (`slots`), how a row's next token is
+    chosen and accepted, and the prefix cache. A runner lays out new requests (`begin`), reads their prompts
+    (`prefill`, a chunk at a time), decodes one token for every row (`step`) and lets finished rows go (`prune`).
+    Not thread-safe: exactly one thread (the engine's worker) calls it."""
 
-    def __init__(self, model: PreTrainedModel, stop_ids: list[int], prefix_cache: PrefixCache | None = None) -> None:
-        self.model = model
+    def __init__(self, stop_ids: list[int], prefix_cache: PrefixCache | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.prefix_cache = prefix_cache
-        self.device = model.device
+        self.device = torch.device(device)
         self.stop_ids = set(stop_ids)
         self.slots: list[Slot] = []
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None  # [batch, cache length], 1 = real token
 
     @staticmethod
     def _choose(logits: torch.Tensor, slots: list[Slot]) -> list[int]:
@@ -109,6 +112,45 @@ class BatchDecoder:
         elif len(slot.generated) >= slot.max_new_tokens:
             slot.finish_reason = LENGTH
         slot.pending = token
+
+    def _lookup(self, ids: list[int]) -> tuple[int, LayerKV]:
+        return self.prefix_cache.lookup(ids) if self.prefix_cache is not None else (0, [])
+
+    def admit(self, slots: list[Slot]) -> None:
+        """Prefill new requests in one go, sample each one's first token, and merge the unfinished ones into the
+        running batch."""
+        self.prefill(self.begin(slots))
+
+    @abc.abstractmethod
+    def begin(self, slots: list[Slot]) -> Any:
+        """Lay out new requests for prefilling; nothing is computed until `prefill`."""
+
+    @abc.abstractmethod
+    def prefill(self, group: Any, columns: int | None = None) -> bool:
+        """Read the next `columns` prompt tokens of `group` (None: all); after the last, choose each row's first
+        token and merge the group into the running batch. Returns whether the group is done."""
+
+    @abc.abstractmethod
+    def step(self) -> None:
+        """Decode one token for every unfinished row."""
+
+    @abc.abstractmethod
+    def prune(self) -> None:
+        """Drop the finished rows, leaving their sequences in the prefix cache."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget every row (after an error in a batched step; the engine reports it to each request)."""
+
+
+class BatchDecoder(Decoder):
+    """The transformers forward as the model runner: one left-padded transformers cache for the running batch."""
+
+    def __init__(self, model: PreTrainedModel, stop_ids: list[int], prefix_cache: PrefixCache | None = None) -> None:
+        super().__init__(stop_ids, prefix_cache, model.device)
+        self.model = model
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [batch, cache length], 1 = real token
 
     # -- membership --------------------------------------------------------------------------------------------
     def admit(self, slots: list[Slot]) -> None:
@@ -170,9 +212,6 @@ class BatchDecoder:
         return out.logits[:, -1]
 
     # -- prefix cache ------------------------------------------------------------------------------------------
-    def _lookup(self, ids: list[int]) -> tuple[int, LayerKV]:
-        return self.prefix_cache.lookup(ids) if self.prefix_cache is not None else (0, [])
-
     def _remember(self, ids: list[int], cache: DynamicCache, mask: torch.Tensor, row: int) -> None:
         """Store row `row`'s keys/values (its unmasked columns, which hold exactly `ids`) in the prefix cache."""
         if self.prefix_cache is None:

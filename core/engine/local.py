@@ -30,15 +30,18 @@ from core.config import RequestLimits
 from core.engine import lean_step
 from core.engine.arrivals import take_burst
 from core.engine.base import Engine
-from core.engine.batch_decoder import BatchDecoder, Prefill, Slot
+from core.engine.batch_decoder import BatchDecoder, Decoder, Slot
 from core.engine.capacity import free_memory_bytes, rows_that_fit
 from core.engine.heap import HeapTrimmer
 from core.engine.jobs import WAKE, InspectionJobs, finish
 from core.engine.lean_decoder import LeanBatchDecoder
+from core.engine.onnx_decoder import OnnxBatchDecoder
+from core.engine.onnx_model import OnnxModel
 from core.engine.prefix_cache import PrefixCache
 from core.engine.settings import GenerationSettings
 from core.engine.stream import ERROR, STOPPED, ChatStream
 from core.model.loading import LoadedModel
+from core.model.onnx_export import PRECISION
 from core.text.prompt import Prompt
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ PREFILL_CHUNK = 256  # prompt tokens read per turn of the worker's loop, between
 class PrefillGroup:
     """Requests that arrived together, their prompts being read a chunk per turn of the worker's loop."""
 
-    prefill: Prefill
+    prefill: Any  # the decoder's own layout (Prefill, OnnxPrefill)
     pairs: list[Running]
 
 
@@ -63,8 +66,10 @@ class ChatEngine(Engine):
     IN_FLIGHT_IS_BATCH = False  # the worker counts the rows it decodes together
 
     def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None, max_batch: int = 0,
-                 prefix_cache_mb: int = 256, prefill_chunk: int = PREFILL_CHUNK) -> None:
+                 prefix_cache_mb: int = 256, prefill_chunk: int = PREFILL_CHUNK, onnx: OnnxModel | None = None,
+                 onnx_note: str = "") -> None:
         super().__init__(loaded, limits)
+        self.onnx, self.onnx_note = onnx, onnx_note  # the converted model when chat runs on ONNX Runtime
         self.prefill_chunk = prefill_chunk if prefill_chunk > 0 else None  # None: every prompt in one pass
         # 0 = as many rows as fit: every row could grow to the full context, and an out-of-memory step fails
         # every request in the batch
@@ -81,7 +86,7 @@ class ChatEngine(Engine):
         atexit.register(self.close)
 
     def stats(self) -> dict[str, Any]:
-        stats = super().stats() | {"max_batch": self.max_batch, "heap_trims": self.heap.trims}
+        stats = super().stats() | {"runner": self.runner, "max_batch": self.max_batch, "heap_trims": self.heap.trims}
         cache = self.prefix_cache
         if cache is not None:
             s = cache.stats
@@ -91,6 +96,11 @@ class ChatEngine(Engine):
                 "reused_token_share": round(s.reused_share, 4),
             }
         return stats
+
+    @property
+    def runner(self) -> str:
+        """What computes the chat's tokens: `onnx int8` (ONNX Runtime) or `torch float32` (the loaded weights)."""
+        return f"onnx {PRECISION}" if self.onnx is not None else f"torch {self.loaded.dtype}"
 
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Queue a prompt for generation; BusyError when the queue is full."""
@@ -107,9 +117,14 @@ class ChatEngine(Engine):
 
     def describe(self) -> str:
         cache = f", prefix cache {self.prefix_cache.max_bytes >> 20} MB" if self.prefix_cache is not None else ""
-        lean = " (lean decoding step, static KV cache)" if self.decoder_class is LeanBatchDecoder else ""
-        return (f"chat runs in-process on {self.loaded.device}{lean}: up to {self.max_batch} chats decoded together"
-                f"{cache}")
+        if self.onnx is not None:
+            runner = f" through {self.onnx_note}"
+        elif self.decoder_class is LeanBatchDecoder:
+            runner = f" in {self.loaded.dtype} (lean decoding step, static KV cache)"
+        else:
+            runner = f" in {self.loaded.dtype} (transformers forward)"
+        return (f"chat runs in-process on {self.loaded.device}{runner}: up to {self.max_batch} chats decoded "
+                f"together{cache}")
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the worker after its current forward pass, waiting for it up to `timeout` seconds. Also runs at
@@ -122,7 +137,12 @@ class ChatEngine(Engine):
             self._worker.join(timeout)
 
     # -- worker ------------------------------------------------------------------------------------------------
-    def _begin(self, decoder: BatchDecoder, streams: list[ChatStream]) -> list[PrefillGroup]:
+    def _new_decoder(self) -> Decoder:
+        if self.onnx is not None:
+            return OnnxBatchDecoder(self.onnx, self.stop_ids, self.prefix_cache)
+        return self.decoder_class(self.loaded.model, self.stop_ids, self.prefix_cache)
+
+    def _begin(self, decoder: Decoder, streams: list[ChatStream]) -> list[PrefillGroup]:
         """Lay out new requests for prefilling together (none computed yet); a cancelled one ends here."""
         now = time.perf_counter()
         pairs = []
@@ -145,7 +165,7 @@ class ChatEngine(Engine):
                 stream.finish(ERROR, exc)  # surfaced to the caller by the stream, never swallowed
             return []
 
-    def _feed(self, decoder: BatchDecoder, group: PrefillGroup) -> tuple[list[PrefillGroup], list[Running]]:
+    def _feed(self, decoder: Decoder, group: PrefillGroup) -> tuple[list[PrefillGroup], list[Running]]:
         """One chunk of a group's prompts; returns (the groups still to feed, the rows that began decoding)."""
         if all(stream.cancelled for stream, _ in group.pairs):
             for stream, _ in group.pairs:
@@ -166,7 +186,7 @@ class ChatEngine(Engine):
             stream.cached_tokens = slot.cached_tokens
         return [], group.pairs
 
-    def _settle(self, decoder: BatchDecoder, active: list[Running]) -> list[Running]:
+    def _settle(self, decoder: Decoder, active: list[Running]) -> list[Running]:
         """Finish the streams whose rows ended; returns the rows still running."""
         running = []
         for stream, slot in active:
@@ -179,7 +199,7 @@ class ChatEngine(Engine):
             self.heap.maybe_trim()
         return running
 
-    def _warm_up(self, decoder: BatchDecoder) -> None:
+    def _warm_up(self, decoder: Decoder) -> None:
         """Prefill the chat template's opening (its default system prompt) once at start: the first users then
         start from cached keys/values, and the CPU kernels are warm."""
         if self.prefix_cache is None:
@@ -202,7 +222,7 @@ class ChatEngine(Engine):
     def _serve(self) -> None:
         """The worker's loop: each turn runs one step of an inspection, one chunk of every prompt being prefilled,
         then one decoding step of every running row, so a long prompt never stalls the chats already streaming."""
-        decoder = self.decoder_class(self.loaded.model, self.stop_ids, self.prefix_cache)
+        decoder = self._new_decoder()
         self._warm_up(decoder)
         active: list[Running] = []
         groups: list[PrefillGroup] = []

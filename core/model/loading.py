@@ -47,6 +47,7 @@ class LoadedModel:
     from_cache: bool = False
     note: str = ""  # e.g. why the default model was replaced by the bundled one
     packed_layers: int = 0  # linear layers running on oneDNN-packed weights (core/model/packed_linear.py)
+    weights_dir: Path | None = None  # the checkpoint folder the weights came from (ONNX conversion reads it)
 
     @property
     def context_length(self) -> int:
@@ -131,6 +132,17 @@ def _load_pretrained(path_or_id: str, device: str, dtype: torch.dtype,
     return model, tokenizer
 
 
+def _hub_snapshot(model_id: str) -> Path | None:
+    """The local snapshot folder of a hub model that was just loaded (its files are all in the cache), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # an incomplete cache: only the ONNX conversion needs the folder, and it says so
+        log.info("no complete local snapshot of %s", model_id)
+        return None
+
+
 def load_model(model_id: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None,
                progress: Progress = log.info, pack_linears: bool = True) -> LoadedModel:
     """Load `model_id` (hub id, local folder or `bundled`); raise ModelLoadError with a one-line reason.
@@ -146,18 +158,19 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", cache_d
             folder, from_cache = bundled_checkpoint(Path(cache_dir or default_cache_dir()), progress)
             progress(f"loading {BUNDLED_NAME} from {'cache' if from_cache else 'fresh conversion'}")
             model, tokenizer = _load_pretrained(str(folder), dev, torch_dtype)
-            name, source = BUNDLED_NAME, "bundled"
+            name, source, weights_dir = BUNDLED_NAME, "bundled", folder
         elif _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
             raise ModelLoadError(f"unknown model {model_id!r}: not a local folder and not a model on the hub")
         elif Path(model_id).expanduser().is_dir():
             progress(f"loading {model_id} from a local folder")
-            model, tokenizer = _load_pretrained(str(Path(model_id).expanduser()), dev, torch_dtype)
+            weights_dir = Path(model_id).expanduser()
+            model, tokenizer = _load_pretrained(str(weights_dir), dev, torch_dtype)
             name, source = model_id, "local"
         else:
             offline = not hub_reachable()  # then the local cache only, instead of a minute of retries
             progress(f"loading {model_id} from the Hugging Face hub (or its local cache)")
             model, tokenizer = _load_pretrained(model_id, dev, torch_dtype, local_files_only=offline)
-            name, source = model_id, "hub"
+            name, source, weights_dir = model_id, "hub", _hub_snapshot(model_id)
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors, OOM...
@@ -174,7 +187,7 @@ def load_model(model_id: str, device: str = "auto", dtype: str = "auto", cache_d
         note = "This CPU has native bfloat16: --dtype bfloat16 runs faster (answers may then vary with batching)."
     return LoadedModel(name=name, source=source, model=model, tokenizer=tokenizer, device=dev,
                        dtype=dtype_name, load_seconds=elapsed, from_cache=from_cache, note=note,
-                       packed_layers=packed)
+                       packed_layers=packed, weights_dir=weights_dir)
 
 
 def load_with_fallback(model_id: str | None, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None,
