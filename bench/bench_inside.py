@@ -6,7 +6,8 @@
    positions for where the model runs, and at the GPU default for comparison: each of its cells is one full LM-head
    row. Where the views run on the lean step (core/engine/lean_step.py), the same pass on it is measured too, and
    each view ÷ that pass reported beside.
-2. Chat tokens/s with per-token logprobs (top 5) on ÷ off, greedy, one chat alone and four together, the order
+2. Chat tokens/s on the default CPU engine (ONNX Runtime) with per-token logprobs (top 5) on ÷ off, greedy, one
+   chat alone and four together, the order
    back to back in each round, the first of them swapped every round; the ratio is taken within each round and
    averaged (geometric mean) over an even number of rounds. Target ≥ 0.9.
 
@@ -30,6 +31,7 @@ from bench.results_io import write_results
 from core.config import default_cache_dir
 from core.engine.lean_step import shared_step
 from core.engine.local import ChatEngine
+from core.engine.onnx_model import load_onnx_model
 from core.engine.settings import GenerationSettings
 from core.inside.logit_lens import CPU_POSITIONS, GPU_POSITIONS, default_positions, logit_lens
 from core.inside.next_tokens import next_tokens
@@ -147,7 +149,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     args = parser.parse_args()
     loaded = load_model("bundled", device="cpu", cache_dir=default_cache_dir())
-    engine = ChatEngine(loaded, max_batch=len(QUESTIONS), prefix_cache_mb=0)
+    onnx, note = load_onnx_model(loaded.weights_dir, default_cache_dir(), torch.get_num_threads())
+    engine = ChatEngine(loaded, max_batch=len(QUESTIONS), prefix_cache_mb=0, onnx=onnx, onnx_note=note)
     try:
         lat = latency(engine, args.rounds)
         chat = chat_rates(engine, args.chat_rounds, args.tokens)

@@ -2,7 +2,8 @@
 the same number of new tokens and the same threads, alternating in one run:
 
 - Token Lab's default CPU engine: `/chat` through gradio's REST API of `python app.py --model bundled`, as
-  bench_chat measures it (the weights dequantized to float32);
+  bench_chat measures it (ONNX Runtime on int8 weights converted from the dequantized GGUF);
+- Token Lab's exact engine: the same with `--engine torch` (the weights dequantized to float32);
 - llama.cpp in-process: llama-cpp-python in its own Python (bench/llamacpp_worker.py), fed the prompt ids that the
   app builds;
 - Token Lab with `--engine-url` on llama.cpp's OpenAI-compatible server: the same `/chat`, decoded by llama.cpp
@@ -43,7 +44,8 @@ from core.text.prompt import PromptBuilder
 
 PROMPT = "Write a long story about a dragon who learns to read."
 LLAMA_SERVER_ENV = "TOKEN_LAB_LLAMA_SERVER"  # a llama-server binary: the remote row uses it instead
-LOCAL, LLAMACPP = "Token Lab /chat, default CPU engine", "llama.cpp in-process"
+LOCAL, LLAMACPP = "Token Lab /chat, default CPU engine (ONNX Runtime, int8)", "llama.cpp in-process"
+EXACT = "Token Lab /chat, --engine torch (float32)"
 REMOTE = ("Token Lab /chat, --engine-url llama-server" if os.environ.get(LLAMA_SERVER_ENV)
           else "Token Lab /chat, --engine-url llama-cpp-python's server")
 SERVER_START_TIMEOUT = 120
@@ -109,19 +111,20 @@ def main() -> None:
     port = free_port()
     server = start_server(python, port, args.threads)
     local = start_app("--model", "bundled", env=env)
+    exact = start_app("--model", "bundled", "--engine", "torch", env=env)
     remote = start_app("--model", "bundled", "--engine-url", f"http://127.0.0.1:{port}", env=env)
     http, session = httpx.Client(timeout=300), new_session()
-    samples: dict[str, list[dict]] = {LOCAL: [], LLAMACPP: [], REMOTE: []}
+    samples: dict[str, list[dict]] = {LOCAL: [], LLAMACPP: [], EXACT: [], REMOTE: []}
     load_before = os.getloadavg()
     try:
         with LlamaCppWorker(python, bundled_gguf_path(), args.threads) as worker:
-            local.wait_ready()
-            remote.wait_ready()
+            for app in (local, exact, remote):
+                app.wait_ready()
             for round_ in range(args.runs + 1):  # round 0 warms every engine up
                 message = f"{PROMPT} (Round {round_}.)"
                 ids = builder.build(message, [], "", args.tokens, loaded.context_length).ids
                 measured = {}
-                for name, app in ((LOCAL, local), (REMOTE, remote)):
+                for name, app in ((LOCAL, local), (EXACT, exact), (REMOTE, remote)):
                     rate, first, n = rest_chat(app.url, message, tokenizer, args.tokens, http, session)
                     measured[name] = sample(n / rate, first, n)
                 out = worker.generate(ids, args.tokens)
@@ -131,8 +134,8 @@ def main() -> None:
                         samples[name].append(value)
     finally:
         http.close()
-        local.stop()
-        remote.stop()
+        for app in (local, exact, remote):
+            app.stop()
         server.terminate()
         server.wait(15)
 
@@ -148,7 +151,7 @@ def main() -> None:
             "load_average_before_after": [load_before, os.getloadavg()], "llamacpp_python": str(python),
             "llama_server": os.environ.get(LLAMA_SERVER_ENV)}
     table = []
-    for name in (LLAMACPP, LOCAL, REMOTE):
+    for name in (LLAMACPP, LOCAL, EXACT, REMOTE):
         rate, ttft = median(name, "tok_s"), median(name, "ttft_s")
         table += [(f"{name}: tokens/s (median; ÷ llama.cpp)", f"{rate:.1f} ({rate / base_rate:.2f})"),
                   (f"{name}: decode tokens/s after the first", f"{median(name, 'decode_tok_s'):.1f}"),

@@ -3,12 +3,14 @@
 Two parts, in one run:
 1. Batching gain: 1 user chatting alone, then 8 users chatting at once (greedy, 64 tokens each): aggregate tokens/s
    and time to first token (TTFT) p50/p95, side by side, through the REST API (gradio_client's sync iterator polls
-   every millisecond per user, which on 2 cores would measure the clients, not the server).
+   every millisecond per user, which on 2 cores would measure the clients, not the server). The same for an app on
+   the float32 engine (`--engine torch`) afterwards, so the default engine's 8-chat aggregate is compared with it.
 2. Soak: N users (default 20) for a bounded time, each looping over chat / tokenize / neighbours, each with a private
    conversation that carries a secret word; reports errors by kind, cross-session leaks (a secret of another user
    showing up in a prompt), and the server's memory over time.
 
     python -m bench.bench_load [--users 20] [--seconds 60] [--concurrent 8] [--dtype D] [--model M] [--device X]
+                               [--engine E] [--compare-engine torch|none]
 
 Only loopback traffic, bounded in count and time; it stops by itself.
 """
@@ -77,6 +79,15 @@ def chat_round(url: str, prompts: list[str], tokens: int, tokenizer) -> tuple[fl
         t.join()
     elapsed = time.perf_counter() - start
     return sum(n for _, _, n in results) / elapsed, [first for _, first, _ in results]
+
+
+def batching(url: str, fresh, concurrent: int, tokens: int, tokenizer) -> dict:
+    """A warm-up, one chat alone twice, then `concurrent` chats at once, each with a message not seen before."""
+    chat_round(url, [next(fresh)], 8, tokenizer)  # warm-up
+    lone = [chat_round(url, [next(fresh)], tokens, tokenizer) for _ in range(2)]
+    many_rate, many_ttft = chat_round(url, [next(fresh) for _ in range(concurrent)], tokens, tokenizer)
+    return {"lone_tok_s": [rate for rate, _ in lone], "lone_ttft_s": [t for _, ttft in lone for t in ttft],
+            "concurrent_tok_s": many_rate, "concurrent_ttft_s": many_ttft}
 
 
 @dataclass
@@ -159,6 +170,9 @@ def main() -> None:
     parser.add_argument("--model", default="bundled",
                         help="the app's --model (e.g. a folder with random weights of Phi-3's shape on a GPU)")
     parser.add_argument("--device", default="auto", help="the app's --device")
+    parser.add_argument("--engine", default="auto", help="the app's --engine")
+    parser.add_argument("--compare-engine", default="torch",
+                        help="also measure the batching part on an app with this --engine ('none': skip)")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -167,31 +181,38 @@ def main() -> None:
 
     bundled = args.model == "bundled"
     tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(default_cache_dir())[0] if bundled else args.model)
-    app = start_app("--model", args.model, "--max-queue", str(max(32, args.users * 2)), "--dtype", args.dtype,
-                    "--device", args.device)
+    flags = ("--model", args.model, "--max-queue", str(max(32, args.users * 2)), "--dtype", args.dtype, "--device",
+             args.device)
+    fresh = iter(FRESH * 2 * (1 + (args.concurrent + 3) // len(FRESH)))
+    app = start_app(*flags, "--engine", args.engine)
     try:
         app.wait_ready()
-        fresh = iter(FRESH * (1 + (args.concurrent + 3) // len(FRESH)))
-        chat_round(app.url, [next(fresh)], 8, tokenizer)  # warm-up
-        lone_rate, lone_ttft = chat_round(app.url, [next(fresh)], args.tokens, tokenizer)
-        lone_rate2, lone_ttft2 = chat_round(app.url, [next(fresh)], args.tokens, tokenizer)
-        many_rate, many_ttft = chat_round(app.url, [next(fresh) for _ in range(args.concurrent)], args.tokens,
-                                          tokenizer)
-        lone = statistics.median([lone_rate, lone_rate2])
-        lone_first = statistics.median(lone_ttft + lone_ttft2)
+        part = batching(app.url, fresh, args.concurrent, args.tokens, tokenizer)
         stats, memory = soak(app, args.users, args.seconds)
         with httpx.Client(timeout=30) as http:  # the server's own view of the soak's last requests
-            server = rest_call(http, app.url, "engine_stats", [], new_session())["recent"]
+            engine_stats = rest_call(http, app.url, "engine_stats", [], new_session())
+        server, runner = engine_stats["recent"], engine_stats.get("runner", args.engine)
     finally:
         app.stop()
+    other = None
+    if args.compare_engine != "none":
+        second = start_app(*flags, "--engine", args.compare_engine)
+        try:
+            second.wait_ready()
+            other = batching(second.url, fresh, args.concurrent, args.tokens, tokenizer)
+        finally:
+            second.stop()
+    lone, many_rate, many_ttft = statistics.median(part["lone_tok_s"]), part["concurrent_tok_s"], \
+        part["concurrent_ttft_s"]
+    lone_first = statistics.median(part["lone_ttft_s"])
     # Warm-up is the first half: the prefix cache takes ~25 s of the soak to reach its bound, and the largest
     # batches (with their transient tensors) occur for the first time within it too.
     warm = [(rss, cache) for t, rss, cache in memory if t >= args.seconds / 2]
     growth = (warm[-1][0] - warm[0][0]) if len(warm) >= 2 else float("nan")
     cache_growth = (warm[-1][1] - warm[0][1]) if len(warm) >= 2 else float("nan")
     data = {
-        "lone_tok_s": [lone_rate, lone_rate2], "lone_ttft_s": lone_ttft + lone_ttft2,
-        "concurrent": args.concurrent, "concurrent_tok_s": many_rate, "concurrent_ttft_s": many_ttft,
+        "runner": runner, **part, "compared_engine": args.compare_engine, "compared": other,
+        "concurrent": args.concurrent,
         "speedup": many_rate / lone, "ttft_p95_over_lone": percentile(many_ttft, 0.95) / lone_first,
         "soak_users": args.users, "soak_seconds": args.seconds, "soak_requests": dict(stats.requests),
         "soak_errors": dict(stats.errors), "soak_leaks": stats.leaks,
@@ -203,10 +224,20 @@ def main() -> None:
     errors = ", ".join(f"{k}: {v}" for k, v in stats.errors.items()) or "none"
     # results other than the default setup's go to bench/results/load-<setting>-....*
     setting = "-".join(v for v, default in ((args.dtype, "auto"), (args.device, "auto")) if v != default)
+    compared = []
+    if other is not None:
+        other_lone = statistics.median(other["lone_tok_s"])
+        compared = [
+            (f"--engine {args.compare_engine}: 1 chat / {args.concurrent} chats aggregate tokens/s",
+             f"{other_lone:.1f} / {other['concurrent_tok_s']:.1f} ({other['concurrent_tok_s'] / other_lone:.2f}×)"),
+            (f"{args.concurrent} chats: this engine's aggregate ÷ --engine {args.compare_engine}'s (target > 1)",
+             f"{many_rate / other['concurrent_tok_s']:.2f}")]
     write_results("load" if bundled and not setting else f"load-{setting or 'model'}", data, [
+        ("engine (/engine_stats runner)", runner),
         ("1 chat alone: aggregate tokens/s (median of 2)", f"{lone:.1f}"),
         (f"{args.concurrent} chats at once: aggregate tokens/s", f"{many_rate:.1f}"),
-        ("speed-up (target ≥ 4×)", f"{many_rate / lone:.2f}×"),
+        ("speed-up (target ≥ 2× on int8, 4× on float32)", f"{many_rate / lone:.2f}×"),
+        *compared,
         ("TTFT alone (median)", f"{lone_first * 1000:.0f} ms"),
         (f"TTFT with {args.concurrent} at once: p50 / p95", f"{percentile(many_ttft, 0.5) * 1000:.0f} / "
                                                             f"{percentile(many_ttft, 0.95) * 1000:.0f} ms"),

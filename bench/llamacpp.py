@@ -16,6 +16,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "TOKEN_LAB_LLAMACPP_PYTHON"
 WORKER = Path(__file__).with_name("llamacpp_worker.py")
@@ -57,21 +59,31 @@ def llama_server_command(binary: str, gguf: Path, port: int, threads: int) -> li
 class LlamaCppWorker:
     """llama.cpp in-process in its own Python (bench/llamacpp_worker.py): greedy answers to prompt token ids, timed."""
 
-    def __init__(self, python: Path, gguf: Path, threads: int) -> None:
-        self.proc = subprocess.Popen([str(python), str(WORKER), str(gguf), str(threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, python: Path, gguf: Path, threads: int, logits_all: bool = False) -> None:
+        flags = ["--logits-all"] if logits_all else []
+        self.proc = subprocess.Popen([str(python), str(WORKER), str(gguf), str(threads), *flags],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if not json.loads(self.proc.stdout.readline() or "{}").get("ready"):
             self.close()
             raise RuntimeError(f"llama.cpp's worker did not start (exit status {self.proc.returncode})")
 
-    def generate(self, ids: list[int], tokens: int) -> dict:
-        """{"ids": the greedy answer's ids without the end-of-turn token, "ttft_s", "total_s"}."""
-        self.proc.stdin.write(json.dumps({"ids": ids, "tokens": tokens}) + "\n")
+    def _ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"llama.cpp's worker exited (status {self.proc.wait()})")
         return json.loads(line)
+
+    def generate(self, ids: list[int], tokens: int) -> dict:
+        """{"ids": the greedy answer's ids without the end-of-turn token, "ttft_s", "total_s"}."""
+        return self._ask({"ids": ids, "tokens": tokens})
+
+    def logits(self, prompt: list[int], answer: list[int], path: Path) -> np.ndarray:
+        """The logits [len(answer), vocab] that predicted each answer token, computed as llama.cpp computes them
+        while generating (needs a worker started with logits_all)."""
+        self._ask({"score": prompt, "answer": answer, "path": str(path)})
+        return np.load(path)
 
     def close(self) -> None:
         if self.proc.stdin:

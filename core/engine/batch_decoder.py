@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
@@ -88,13 +89,16 @@ class Decoder(abc.ABC):
         self.slots: list[Slot] = []
 
     @staticmethod
-    def _choose(logits: torch.Tensor, slots: list[Slot]) -> list[int]:
+    def _choose(logits: torch.Tensor | np.ndarray, slots: list[Slot]) -> list[int]:
         """Each row's next token from logits [rows, vocab], with the row's own settings and random generator: one
-        argmax for all the greedy rows, and the log-probabilities of the rows that asked recorded in one pass."""
+        argmax for all the greedy rows, and the log-probabilities of the rows that asked recorded in one pass.
+        Logits in a numpy array (ONNX Runtime's) are read in place, and greedy rows then take no torch op: torch's
+        threads would wake for the argmax and spin beside ONNX Runtime's."""
         greedy = [slot.params.temperature <= 0 and slot.params.repetition_penalty == 1.0 for slot in slots]
         argmax = logits.argmax(-1).tolist() if any(greedy) else []
-        tokens = [argmax[row] if greedy[row] else sample(logits[row], slot.params, slot.prompt_ids + slot.generated,
-                                                         slot.generator) for row, slot in enumerate(slots)]
+        tokens = [argmax[row] if greedy[row] else sample(torch.as_tensor(logits[row]), slot.params,
+                                                         slot.prompt_ids + slot.generated, slot.generator)
+                  for row, slot in enumerate(slots)]
         asked = [row for row, slot in enumerate(slots) if slot.params.top_logprobs is not None]
         if asked:
             records = record_logprobs(logits[asked], [tokens[row] for row in asked],

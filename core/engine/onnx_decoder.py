@@ -89,7 +89,7 @@ class OnnxBatchDecoder(Decoder):
                 group.logits[row] = logits[0].copy()
         if any(logits is None for logits in group.logits):
             return False
-        first = self._choose(torch.from_numpy(np.stack(group.logits)), group.slots)
+        first = self._choose(np.stack(group.logits), group.slots)
         for slot, token in zip(group.slots, first, strict=True):  # first tokens first: storing keys can wait
             self._accept(slot, token)
         for slot, cache in zip(group.slots, group.caches, strict=True):
@@ -153,5 +153,5 @@ class OnnxBatchDecoder(Decoder):
         pending = np.asarray([[slot.pending] for slot in self.slots], np.int64)
         logits = self.model.run(pending, self.cache, self.lengths)
         self.lengths += 1
-        for slot, token in zip(self.slots, self._choose(torch.from_numpy(logits), self.slots), strict=True):
+        for slot, token in zip(self.slots, self._choose(logits, self.slots), strict=True):
             self._accept(slot, token)

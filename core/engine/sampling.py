@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
@@ -75,15 +76,18 @@ class StepLogprobs:
     top_logprobs: tuple[float, ...]
 
 
-def record_logprobs(logits: torch.Tensor, tokens: list[int], counts: list[int]) -> list[StepLogprobs]:
+def record_logprobs(logits: torch.Tensor | np.ndarray, tokens: list[int], counts: list[int]) -> list[StepLogprobs]:
     """For each row of raw logits [rows, vocab]: the chosen token's log-probability and the top `counts[row]`, from
     the model's own distribution, before penalty, temperature, top-k and top-p (vLLM's default, and the one that
     still means something at temperature 0). One pass over all the rows that asked; called after the tokens are
-    chosen, so answers do not change."""
-    scores = logits.float()
-    lse = scores.logsumexp(-1, keepdim=True)
-    top = scores.topk(max(counts), dim=-1)
-    chosen = (scores.gather(-1, torch.tensor(tokens, device=scores.device)[:, None]) - lse)[:, 0].tolist()
-    top_values, top_ids = (top.values - lse).tolist(), top.indices.tolist()
-    return [StepLogprobs(token=token, logprob=logprob, top_ids=tuple(ids[:n]), top_logprobs=tuple(values[:n]))
-            for token, logprob, ids, values, n in zip(tokens, chosen, top_ids, top_values, counts, strict=True)]
+    chosen, so answers do not change. The log-sum-exp is numpy's, on the worker's own thread: a reduction per step is
+    not worth waking torch's thread pool, which would then spin beside ONNX Runtime's."""
+    scores = logits.float().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits, np.float32)
+    peak = scores.max(-1, keepdims=True)
+    lse = peak + np.log(np.exp(scores - peak).sum(-1, keepdims=True))
+    rows = np.arange(len(tokens))
+    chosen = (scores[rows, tokens] - lse[:, 0]).tolist()
+    top = torch.from_numpy(scores).topk(max(counts), dim=-1)  # numpy's argpartition is several times slower
+    top_values, top_ids = (top.values.numpy() - lse).tolist(), top.indices.tolist()
+    return [StepLogprobs(token=token, logprob=logprob, top_ids=tuple(ids[:k]), top_logprobs=tuple(values[:k]))
+            for token, logprob, ids, values, k in zip(tokens, chosen, top_ids, top_values, counts, strict=True)]
