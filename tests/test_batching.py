@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ from core.engine.settings import GenerationSettings
 from core.engine.stream import END_OF_TURN, LENGTH, STOPPED, ChatStream
 from core.errors import GenerationError
 from core.text.prompt import Prompt
-from tests.engines import chat_engine
+from tests.engines import chat_engine, run_together
 from tests.holds import cancelled, hold_pushes
 
 QUESTIONS = ["What is the capital of Japan?", "Name three primary colors.", "What is 2 + 2?"]
@@ -29,21 +28,6 @@ def engine(request, bundled) -> Iterator[ChatEngine]:
     yield engine
     engine.close()
 
-
-
-def run_together(engine: ChatEngine, questions: list[str], settings: GenerationSettings) -> list[str]:
-    streams = [engine.chat(q, [], "", settings) for q in questions]  # queued before the worker admits them
-    results: list[str] = [""] * len(streams)
-
-    def consume(i: int) -> None:
-        results[i] = streams[i].collect()
-
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return results
 
 
 def test_concurrent_greedy_answers_equal_answers_alone(engine):

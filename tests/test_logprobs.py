@@ -4,7 +4,6 @@ tokens concatenate to the answer, and a remote server's are passed on (or their 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +18,7 @@ from core.engine.settings import GenerationSettings
 from core.engine.zerogpu_engine import ZeroGPUChatEngine
 from core.errors import InvalidInputError
 from tests import phi3
-from tests.engines import chat_engine
+from tests.engines import chat_engine, run_together
 from tests.servers import ScriptedChatServer
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Describe the sea in one sentence."]
@@ -38,26 +37,11 @@ def engine(request, bundled) -> Iterator[ChatEngine]:
     engine.close()
 
 
-def together(engine: ChatEngine, settings: GenerationSettings) -> list[str]:
-    streams = [engine.chat(q, [], "", settings) for q in QUESTIONS]
-    answers = [""] * len(streams)
-
-    def consume(i: int) -> None:
-        answers[i] = streams[i].collect()
-
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    return answers
-
-
 @pytest.mark.parametrize("settings", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_answers_are_unchanged_alone_and_batched(engine, settings):
     plain = [engine.chat(q, [], "", settings).collect() for q in QUESTIONS]
     assert [engine.chat(q, [], "", asking(settings)).collect() for q in QUESTIONS] == plain
-    assert together(engine, asking(settings)) == plain
+    assert run_together(engine, QUESTIONS, asking(settings)) == plain
 
 
 def test_tokens_concatenate_to_the_answer_and_match_a_teacher_forced_pass(bundled, engine):

@@ -23,6 +23,7 @@ from core.errors import ModelLoadError
 from core.host import ModelHost
 from core.model.onnx_export import onnx_checkpoint
 from tests import phi3
+from tests.engines import run_together
 from tests.holds import cancelled, hold_pushes
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=32)
@@ -116,21 +117,6 @@ def test_answers_stay_close_to_the_float32_model(bundled, engine):
     assert total > 60
     assert agree / total >= 0.9, (agree, total)
     assert sum(gaps) / len(gaps) <= 0.1
-
-
-def run_together(engine: ChatEngine, questions: list[str], settings: GenerationSettings) -> list[str]:
-    streams = [engine.chat(q, [], "", settings) for q in questions]
-    answers = [""] * len(streams)
-
-    def consume(i: int) -> None:
-        answers[i] = streams[i].collect()
-
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return answers
 
 
 def test_rows_of_different_lengths_answer_as_alone_and_a_late_one_joins(engine, monkeypatch):
