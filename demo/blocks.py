@@ -23,12 +23,15 @@ INTRO = ("Chat with a language model and look inside it: how your text becomes t
 
 
 def header_markdown(host: ModelHost) -> str:
-    """Model, device, dtype, vocabulary size and context length; while loading, the loader's progress."""
+    """Model, device, dtype, what computes the chat, vocabulary size and context length; while loading, the
+    loader's progress."""
     if not host.ready:
         return f"**Model:** {host.config.model or 'default'} · **Status:** {host.status}"
-    loaded = host.require().loaded
+    parts = host.require()
+    loaded, runner = parts.loaded, parts.engine.runner
     note = f"\n\n⚠️ {loaded.note}" if loaded.note else ""
-    return (f"**Model:** `{loaded.name}` · **Device:** {loaded.device} · **dtype:** {loaded.dtype} · "
+    chat = f"**Chat:** {runner} · " if runner else ""
+    return (f"**Model:** `{loaded.name}` · **Device:** {loaded.device} · **dtype:** {loaded.dtype} · {chat}"
             f"**Vocabulary:** {loaded.vocab_size:,} tokens · **Context:** {loaded.context_length:,} tokens"
             f"{note}\n\n<small>{host.status}</small>")
 

@@ -53,7 +53,8 @@ def test_header_shows_progress_while_loading_and_facts_when_ready(bundled_host):
     with pytest.raises(ModelNotReadyError, match="still loading"):
         loading.require()
     ready = header_markdown(bundled_host)
-    for fact in ("SmolLM2-135M-Instruct", "cpu", "float32", "49,152", "8,192"):
+    for fact in ("SmolLM2-135M-Instruct", "cpu", "float32", "**Chat:** onnx int8", "49,152", "8,192",
+                 "through ONNX Runtime"):
         assert fact in ready
 
 

@@ -109,6 +109,12 @@ class Engine(abc.ABC):
     def submit(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Start generating an answer to `prompt`; BusyError when `max_queue` requests are already in progress."""
 
+    @property
+    def runner(self) -> str:
+        """What computes the tokens here in a word or two (the header, /engine_stats); empty where the engine does
+        not compute them itself (a remote server)."""
+        return ""
+
     @abc.abstractmethod
     def describe(self) -> str:
         """One line for the status: where chat runs and how."""

@@ -116,6 +116,10 @@ class ZeroGPUChatEngine(Engine):
         """Run `fn(loaded, *args)` in a GPU call of its own (the Inside tab's views)."""
         return inspect_on_gpu(self._key, fn, args)
 
+    @property
+    def runner(self) -> str:
+        return f"torch {self.loaded.dtype} (ZeroGPU)"
+
     def describe(self) -> str:
         return "chat runs on ZeroGPU: each answer in its own GPU call"
 
