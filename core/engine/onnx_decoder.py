@@ -64,7 +64,7 @@ class OnnxBatchDecoder(Decoder):
             slot.sampler_setup(self.device)
             reused, kv = self._lookup(slot.prompt_ids)
             reused = max(0, min(reused, len(slot.prompt_ids) - MIN_RUN))
-            cache = self.model.cache(1, _capacity(len(slot.prompt_ids)))
+            cache = self.model.cache(1, len(slot.prompt_ids))  # copied into the batch's cache once read
             for layer, (k, v) in enumerate(kv):
                 cache.keys[layer][0, :, :reused] = k[:, :reused].numpy()
                 cache.values[layer][0, :, :reused] = v[:, :reused].numpy()
