@@ -254,3 +254,23 @@ def test_a_model_converted_elsewhere_is_used_when_its_vocabulary_matches(phi3_sc
     with pytest.raises(ModelLoadError, match="--onnx-model runs on the CPU with --engine onnx or auto"):
         ModelHost.from_loaded(bundled, AppConfig(model="bundled", onnx_model=folder, engine="torch"))
     assert AppConfig.from_args(["--onnx-model", folder]).onnx_model == folder
+
+
+def test_phi3_app_chats_on_onnx_through_gradio_client(phi3_scripted, tmp_path: Path):
+    """The app on the Phi-3 fixture, as a user reaches it: /chat and /chat_logprobs answer through the converted
+    model (converted at the host's start into its cache folder), and /engine_stats and the header say so."""
+    from demo.blocks import header_markdown
+    from tests.servers import launched_client
+
+    host = ModelHost.from_loaded(phi3_scripted, AppConfig(model="phi3", max_queue=4, cache_dir=tmp_path))
+    try:
+        assert "**Chat:** onnx int8" in header_markdown(host) and "converted in" in host.status
+        with launched_client(host) as client:
+            answer = client.predict("<|end|> Hi", [], "Be brief.", 0.0, 1.0, 16, None, api_name="/chat")
+            result = client.predict("Hi", [], "", 0.0, 1.0, 16, None, api_name="/chat_logprobs")
+            stats = client.predict(api_name="/engine_stats")
+        assert answer == "Hello world" and result["answer"] == "Hello world"
+        assert [entry["token"] for entry in result["logprobs"]] == ["Hello", " world"]
+        assert stats["runner"] == "onnx int8" and stats["recent"]["stop_reasons"] == {"end of turn": 2}
+    finally:
+        host.close()
