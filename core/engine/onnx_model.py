@@ -39,10 +39,6 @@ class KVCache:
                 self.binding.bind_ortvalue_input(past, value)
                 self.binding.bind_ortvalue_output(present, value)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values, strict=True))
-
     def copy_rows(self, source: KVCache, rows: list[int], start: int, columns: int) -> None:
         """Copy the first `columns` columns of `source`'s rows `rows` into this cache's rows start, start + 1, …"""
         index = np.asarray(rows)
