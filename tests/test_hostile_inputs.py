@@ -402,3 +402,25 @@ def test_other_endpoints_answer_while_a_huge_request_is_prepared(tiny_host, tiny
         hold.set()
         worker.join(120)
     assert events == [("stats", 1), ("tokenize", "complete"), ("stats", 1), ("chat", "complete")], events
+
+
+@pytest.mark.parametrize("temperature", ["1e-300", "1e-40", "1e-10"])
+def test_a_tiny_positive_temperature_is_greedy(rest, temperature):
+    """Temperatures the range check accepts but that overflow when the logits are divided by them answer as their
+    limit, greedy: /chat gives the greedy answer (not a sampler error), /next_tokens keeps the top token alone with
+    its own probability."""
+    kind, greedy = rest.send("chat", '["What is the capital of Japan?", [], "", 0.0, 1.0, 24]')
+    kind_tiny, tiny = rest.send("chat", f'["What is the capital of Japan?", [], "", {temperature}, 1.0, 24, 5]')
+    assert kind == kind_tiny == "complete" and tiny == greedy and "Tokyo" in tiny
+    kind, data = rest.send("next_tokens", f'["The capital of Japan is", 3, {temperature}, 1.0, 0, false]')
+    assert kind == "complete", data[:300]
+    result = json.loads(data)[0]
+    top = result["tokens"][0]
+    assert result["kept_count"] == 1 and top["kept"] and top["prob_after"] == 1.0
+    assert result["kept_mass"] == pytest.approx(top["prob"]) and result["entropy_after"] == 0
+    assert not any(t["kept"] for t in result["tokens"][1:])
+
+
+def test_kept_mass_never_exceeds_one(rest):
+    kind, data = rest.send("next_tokens", '["The capital of Japan is", 3, 1.0, 1.0, 0, false]')
+    assert kind == "complete" and json.loads(data)[0]["kept_mass"] <= 1.0

@@ -34,9 +34,21 @@ def _penalised(logits: torch.Tensor, settings: GenerationSettings, seen_ids: lis
     return scores
 
 
+def _argmax_only(scores: torch.Tensor) -> torch.Tensor:
+    """Greedy as a distribution over [1, vocab] scores: 0 for the argmax, -inf for every other token."""
+    greedy = torch.full_like(scores, float("-inf"))
+    greedy[0, int(scores.argmax(-1))] = 0.0
+    return greedy
+
+
 def _warped(scores: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
-    """Temperature, top-k and top-p (temperature > 0): -inf for every token they filter out."""
-    scores = TemperatureLogitsWarper(settings.temperature)(None, scores)
+    """Temperature, top-k and top-p (temperature > 0): -inf for every token they filter out. A temperature so close
+    to 0 that dividing by it overflows (1e-40, 1e-300) is taken at its limit, greedy: softmax would otherwise turn
+    the infinities into NaN."""
+    scaled = TemperatureLogitsWarper(settings.temperature)(None, scores)
+    if bool(torch.isinf(scaled).any()):
+        return _argmax_only(scores)
+    scores = scaled
     if settings.top_k > 0:
         scores = TopKLogitsWarper(settings.top_k)(None, scores)
     if settings.top_p < 1.0:
@@ -59,9 +71,7 @@ def sampling_scores(logits: torch.Tensor, settings: GenerationSettings, seen_ids
     Greedy keeps the argmax alone."""
     scores = _penalised(logits, settings, seen_ids)
     if settings.temperature <= 0:
-        greedy = torch.full_like(scores, float("-inf"))
-        greedy[0, int(scores.argmax(-1))] = 0.0
-        return greedy[0]
+        return _argmax_only(scores)[0]
     return _warped(scores, settings)[0]
 
 

@@ -81,11 +81,11 @@ def _compute(loaded: LoadedModel, ids: list[int], settings: GenerationSettings,
     logprobs = torch.log_softmax(logits, dim=-1)
     after = torch.log_softmax(sampling_scores(logits, settings, ids), dim=-1)
     top = logprobs.topk(min(k, logprobs.numel()))
-    kept = torch.isfinite(after)
+    kept = after.exp() > 0  # what the sampler can draw: at a temperature near 0 the rest rounds to probability 0
+    mass = float(logprobs[kept].double().exp().sum())  # float32 sums of ~50,000 terms drift above 1
     return {"ids": top.indices.tolist(), "logprobs": top.values.tolist(), "kept": kept[top.indices].tolist(),
             "after": after[top.indices].exp().tolist(), "entropy": entropy_bits(logprobs),
-            "entropy_after": entropy_bits(after), "kept_count": int(kept.sum()),
-            "kept_mass": float(logprobs[kept].exp().sum())}
+            "entropy_after": entropy_bits(after), "kept_count": int(kept.sum()), "kept_mass": min(1.0, mass)}
 
 
 def next_tokens(engine: Engine, text: Any, k: Any = 10, temperature: Any = 1.0, top_p: Any = 1.0, top_k: Any = 0,
