@@ -148,7 +148,7 @@ class ModelHost:
         import torch
 
         from core.engine.onnx_model import load_onnx_model, open_prebuilt
-        from core.model.onnx_export import convertible, onnx_available
+        from core.model.onnx_export import convertible
 
         c = self.config
         if c.engine not in ENGINES:
@@ -160,15 +160,14 @@ class ModelHost:
             return open_prebuilt(Path(c.onnx_model), loaded.model.config.vocab_size, torch.get_num_threads())
         if c.engine == "torch" or (c.engine == "auto" and loaded.device != "cpu"):
             return None, ""
-        architecture = (getattr(loaded.model.config, "architectures", None) or ["this architecture"])[0]
+        why = None
         if loaded.device != "cpu":
             why = f"it runs on the CPU, and the model is on {loaded.device}"
         elif not convertible(loaded.model.config):
+            architecture = (getattr(loaded.model.config, "architectures", None) or ["this architecture"])[0]
             why = f"{architecture} is not among the architectures it runs (Llama, Phi-3)"
         elif loaded.weights_dir is None:
             why = "the model's checkpoint folder is not in the local cache"
-        else:
-            why = onnx_available()
         if why is None:
             try:
                 return load_onnx_model(loaded.weights_dir, c.cache_dir, torch.get_num_threads(), self._progress)

@@ -30,6 +30,18 @@ def _percentile(ordered: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else None
 
 
+def stop_token_ids(loaded: LoadedModel) -> list[int]:
+    """generation_config's eos ids (Phi-3: 32000, 32001, 32007) plus the tokenizer's eos, never replacing them."""
+    ids: list[int] = []
+    generation_config = getattr(loaded.model, "generation_config", None)  # absent on an embeddings-only model
+    for source in (getattr(generation_config, "eos_token_id", None),
+                   getattr(loaded.model.config, "eos_token_id", None), loaded.tokenizer.eos_token_id):
+        for i in source if isinstance(source, (list, tuple)) else [source]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
 class Engine(abc.ABC):
     """The contract every chat engine keeps, and what they share: the prompt rules (message checks, chat template,
     special-token safety, trimming), the server's limits, the bounded count of requests in progress and their
@@ -47,22 +59,10 @@ class Engine(abc.ABC):
         self.peak_batch = 0  # the most requests generating together so far (shown in benchmarks)
         self.submitted = 0  # requests accepted so far
         self.preparing = 0  # prompts being built right now (off the web server's event loop)
-        self.stop_ids = self._stop_ids(loaded)
+        self.stop_ids = stop_token_ids(loaded)
         self._pending = 0
         self._lock = threading.Lock()
         self._recent: collections.deque[ChatStats] = collections.deque(maxlen=RECENT_REQUESTS)
-
-    @staticmethod
-    def _stop_ids(loaded: LoadedModel) -> list[int]:
-        """generation_config's eos ids (Phi-3: 32000, 32001, 32007) plus the tokenizer's eos, never replacing them."""
-        ids: list[int] = []
-        generation_config = getattr(loaded.model, "generation_config", None)  # absent on an embeddings-only model
-        for source in (getattr(generation_config, "eos_token_id", None),
-                       getattr(loaded.model.config, "eos_token_id", None), loaded.tokenizer.eos_token_id):
-            for i in source if isinstance(source, (list, tuple)) else [source]:
-                if i is not None and int(i) not in ids:
-                    ids.append(int(i))
-        return ids
 
     def prompt(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",
                max_new_tokens: int = 256) -> Prompt:

@@ -140,7 +140,7 @@ class Decoder(abc.ABC):
 
     @abc.abstractmethod
     def prune(self) -> None:
-        """Drop the finished rows, leaving their sequences in the prefix cache."""
+        """Drop the finished rows (what a runner keeps of them for the prefix cache is its own choice)."""
 
     @abc.abstractmethod
     def reset(self) -> None:
@@ -157,11 +157,6 @@ class BatchDecoder(Decoder):
         self.mask: torch.Tensor | None = None  # [batch, cache length], 1 = real token
 
     # -- membership --------------------------------------------------------------------------------------------
-    def admit(self, slots: list[Slot]) -> None:
-        """Prefill new requests together in one forward pass, sample each one's first token, and merge the
-        unfinished ones into the running batch."""
-        self.prefill(self.begin(slots))
-
     def begin(self, slots: list[Slot]) -> Prefill:
         """Lay out new requests for prefilling (over the part of each prompt not found in the prefix cache); nothing
         is computed until `prefill`.

@@ -17,7 +17,7 @@ cache held.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class OnnxPrefill:
     slots: list[Slot]
     caches: list[KVCache]
     lengths: list[int]  # prompt tokens of each row in its cache so far (a reused prefix included)
-    logits: list[np.ndarray | None] = field(default_factory=list)  # each row's last logits, once its prompt is read
+    logits: list[np.ndarray | None]  # each row's last logits, once its prompt is read
 
 
 class OnnxBatchDecoder(Decoder):

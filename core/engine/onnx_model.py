@@ -29,7 +29,7 @@ class KVCache:
 
     def __init__(self, model: OnnxModel, rows: int, capacity: int) -> None:
         shape = (rows, model.kv_heads, capacity, model.head_dim)
-        self.rows, self.capacity = rows, capacity
+        self.capacity = capacity
         self.keys = [np.zeros(shape, np.float32) for _ in range(model.layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(model.layers)]
         self.binding = model.session.io_binding()
@@ -86,8 +86,7 @@ class OnnxModel:
         (this ONNX Runtime refuses several rows of several tokens over a cache)."""
         rows, new = ids.shape
         total = lengths + new
-        width = int(total.max()) if new > 1 else cache.capacity
-        mask = (np.arange(width) < total[:, None]).astype(np.int64)
+        mask = (np.arange(int(total.max())) < total[:, None]).astype(np.int64)
         positions = 1 if self.last_only else new
         need = rows * positions * self.vocab_size
         if self._logits.size < need:
@@ -123,6 +122,6 @@ def load_onnx_model(weights_dir: Path, cache_dir: Path, threads: int, progress=N
     a phrase for the ready line saying what it is and what the conversion cost."""
     from core.model.onnx_export import PRECISION, onnx_checkpoint
 
-    folder, seconds = onnx_checkpoint(weights_dir, cache_dir, *([progress] if progress else []))
+    folder, seconds = onnx_checkpoint(weights_dir, cache_dir, progress)
     made = f"converted in {seconds:.1f} s" if seconds is not None else "conversion cached"
     return OnnxModel(folder, threads), f"ONNX Runtime {ort.__version__}, {PRECISION} weights ({made})"

@@ -97,7 +97,7 @@ def record_logprobs(logits: torch.Tensor | np.ndarray, tokens: list[int], counts
     lse = peak + np.log(np.exp(scores - peak).sum(-1, keepdims=True))
     rows = np.arange(len(tokens))
     chosen = (scores[rows, tokens] - lse[:, 0]).tolist()
-    top = torch.from_numpy(scores).topk(max(counts), dim=-1)  # numpy's argpartition is several times slower
+    top = torch.from_numpy(scores).topk(max(counts), dim=-1)  # numpy's argpartition is slower on one row
     top_values, top_ids = (top.values.numpy() - lse).tolist(), top.indices.tolist()
     return [StepLogprobs(token=token, logprob=logprob, top_ids=tuple(ids[:k]), top_logprobs=tuple(values[:k]))
             for token, logprob, ids, values, k in zip(tokens, chosen, top_ids, top_values, counts, strict=True)]

@@ -30,7 +30,7 @@ from core.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 PRECISION = "int8"  # fidelity and speed measured against float32 and llama.cpp in bench/bench_fidelity.py
-# Only the last position's logits: a prompt's other positions never need the LM head, which is a fifth of a small
+# Only the last position's logits: a prompt's other positions never need the LM head, a large share of a small
 # model's work per token.
 EXTRA_OPTIONS = ("prune_lm_head=true",)
 BUILDER = "onnxruntime_genai.models.builder"
@@ -42,10 +42,10 @@ CONVERT_TIMEOUT_S = 3600  # a 3.8B model takes minutes on 2 cores; a stuck build
 Progress = Callable[[str], None]
 
 
-def onnx_available() -> str | None:
-    """None when ONNX Runtime and its model builder are installed, else the reason in a sentence."""
-    for module, package in (("onnxruntime", "onnxruntime"), ("onnxruntime_genai", "onnxruntime-genai"),
-                            ("onnx_ir", "onnx-ir")):
+def builder_missing() -> str | None:
+    """None when onnxruntime-genai's model builder can run, else the reason in a sentence (ONNX Runtime itself is
+    a dependency the engine imports)."""
+    for module, package in (("onnxruntime_genai", "onnxruntime-genai"), ("onnx_ir", "onnx-ir")):
         if importlib.util.find_spec(module) is None:
             return f"the {package} package is not installed (make setup installs it)"
     return None
@@ -90,18 +90,18 @@ def _convert(source: Path, target: Path) -> None:
         tmp.replace(target)
 
 
-def onnx_checkpoint(source: Path, cache_dir: Path, progress: Progress = log.info) -> tuple[Path, float | None]:
+def onnx_checkpoint(source: Path, cache_dir: Path, progress: Progress | None = None) -> tuple[Path, float | None]:
     """The ONNX conversion of the model folder `source` (a transformers checkpoint with its tokenizer); returns
     (folder, seconds the conversion took, or None when it came from the cache)."""
-    reason = onnx_available()
+    reason = builder_missing()
     if reason:
-        raise ModelLoadError(f"cannot run chat on ONNX Runtime: {reason}")
+        raise ModelLoadError(reason)
     source = Path(source)
     target = Path(cache_dir) / f"onnx-{PRECISION}-{source.name}-{_cache_key(source)}"
     if (target / "genai_config.json").is_file():
         return target, None
     target.parent.mkdir(parents=True, exist_ok=True)
-    progress(f"converting the model for ONNX Runtime ({PRECISION} weights; first start only)")
+    (progress or log.info)(f"converting the model for ONNX Runtime ({PRECISION} weights; first start only)")
     start = time.perf_counter()
     _convert(source, target)
     return target, time.perf_counter() - start
