@@ -18,11 +18,11 @@ import statistics
 import time
 
 import httpx
-import numpy as np
 import torch
 
 from bench.app_process import start_app
 from bench.clients import client_chat, new_session, rest_chat
+from bench.onnx_loop import greedy
 from bench.results_io import write_results
 from core.config import default_cache_dir
 from core.engine.onnx_model import OnnxModel, load_onnx_model
@@ -35,15 +35,7 @@ PROMPT = "Write a long story about a dragon who learns to read."
 def bare_loop(model: OnnxModel, ids: list[int], tokens: int, eos: int) -> tuple[float, int]:
     """(tokens/s, tokens) of greedy decoding straight on the converted model."""
     start = time.perf_counter()
-    cache = model.cache(1, len(ids) + tokens + 1)
-    logits = model.run(np.asarray([ids]), cache, np.asarray([0]))
-    generated = 0
-    while True:
-        token = int(logits[0].argmax())
-        generated += 1
-        if token == eos or generated >= tokens:
-            break
-        logits = model.run(np.asarray([[token]]), cache, np.asarray([len(ids) + generated - 1]))
+    generated = sum(1 for _ in greedy(model, ids, tokens, {eos}))
     return generated / (time.perf_counter() - start), generated
 
 

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from bench.llamacpp import LlamaCppWorker, find_llamacpp
+from bench.onnx_loop import greedy
 from bench.results_io import write_results
 from core.config import default_cache_dir
+from core.engine.base import stop_token_ids
 from core.engine.onnx_model import OnnxModel
 from core.model.bundled import bundled_gguf_path
 from core.model.loading import load_model
@@ -53,18 +55,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def onnx_greedy(model: OnnxModel, prompt: list[int], tokens: int, stop: set[int]) -> tuple[list[int], np.ndarray]:
     """The engine's greedy answer and the log-probabilities [answer, vocab] it chose each token from, computed as
-    the chat computes them (the prompt in one run, then a token at a time)."""
-    cache = model.cache(1, len(prompt) + tokens + 1)
-    logits = model.run(np.asarray([prompt]), cache, np.asarray([0]))
+    the chat computes them; the end token is left out, as llama.cpp's answers leave it out."""
     answer, rows = [], []
-    while True:
-        rows.append(log_softmax(logits[0]))
-        answer.append(int(rows[-1].argmax()))
-        if answer[-1] in stop:  # scored like llama.cpp's answers, which leave the end token out
-            return answer[:-1], np.stack(rows[:-1])
-        if len(answer) >= tokens:
-            return answer, np.stack(rows)
-        logits = model.run(np.asarray([[answer[-1]]]), cache, np.asarray([len(prompt) + len(answer) - 1]))
+    for token, logits in greedy(model, prompt, tokens, stop):
+        if token not in stop:
+            answer.append(token)
+            rows.append(log_softmax(logits))
+    return answer, np.stack(rows) if rows else np.empty((0, model.vocab_size), np.float32)
 
 
 def float32_rows(loaded, prompt: list[int], answer: list[int]) -> np.ndarray:
@@ -99,8 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_model("bundled", device="cpu", cache_dir=default_cache_dir())
     builder = PromptBuilder(loaded.tokenizer)
-    stop = set(loaded.model.generation_config.eos_token_id if isinstance(
-        loaded.model.generation_config.eos_token_id, list) else [loaded.model.generation_config.eos_token_id])
+    stop = set(stop_token_ids(loaded))
     with tempfile.TemporaryDirectory() as tmp:
         folder, convert_s = onnx_checkpoint(loaded.weights_dir, Path(tmp))
         onnx_bytes = sum(f.stat().st_size for f in folder.iterdir())
