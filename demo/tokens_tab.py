@@ -15,7 +15,7 @@ from core.errors import InvalidInputError, TokenLabError
 from core.text.facts import TokenizerFacts, tokenizer_facts
 from core.text.messages import normalize_messages
 from core.text.prompt import PromptBuilder
-from core.text.registry import HUB_ONLY, MAX_HUB_TOKENIZERS, TokenizerInfo, registry_for
+from core.text.registry import HUB_ONLY, MAX_HUB_TOKENIZERS, OFFLINE_KEYS, TokenizerInfo, registry_for
 from core.text.tokens import (
     DetokenizeResult,
     TokenizedText,
@@ -113,6 +113,13 @@ def compare_table_row(row: CompareRow) -> list[Any]:
             row["kind"], row["source"], ""]
 
 
+def tokenizer_key(name: str) -> str:
+    """The key as the app spells it: "model" and the offline keys match in any case and with spaces around them
+    (" GPT4O ", "MODEL"); anything else is a hub id, kept as typed but for the spaces."""
+    key = name.strip()
+    return key.lower() if key.lower() in (MODEL_KEY, *OFFLINE_KEYS) else key
+
+
 def _hub_ids(text: str) -> list[str]:
     ids = [part.strip() for part in checks.text(text, "hub ids", MAX_NAME_CHARS * 8).replace("\n", ",").split(",")
            if part.strip()]
@@ -130,7 +137,7 @@ def build_tokens_tab(host: "ModelHost") -> None:
 
     def resolve(name: str) -> tuple[str, PreTrainedTokenizerBase]:
         """'' or 'model': the loaded model's tokenizer; otherwise an offline key or a hub id."""
-        key = checks.text(name, "tokenizer", MAX_NAME_CHARS).strip()
+        key = tokenizer_key(checks.text(name, "tokenizer", MAX_NAME_CHARS))
         if key in ("", MODEL_KEY):
             loaded = host.require().loaded
             return loaded.name, loaded.tokenizer
@@ -191,7 +198,8 @@ def build_tokens_tab(host: "ModelHost") -> None:
 
     @ui_errors
     def compare_ui(text: str, chosen: list[str], hub: str) -> list[Any]:
-        keys = list(chosen or []) + _hub_ids(hub)
+        keys = [checks.text(k, "tokenizer", MAX_NAME_CHARS) for k in chosen or []] + _hub_ids(hub)
+        keys = [tokenizer_key(k) for k in keys]
         if not keys:
             raise InvalidInputError("Pick at least one tokenizer to compare.")
         results = compare_all(text or "", keys)
@@ -237,9 +245,10 @@ def build_tokens_tab(host: "ModelHost") -> None:
 
         Args:
             text: the text to tokenize (at most 50,000 characters).
-            tokenizer: "" for the loaded model's tokenizer; "smollm2", "bert", "gpt2", "gpt4" (cl100k_base),
-                "gpt4o" (o200k_base) or "phi3" for an offline one (where present, see /tokenizers); or a Hugging
-                Face hub id such as "Qwen/Qwen2.5-0.5B-Instruct" (needs the hub or its local cache).
+            tokenizer: "" or "model" for the loaded model's tokenizer; "smollm2", "bert", "gpt2", "gpt4"
+                (cl100k_base), "gpt4o" (o200k_base) or "phi3" for an offline one (where present, see /tokenizers);
+                or a Hugging Face hub id such as "Qwen/Qwen2.5-0.5B-Instruct" (needs the hub or its local cache).
+                Keys match in any case.
         Returns:
             {"tokenizer": name, "count": number of tokens, "tokens": [{"id", "piece", "text", "start", "end",
             "special"}]}; start/end are character offsets into `text`, and the byte tokens of one character share
@@ -270,8 +279,8 @@ def build_tokens_tab(host: "ModelHost") -> None:
         Args:
             text: the text to tokenize (at most 50,000 characters).
             tokenizers: comma-separated keys from /tokenizers: "model" (the loaded model's), "smollm2", "bert",
-                "gpt2", "gpt4", "gpt4o", "phi3", or hub ids; empty means the loaded model's and every offline
-                tokenizer present.
+                "gpt2", "gpt4", "gpt4o", "phi3" (the offline ones where present), or hub ids; empty means the
+                loaded model's and every offline tokenizer present.
         Returns:
             One {"tokenizer", "kind", "count", "chars_per_token", "error", "key", "vocab_size", "source", "facts"}
             per tokenizer, in the order asked. "facts" (found by probing the tokenizer) is {"keeps_case",
@@ -280,7 +289,8 @@ def build_tokens_tab(host: "ModelHost") -> None:
             (several byte tokens) or "lost" (not recovered by decoding). A tokenizer that cannot be loaded has
             count 0, facts null and the reason in "error".
         """
-        keys = [k.strip() for k in checks.text(tokenizers, "tokenizers", MAX_NAME_CHARS * 8).split(",") if k.strip()]
+        keys = [tokenizer_key(k) for k in checks.text(tokenizers, "tokenizers", MAX_NAME_CHARS * 8).split(",")
+                if k.strip()]
         keys = keys or [MODEL_KEY] + [t.key for t in registry.available()]
         if len(keys) > 1 + len(offline) + MAX_HUB_IDS:
             raise InvalidInputError(f"Compare at most {1 + len(offline) + MAX_HUB_IDS} tokenizers at a time.")

@@ -85,16 +85,35 @@ def token_ref(strings: TokenStrings, ids: list[int], index: int) -> TokenRef:
     return TokenRef(index=index, id=ids[index], piece=strings.piece(ids[index]), text=strings.text(ids[index]))
 
 
+# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Myanmar, Khmer): a word there sits
+# inside a run of letters, so only letters of the other scripts make a match part of a longer word.
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_LETTER = rf"[^\W{_UNSPACED}]"  # a word character of a script that spaces its words
+
+
+def _whole(word: str) -> str:
+    """A pattern for `word` not glued to letters around it: "ban" does not match in "bank", "." matches anywhere."""
+    left = rf"(?<!{_LETTER})" if re.match(_LETTER, word[0]) else ""
+    right = rf"(?!{_LETTER})" if re.match(_LETTER, word[-1]) else ""
+    return left + re.escape(word) + right
+
+
 def find_word(sentence: str, word: Any, which: str) -> tuple[int, int]:
-    """The character span of `word` in `sentence`: its first whole-word occurrence (exact case, else any case, else
-    inside a longer word). InvalidInputError when it does not occur."""
+    """The character span of `word` in `sentence`: its first whole-word occurrence (exact case, else any case).
+
+    A word found only inside a longer one ("ban" in "bank") is refused, naming the longer word: following that
+    word's token would answer about a word the caller did not ask for. InvalidInputError when it does not occur.
+    """
     word = checks.text(word, f"The word for sentence {which}", MAX_WORD_CHARS, required=True,
                        what=f"Type the word to follow in sentence {which}.").strip()
-    whole = rf"(?<!\w){re.escape(word)}(?!\w)"
-    for pattern, flags in ((whole, 0), (whole, re.IGNORECASE), (re.escape(word), re.IGNORECASE)):
-        match = re.search(pattern, sentence, flags)
+    for flags in (0, re.IGNORECASE):
+        match = re.search(_whole(word), sentence, flags)
         if match:
             return match.start(), match.end()
+    inside = re.search(rf"{_LETTER}*{re.escape(word)}{_LETTER}*", sentence, re.IGNORECASE)
+    if inside:
+        raise InvalidInputError(f"{checks.quote(word)} is not a whole word in sentence {which}: it occurs only inside "
+                                f"{checks.quote(inside.group())}. Type the whole word to follow it.")
     raise InvalidInputError(f"{checks.quote(word)} does not occur in sentence {which} ({checks.quote(sentence)}). "
                             "Pick a word from it.")
 

