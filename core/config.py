@@ -70,8 +70,9 @@ class AppConfig:
     engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
     engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
     engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
-    mcp: bool = False  # also serve the API as MCP tools (gradio's MCP server)
+    mcp: bool = False  # also serve the API endpoints as MCP tools, under their API names
     pack_linears: bool = True  # on the CPU, linear layers on weights packed for oneDNN (core/model/packed_linear.py)
+    heavy_share: float = 0.3  # while chats run, the most of the time Inside views and evaluations take (core/work/)
 
     @property
     def model_explicit(self) -> bool:
@@ -145,17 +146,25 @@ class AppConfig:
         p.add_argument("--engine-timeout", type=float,
                        default=float(env.get("ENGINE_TIMEOUT", base.engine_timeout)),
                        help="seconds the server may stay silent before a chat request fails (env ENGINE_TIMEOUT)")
-        p.add_argument("--mcp", action="store_true", default=env.get("TOKEN_LAB_MCP", "") == "1",
-                       help="also serve the API as MCP tools at /gradio_api/mcp/ (env TOKEN_LAB_MCP=1)")
+        mcp_env = env.get("TOKEN_LAB_MCP", "") == "1" or env.get("GRADIO_MCP_SERVER", "").lower() == "true"
+        p.add_argument("--mcp", action="store_true", default=mcp_env,
+                       help="also serve the API endpoints as MCP tools at /gradio_api/mcp/ (env TOKEN_LAB_MCP=1, or "
+                            "gradio's GRADIO_MCP_SERVER=true)")
         p.add_argument("--no-pack-linears", dest="pack_linears", action="store_false",
                        default=env.get("TOKEN_LAB_PACK_LINEARS", "1") != "0",
                        help="on the CPU, keep torch's default matmuls instead of oneDNN's on pre-packed weights "
                             "(slower; env TOKEN_LAB_PACK_LINEARS=0)")
+        p.add_argument("--heavy-share", type=float, default=float(env.get("TOKEN_LAB_HEAVY_SHARE", base.heavy_share)),
+                       help="while chats are being generated, the most of the time the Inside views and evaluations "
+                            "may take, between 0 and 1; they rest the remainder (env TOKEN_LAB_HEAVY_SHARE)")
         args, _unknown = p.parse_known_args(argv)
+        if not 0 < args.heavy_share <= 1:
+            p.error(f"--heavy-share must be more than 0 and at most 1, not {args.heavy_share}")
         return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
                    max_history_messages=args.max_history_messages, max_history_chars=args.max_history_chars,
                    max_sessions=args.max_sessions, max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
                    prefill_chunk=args.prefill_chunk, engine=args.engine, onnx_model=args.onnx_model,
                    engine_url=args.engine_url, engine_model=args.engine_model,
-                   engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears)
+                   engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears,
+                   heavy_share=args.heavy_share)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from core.config import ENGINES, AppConfig
 from core.engine.zerogpu import on_zerogpu
 from core.errors import ModelLoadError, ModelNotReadyError
+from core.work.fair_share import FairShare
+from core.work.workload import Workload
 
 if TYPE_CHECKING:
     from core.embeddings.index import VocabIndex
@@ -55,6 +57,7 @@ class ModelHost:
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
+        self.work = Workload(share=FairShare(config.heavy_share))  # heavy work's rules, the same at every door
         self.status = "starting"
         self.error: ModelLoadError | None = None
         self._parts: ModelParts | None = None
@@ -139,7 +142,7 @@ class ModelHost:
             return ZeroGPUChatEngine(loaded, c.limits)
         onnx, onnx_note = self._onnx_model(loaded)
         return ChatEngine(loaded, c.limits, max_batch=c.max_batch, prefix_cache_mb=c.prefix_cache_mb,
-                          prefill_chunk=c.prefill_chunk, onnx=onnx, onnx_note=onnx_note)
+                          prefill_chunk=c.prefill_chunk, onnx=onnx, onnx_note=onnx_note, share=self.work.share)
 
     def _onnx_model(self, loaded: LoadedModel):
         """The converted model when chat runs on ONNX Runtime (`--engine onnx`, or `auto` on a CPU where it can),

@@ -198,8 +198,9 @@ def build_chat_tab(host: ModelHost) -> None:
 
     @api_errors
     def engine_stats() -> dict[str, Any]:
-        """What the chat engine is doing: requests in progress, the largest batch so far, and (for the in-process
-        engine) the prefix cache's size and how much of the prompts it served.
+        """What the chat engine is doing: requests in progress, the largest batch so far, (for the in-process
+        engine) the prefix cache's size and how much of the prompts it served and the Inside views' inspections on
+        its worker, and the heavy work beside the chats: evaluations running and waiting, and the fair share.
 
         Returns:
             {"engine": str, "runner": str ("onnx int8" or "torch float32"; in-process only),
@@ -207,9 +208,13 @@ def build_chat_tab(host: ModelHost) -> None:
              "recent": {"requests": int, "ttft_p50_s": float | None, "ttft_p95_s": ...,
              "queued_p50_s": ..., "queued_p95_s": ...} (the last 256 finished requests, timed in the server),
              "max_batch": int, "prefix_cache": {"sequences": int, "bytes": int, "max_bytes": int,
-             "lookups": int, "hits": int, "reused_token_share": float}}
+             "lookups": int, "hits": int, "reused_token_share": float},
+             "inspections": {"running": int, "waiting": int, "finished": int, "cancelled": int},
+             "evaluations": {"running": int, "waiting": int, "peak_running": int, "waited": int, "finished": int,
+             "cancelled": int}, "fair_share": {"share": float, "chatting": bool, "heavy_steps": int,
+             "heavy_step_seconds": float, "rested_steps": int, "deferred_steps": int}}
         """
-        return host.require().engine.stats()
+        return host.require().engine.stats() | host.work.stats()
 
     with gr.Tab("Chat", id="chat"):
         gr.Markdown(INTRO)

@@ -2,20 +2,22 @@
 analogies, WordSim-353, SimLex-999), with published word2vec and GloVe figures beside them, and the typed API
 endpoint /evaluate. The scoring lives in core.embeddings.evaluation, the caching in core.embeddings.evaluator.
 
-A run reports progress between batches of questions; Cancel stops it after the batch it is on.
+A run reports progress between batches of questions; Cancel (or a client's cancel) stops it after the batch it is on.
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
 """
 
+import collections
 import threading
 
 import gradio as gr
 import pandas as pd
 
 from core.embeddings.benchmarks import ANALOGIES, SIMLEX, TITLES, WORDSIM
-from core.embeddings.evaluation import EvaluationCancelled, SectionDict
+from core.embeddings.evaluation import SectionDict
 from core.embeddings.evaluator import MAX_LIMIT, EvaluationDict, check_request, evaluator_for
 from core.embeddings.literature import PUBLISHED
 from core.host import ModelHost
+from demo.cancellation import cancellable
 from demo.errors import api_errors, ui_errors
 
 INTRO = (
@@ -123,43 +125,42 @@ def summary_markdown(result: EvaluationDict) -> str:
 
 def build_evaluation_tab(host: ModelHost) -> None:
     """The Evaluation tab and its API endpoint, inside the current gr.Blocks."""
-    stops: dict[str, threading.Event] = {}  # the running evaluation's stop flag, per browser session
-    stops_lock = threading.Lock()
+    in_progress: collections.Counter[str] = collections.Counter()  # evaluations in progress, per browser session
+    in_progress_lock = threading.Lock()
 
     def evaluator():
         parts = host.require()
-        return evaluator_for(parts.index, parts.loaded.name, host.config.cache_dir)
+        return evaluator_for(parts.index, parts.loaded.name, host.config.cache_dir, host.work)
 
+    @cancellable
     @ui_errors
     def run(benchmark: str, method: str, limit: float, request: gr.Request,
             progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         asked = check_request(benchmark, method, limit)
-        stop = threading.Event()
         session = request.session_hash or ""
-        with stops_lock:
-            stops[session] = stop
 
         def report(done: int, total: int, stage: str) -> None:
             progress((done, total), desc=stage, unit="questions")
 
+        with in_progress_lock:
+            in_progress[session] += 1
         try:
-            result = evaluator().evaluate(asked, progress=report, should_stop=stop.is_set)
-        except EvaluationCancelled as exc:
-            return str(exc), gr.skip(), gr.skip(), gr.skip()
+            result = evaluator().evaluate(asked, progress=report)
         finally:
-            with stops_lock:
-                if stops.get(session) is stop:
-                    del stops[session]
+            with in_progress_lock:
+                in_progress[session] -= 1
+                if not in_progress[session]:
+                    del in_progress[session]
         return summary_markdown(result), sections_frame(result), pairs_frame(result), comparison_frame(result)
 
     def cancel(request: gr.Request) -> str:
-        with stops_lock:
-            stop = stops.get(request.session_hash or "")
-        if stop is None:
-            return "Nothing is running."
-        stop.set()
+        """The button's own message; `cancels=` stops the run (demo/cancellation.py)."""
+        with in_progress_lock:
+            if not in_progress.get(request.session_hash or ""):
+                return "Nothing is running."
         return "Cancelled: the evaluation stops after the batch of questions it is on."
 
+    @cancellable
     @api_errors
     def evaluate(benchmark: str, method: str = "3cosadd", limit: int = 0) -> EvaluationDict:
         """Score the model's input embeddings on the standard word-vector benchmarks, under two vocabulary rules.

@@ -18,6 +18,7 @@ from core.host import ModelHost
 from core.inside.contextual import Contextual, Neighbour, Occurrence, contextual
 from core.inside.logit_lens import MAX_LENS_TOKENS, LogitLens, default_positions, logit_lens
 from core.inside.next_tokens import MAX_K, NextTokens, next_tokens
+from demo.cancellation import cancellable
 from demo.errors import api_errors, ui_errors
 from demo.token_view import piece_shown
 
@@ -146,6 +147,7 @@ def build_inside_tab(host: ModelHost) -> None:
     def parts():  # the loaded model, engine and index, or a sentence saying why not yet
         return host.require()
 
+    @cancellable
     @ui_errors
     def show_next_tokens(text: str, chat: bool, k: float, temperature: float, top_k: float,
                          top_p: float) -> tuple[str, PlotData, pd.DataFrame, str]:
@@ -153,12 +155,14 @@ def build_inside_tab(host: ModelHost) -> None:
                              chat=chat)
         return next_tokens_summary(result), next_tokens_plot(result), next_tokens_frame(result), result["prompt"]
 
+    @cancellable
     @ui_errors
     def show_contextual(sentence_a: str, word_a: str, sentence_b: str,
                         word_b: str) -> tuple[str, pd.DataFrame, pd.DataFrame]:
         p = parts()
         return contextual_outputs(contextual(p.engine, p.index, sentence_a, word_a, sentence_b, word_b))
 
+    @cancellable
     @ui_errors
     def show_lens(text: str, positions: float) -> tuple[str, Styler]:
         grid = logit_lens(parts().engine, text, max_tokens=int(positions))
@@ -166,6 +170,7 @@ def build_inside_tab(host: ModelHost) -> None:
 
     # -- typed API -------------------------------------------------------------------------------------------------
 
+    @cancellable
     @api_errors
     def predict_next_tokens(text: str, k: int = 10, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                         chat: bool = False) -> NextTokens:
@@ -185,6 +190,7 @@ def build_inside_tab(host: ModelHost) -> None:
         """
         return next_tokens(parts().engine, text, k=k, temperature=temperature, top_p=top_p, top_k=top_k, chat=chat)
 
+    @cancellable
     @api_errors
     def contextual_embeddings(sentence_a: str, word_a: str, sentence_b: str, word_b: str) -> Contextual:
         """The same word's hidden state in two sentences, layer by layer (contextual embeddings).
@@ -204,6 +210,7 @@ def build_inside_tab(host: ModelHost) -> None:
         p = parts()
         return contextual(p.engine, p.index, sentence_a, word_a, sentence_b, word_b)
 
+    @cancellable
     @api_errors
     def logit_lens_grid(text: str, max_tokens: int | None = None) -> LogitLens:
         """The logit lens: each layer's top next-token guess at each of the text's last positions.

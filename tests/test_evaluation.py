@@ -3,6 +3,7 @@ progress reported, a stop honoured, results cached per model."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from core.embeddings.evaluator import Evaluator, check_request
 from core.embeddings.index import VocabIndex
 from core.embeddings.lexicon import Lexicon
 from core.errors import InvalidInputError
+from core.work.cancel import Cancelled
 
 SAMPLE_PER_SECTION = 12  # gensim answers one question at a time: the agreement tests use a sample
 
@@ -152,9 +154,16 @@ def test_progress_is_reported_between_batches_and_a_stop_is_honoured(index, lexi
     result = score_analogies(index, lexicon, sections, batch=16, progress=lambda d, t: seen.append((d, t)))
     done = [d for d, _ in seen]
     assert done[0] == 0 and done == sorted(set(done)) and seen[-1] == (result.total.asked, result.total.asked)
-    asks = iter([False, False, True])
+    turns: list[int] = []
+
+    def step():  # the third batch's turn is refused, as a cancelled request's is
+        turns.append(1)
+        if len(turns) == 3:
+            raise Cancelled()
+        return contextlib.nullcontext()
+
     with pytest.raises(EvaluationCancelled, match=f"Stopped after 32 of {result.total.asked} analogy questions"):
-        score_analogies(index, lexicon, sections, batch=16, should_stop=lambda: next(asks))
+        score_analogies(index, lexicon, sections, batch=16, step=step)
 
 
 def test_limit_takes_each_sections_first_questions(index, lexicon):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from core.embeddings import evaluator
+from core.work import cancel
 from tests.holds import HOLD_S
 
 pytestmark = pytest.mark.browser
@@ -47,9 +48,9 @@ def hold_long_scoring(monkeypatch: pytest.MonkeyPatch, release: threading.Event)
     score_analogies = evaluator.score_analogies
     asked_to_stop = threading.Event()
 
-    def held(*args, limit: int = 0, progress=None, should_stop=None, **kwargs):
-        if limit != LONG_LIMIT or progress is None or should_stop is None:
-            return score_analogies(*args, limit=limit, progress=progress, should_stop=should_stop, **kwargs)
+    def held(*args, limit: int = 0, progress=None, step=None, **kwargs):
+        if limit != LONG_LIMIT or progress is None or step is None:
+            return score_analogies(*args, limit=limit, progress=progress, step=step, **kwargs)
         reported: list[int] = []
 
         def report(done: int, total: int) -> None:
@@ -58,13 +59,13 @@ def hold_long_scoring(monkeypatch: pytest.MonkeyPatch, release: threading.Event)
             if len(reported) == 1:
                 deadline = time.monotonic() + HOLD_S  # a liveness bound, as tests/holds.py's
                 while time.monotonic() < deadline:
-                    if should_stop():  # the app's stop flag is a plain callable: it is polled
+                    if cancel.current().cancelled:  # the request's cancel token (core/work/cancel.py)
                         asked_to_stop.set()
                         if release.is_set():
                             break
                     release.wait(0.01)
 
-        return score_analogies(*args, limit=limit, progress=report, should_stop=should_stop, **kwargs)
+        return score_analogies(*args, limit=limit, progress=report, step=step, **kwargs)
 
     monkeypatch.setattr(evaluator, "score_analogies", held)
     return asked_to_stop

@@ -17,12 +17,14 @@ Analogies (`score_analogies`), for a question a : b :: c : ?
 Word pairs (`score_pairs`, `gensim_pairs`): Spearman's rho of cosine against the human scores, over the pairs whose
 two words are in the vocabulary. Rule A is gensim's own evaluate_word_pairs on a KeyedVectors of the lexicon.
 
-`progress(done, total)` is called and `should_stop()` is checked between batches; a stop raises
-EvaluationCancelled.
+Each batch of questions runs inside `step()` when one is given: the caller's turn among heavy work, which rests while
+chats run and raises Cancelled once the caller has cancelled (core/work/); the scoring then stops with
+EvaluationCancelled, saying how far it got. `progress(done, total)` is called between batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,20 +39,21 @@ from core.embeddings.index import COSMUL_EPS, VocabIndex
 from core.embeddings.lexicon import RULES, Lexicon
 from core.embeddings.vocabulary import case_key, variant_key
 from core.errors import TokenLabError
+from core.work.cancel import Cancelled
 
 METHODS = ("3cosadd", "3cosmul")
 EXCLUSIONS = ("case", "plural")
-BATCH = 256  # questions per search; progress and stop requests are handled between batches
+BATCH = 256  # questions per search: one heavy step
 FIRST_FETCH = 32  # candidates fetched per question; the few questions that need more fetch again
 WINDOW = 5  # gensim's evaluate_word_analogies looks at the 5 best candidates other than the question's words
 _UNDECIDED = -2
 
 Progress = Callable[[int, int], None]
-ShouldStop = Callable[[], bool]
+Step = Callable[[], contextlib.AbstractContextManager[None]]
 
 
-class EvaluationCancelled(TokenLabError):
-    """The caller asked to stop; raised between two batches."""
+class EvaluationCancelled(Cancelled):
+    """The caller cancelled; raised between two batches, saying how far the scoring got."""
 
 
 class SectionDict(TypedDict):
@@ -303,7 +306,7 @@ def _pick(scores: np.ndarray, ids: np.ndarray, bound: float, may_answer: np.ndar
 
 def score_analogies(index: VocabIndex, lexicon: Lexicon, sections: Sequence[Section], method: str = "3cosadd",
                     rule: str = "single", exclude: str = "case", limit: int = 0, batch: int = BATCH,
-                    progress: Progress | None = None, should_stop: ShouldStop | None = None) -> AnalogyScores:
+                    progress: Progress | None = None, step: Step | None = None) -> AnalogyScores:
     """Accuracy per section (see the module docstring). `limit` > 0 asks only each section's first `limit`
     questions."""
     start = time.perf_counter()
@@ -321,36 +324,47 @@ def score_analogies(index: VocabIndex, lexicon: Lexicon, sections: Sequence[Sect
     if progress is not None:
         progress(0, total)
     for begin in range(0, total, batch):
-        if should_stop is not None and should_stop():
-            raise EvaluationCancelled(f"Stopped after {begin:,} of {total:,} analogy questions.")
-        chunk = questions[begin:begin + batch]
-        ids = np.array([q.ids for q in chunk], dtype=np.int64)
-        a, b, c = (candidates.vectors(ids[:, j]) for j in range(3))
-        top, extra_scores = (_cosadd if method == "3cosadd" else _cosmul)(index, candidates, a, b, c)
-        picks = np.full(len(chunk), -1, dtype=np.int64)
-        pending = np.arange(len(chunk))
-        fetch = FIRST_FETCH
-        while len(pending):
-            ranked, ranked_ids, bound = _ranked(top, extra_scores, candidates.size, fetch, pending)
-            undecided = []
-            for j, row in enumerate(pending.tolist()):
-                q = chunk[row]
-                pick = _pick(ranked[j], ranked_ids[j], float(bound[j]), candidates.may_answer, set(q.ids[:3]), key,
-                             {key_of(w) for w in q.words[:3]})
-                if pick == _UNDECIDED:
-                    undecided.append(row)
-                else:
-                    picks[row] = pick
-            pending = np.asarray(undecided, dtype=np.int64)
-            fetch *= 4
-        for q, pick in zip(chunk, picks.tolist(), strict=True):
-            given = candidates.text(pick).strip() if pick >= 0 else None
-            if given is not None and case_key(given) == case_key(q.words[3]):
-                scores[q.section].correct += 1
-            answers.append((scores[q.section].name, q.words, given))
+        try:
+            with step() if step is not None else contextlib.nullcontext():
+                answers += _answer_batch(index, candidates, questions[begin:begin + batch], method, scores, key,
+                                         key_of)
+        except Cancelled as exc:
+            raise EvaluationCancelled(f"Stopped after {begin:,} of {total:,} analogy questions.") from exc
         if progress is not None:
             progress(min(begin + batch, total), total)
     return AnalogyScores(method, rule, exclude, scores, time.perf_counter() - start, answers)
+
+
+def _answer_batch(index: VocabIndex, candidates: _Candidates, chunk: Sequence[_Question], method: str,
+                  scores: list[SectionScore], key: Callable[[int], str],
+                  key_of: Callable[[str], str]) -> list[tuple[str, Question, str | None]]:
+    """One batch's picks, counted into `scores`; (section, question, answer given) for each question."""
+    answers = []
+    ids = np.array([q.ids for q in chunk], dtype=np.int64)
+    a, b, c = (candidates.vectors(ids[:, j]) for j in range(3))
+    top, extra_scores = (_cosadd if method == "3cosadd" else _cosmul)(index, candidates, a, b, c)
+    picks = np.full(len(chunk), -1, dtype=np.int64)
+    pending = np.arange(len(chunk))
+    fetch = FIRST_FETCH
+    while len(pending):
+        ranked, ranked_ids, bound = _ranked(top, extra_scores, candidates.size, fetch, pending)
+        undecided = []
+        for j, row in enumerate(pending.tolist()):
+            q = chunk[row]
+            pick = _pick(ranked[j], ranked_ids[j], float(bound[j]), candidates.may_answer, set(q.ids[:3]), key,
+                         {key_of(w) for w in q.words[:3]})
+            if pick == _UNDECIDED:
+                undecided.append(row)
+            else:
+                picks[row] = pick
+        pending = np.asarray(undecided, dtype=np.int64)
+        fetch *= 4
+    for q, pick in zip(chunk, picks.tolist(), strict=True):
+        given = candidates.text(pick).strip() if pick >= 0 else None
+        if given is not None and case_key(given) == case_key(q.words[3]):
+            scores[q.section].correct += 1
+        answers.append((scores[q.section].name, q.words, given))
+    return answers
 
 
 # -- word pairs ------------------------------------------------------------------------------------------------------

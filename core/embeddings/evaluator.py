@@ -13,6 +13,7 @@ also written as JSON to the cache directory, so a restarted app shows them at on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import weakref
@@ -28,7 +29,7 @@ from core.embeddings.evaluation import (
     METHODS,
     AnalogyDict,
     PairsDict,
-    ShouldStop,
+    Step,
     gensim_pairs,
     score_analogies,
     score_pairs,
@@ -36,6 +37,8 @@ from core.embeddings.evaluation import (
 from core.embeddings.index import VocabIndex
 from core.embeddings.lexicon import RULES, Lexicon
 from core.embeddings.table_cache import cache_key, cached_json
+from core.work import cancel
+from core.work.workload import Workload
 
 ALL = "all"
 BENCHMARKS = (ALL, ANALOGIES, WORDSIM, SIMLEX)
@@ -101,12 +104,15 @@ def embedding_checksum(index: VocabIndex) -> str:
 
 
 class Evaluator:
-    """Evaluates one model's index; thread-safe (two requests for the same result may both compute it)."""
+    """Evaluates one model's index; thread-safe. Evaluations take turns (`work.evaluations`: one at a time, a bounded
+    line behind it) and run their batches as heavy steps (`work.share`), whoever calls."""
 
-    def __init__(self, index: VocabIndex, model_name: str, cache_dir: Path | None = None) -> None:
+    def __init__(self, index: VocabIndex, model_name: str, cache_dir: Path | None = None,
+                 work: Workload | None = None) -> None:
         self.index = index
         self.model_name = model_name
         self.cache_dir = cache_dir
+        self.work = work or Workload()
         self._lock = threading.Lock()
         self._lexicon: Lexicon | None = None
         self._checksum: str | None = None
@@ -125,13 +131,21 @@ class Evaluator:
             self._checksum = embedding_checksum(self.index)
         return self._checksum
 
-    def evaluate(self, request: EvaluationRequest, progress: StageProgress | None = None,
-                 should_stop: ShouldStop | None = None) -> EvaluationDict:
-        """Scores for the request under both rules; EvaluationCancelled when `should_stop()` turns true."""
+    def evaluate(self, request: EvaluationRequest, progress: StageProgress | None = None) -> EvaluationDict:
+        """Scores for the request under both rules. A result not in memory is computed in this request's turn
+        (BusyError when the line is full); EvaluationCancelled when the request is cancelled (core/work/cancel.py)."""
+        if self.cached(request):
+            return self._evaluate(request, progress, None)
+        token = cancel.current()
+        with self.work.evaluations.turn(token):
+            return self._evaluate(request, progress, lambda: self.work.share.step(token))
+
+    def _evaluate(self, request: EvaluationRequest, progress: StageProgress | None,
+                  step: Step | None) -> EvaluationDict:
         analogies = None
         if request.analogies:
-            analogies = {rule: self._analogies(request, rule, progress, should_stop) for rule in RULES}
-        pairs = {name: {rule: self._pairs(name, rule) for rule in RULES} for name in request.pair_sets}
+            analogies = {rule: self._analogies(request, rule, progress, step) for rule in RULES}
+        pairs = {name: {rule: self._pairs(name, rule, step) for rule in RULES} for name in request.pair_sets}
         return {"model": self.model_name, "benchmark": request.benchmark, "method": request.method,
                 "limit": request.limit, "rules": dict(RULE_TEXT), "exclusion": EXCLUSION_TEXT,
                 "analogies": analogies, "word_pairs": pairs}
@@ -144,22 +158,23 @@ class Evaluator:
             return all(k in self._results for k in keys)
 
     def _analogies(self, request: EvaluationRequest, rule: str, progress: StageProgress | None,
-                   should_stop: ShouldStop | None) -> AnalogyDict:
+                   step: Step | None) -> AnalogyDict:
         stage = f"{TITLES[ANALOGIES]}, rule {'A' if rule == 'single' else 'B'} ({request.method})"
 
         def build() -> dict:
             report = (lambda done, total: progress(done, total, stage)) if progress is not None else None
             return score_analogies(self.index, self.lexicon, analogy_sections(), request.method, rule,
-                                   limit=request.limit, progress=report, should_stop=should_stop).to_dict()
+                                   limit=request.limit, progress=report, step=step).to_dict()
 
         parts = (ANALOGIES, request.method, rule, str(request.limit))
         return self._cached(parts, build, on_disk=request.limit == 0)  # type: ignore[return-value]
 
-    def _pairs(self, benchmark: str, rule: str) -> PairsDict:
+    def _pairs(self, benchmark: str, rule: str, step: Step | None) -> PairsDict:
         def build() -> dict:
-            if rule == "single":
-                return gensim_pairs(self.lexicon, benchmark).to_dict()
-            return score_pairs(self.lexicon, benchmark, word_pairs(benchmark), rule).to_dict()
+            with step() if step is not None else contextlib.nullcontext():  # one heavy step
+                if rule == "single":
+                    return gensim_pairs(self.lexicon, benchmark).to_dict()
+                return score_pairs(self.lexicon, benchmark, word_pairs(benchmark), rule).to_dict()
 
         return self._cached((benchmark, rule), build, on_disk=True)  # type: ignore[return-value]
 
@@ -186,10 +201,12 @@ _EVALUATORS: weakref.WeakKeyDictionary[VocabIndex, Evaluator] = weakref.WeakKeyD
 _EVALUATORS_LOCK = threading.Lock()
 
 
-def evaluator_for(index: VocabIndex, model_name: str, cache_dir: Path | None = None) -> Evaluator:
+def evaluator_for(index: VocabIndex, model_name: str, cache_dir: Path | None = None,
+                  work: Workload | None = None) -> Evaluator:
     """The one Evaluator of `index` (made on first use, dropped with the index)."""
     with _EVALUATORS_LOCK:
         evaluator = _EVALUATORS.get(index)
-        if evaluator is None or evaluator.model_name != model_name or evaluator.cache_dir != cache_dir:
-            evaluator = _EVALUATORS[index] = Evaluator(index, model_name, cache_dir)
+        if (evaluator is None or evaluator.model_name != model_name or evaluator.cache_dir != cache_dir
+                or (work is not None and evaluator.work is not work)):
+            evaluator = _EVALUATORS[index] = Evaluator(index, model_name, cache_dir, work)
         return evaluator

@@ -25,12 +25,12 @@ BURST_MAX_S = 0.020  # the longest the first request of a burst waits for the ot
 
 
 def take_burst(q: queue.Queue[T | None], room: int, wait_for_first: bool, gap_s: float = ARRIVAL_GAP_S,
-               max_s: float = BURST_MAX_S) -> list[T | None]:
+               max_s: float = BURST_MAX_S, first_wait_s: float = 0.0) -> list[T | None]:
     """Up to `room` items from `q`, stopping after a None (the close signal).
 
     `wait_for_first` (the worker is idle): block for the first item, then keep taking arrivals until none comes
     for `gap_s` or `max_s` has passed since the first. Otherwise (rows are decoding, and must not stall): take
-    only what is already there."""
+    only what is already there, after waiting up to `first_wait_s` for the first."""
     taken: list[T | None] = []
     deadline = 0.0
     while len(taken) < room:
@@ -40,6 +40,8 @@ def take_burst(q: queue.Queue[T | None], room: int, wait_for_first: bool, gap_s:
                 deadline = time.perf_counter() + max_s
             elif wait_for_first:
                 item = q.get(timeout=max(0.0, min(gap_s, deadline - time.perf_counter())))
+            elif not taken and first_wait_s > 0:
+                item = q.get(timeout=first_wait_s)
             else:
                 item = q.get_nowait()
         except queue.Empty:

@@ -6,6 +6,8 @@ OpenMP team (a second forward pass at the same time oversubscribes the cores and
 see every thread's calls, see only the job's own pass; the running batch and its cache are never touched; and there is
 no second copy of the model. A job that returns a generator runs one step (up to its next `yield`) between two
 decoding steps, so a running chat waits for one step at most; a plain function runs whole, like one more prefill.
+While chats run, the worker takes a step only when the fair share allows it (core/work/fair_share.py). A job whose
+caller cancels (core/work/cancel.py) is dropped before its next step, whether it was waiting or running.
 
     >>> jobs = InspectionJobs(wake=lambda: engine_queue.put(WAKE))                    # doctest: +SKIP
     >>> jobs.run(lambda: model(ids).logits, alive=worker.is_alive)   # from a web request; the worker calls step()
@@ -13,8 +15,8 @@ decoding steps, so a running chat waits for one step at most; a plain function r
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import queue
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -24,6 +26,8 @@ from typing import Any, TypeVar
 import torch
 
 from core.errors import BusyError, ModelNotReadyError
+from core.work import cancel
+from core.work.cancel import Cancelled, CancelToken
 
 T = TypeVar("T")
 MAX_WAITING = 8  # inspections waiting at once; more are told the server is busy
@@ -44,38 +48,43 @@ def finish(result: Any) -> Any:
 
 
 class _Job:
-    def __init__(self, fn: Callable[[], Any]) -> None:
+    def __init__(self, fn: Callable[[], Any], token: CancelToken) -> None:
         self.fn = fn
+        self.token = token
         self.future: concurrent.futures.Future = concurrent.futures.Future()
         self.steps: Generator | None = None  # when `fn` returned a generator: one step per decoding step
 
 
 class InspectionJobs:
     """The waiting inspections and the one in progress. `run` is called from any thread but the worker; `step`,
-    `busy` and `fail_all` by the worker alone."""
+    `drop_cancelled`, `busy` and `fail_all` by the worker alone."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        self._waiting: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._waiting: collections.deque[_Job] = collections.deque()  # guarded by _lock
         self._current: _Job | None = None
         self._count = 0  # submitted and not yet returned to their callers
         self._lock = threading.Lock()
+        self.finished = 0
+        self.cancelled = 0
 
     def run(self, fn: Callable[[], T], alive: Callable[[], bool], timeout: float = WAIT_S) -> T:
-        """Run `fn` on the worker and return its result (or raise its exception); see the module docstring."""
+        """Run `fn` on the worker and return its result (or raise its exception); Cancelled as soon as the current
+        request's token is (the worker drops the job at its next turn); see the module docstring."""
         if not alive():
             raise ModelNotReadyError("The model's worker has stopped.")
+        job = _Job(fn, cancel.current())
         with self._lock:
             if self._count >= MAX_WAITING:
                 raise BusyError(f"{self._count} inspections are waiting for the model. Try again in a moment.")
             self._count += 1
-        job = _Job(fn)
+            self._waiting.append(job)
         try:
-            self._waiting.put(job)
             self._wake()
             deadline = time.monotonic() + timeout
             while not job.future.done():
-                concurrent.futures.wait([job.future], timeout=0.5)
+                concurrent.futures.wait([job.future], timeout=0.1)
+                job.token.check()
                 if not alive() and job.future.cancel():
                     raise ModelNotReadyError("The model's worker has stopped.")
                 if time.monotonic() > deadline and job.future.cancel():
@@ -88,19 +97,47 @@ class InspectionJobs:
     @property
     def busy(self) -> bool:
         """An inspection is in progress or waiting: the worker must not sleep."""
-        return self._current is not None or not self._waiting.empty()
+        return self._current is not None or bool(self._waiting)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            waiting = len(self._waiting)
+        return {"running": int(self._current is not None), "waiting": waiting, "finished": self.finished,
+                "cancelled": self.cancelled}
+
+    def drop_cancelled(self) -> None:
+        """Drop the inspections whose callers cancelled or gave up, waiting or in progress: no turn is needed to
+        stop work, so a cancel frees the worker even while the chats have the machine."""
+        with self._lock:
+            gone = [job for job in self._waiting if job.token.cancelled or job.future.cancelled()]
+            for job in gone:
+                self._waiting.remove(job)
+        for job in gone:
+            self._cancel(job)
+        if self._current is not None and self._current.token.cancelled:
+            self._cancel(self._current)
+            self._current = None
+
+    def _cancel(self, job: _Job) -> None:
+        if job.steps is not None:
+            job.steps.close()  # its `finally` blocks run now, on the worker
+        if job.future.running() or job.future.set_running_or_notify_cancel():  # not if its caller gave up
+            job.future.set_exception(Cancelled())
+        self.cancelled += 1
 
     def step(self) -> None:
         """Run one step of the inspection in progress, or start the next waiting one."""
+        self.drop_cancelled()
         while self._current is None:
-            try:
-                job = self._waiting.get_nowait()
-            except queue.Empty:
-                return
+            with self._lock:
+                if not self._waiting:
+                    return
+                job = self._waiting.popleft()
             if job.future.set_running_or_notify_cancel():  # False: its caller gave up waiting
                 self._current = job
         if self._advance(self._current):
             self._current = None
+            self.finished += 1
 
     @staticmethod
     def _advance(job: _Job) -> bool:
@@ -127,10 +164,8 @@ class InspectionJobs:
         if self._current is not None:
             self._current.future.set_exception(stopped)
             self._current = None
-        while True:
-            try:
-                job = self._waiting.get_nowait()
-            except queue.Empty:
-                return
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for job in waiting:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(stopped)

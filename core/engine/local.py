@@ -43,6 +43,7 @@ from core.engine.stream import ERROR, STOPPED, ChatStream
 from core.model.loading import LoadedModel
 from core.model.onnx_export import PRECISION
 from core.text.prompt import Prompt
+from core.work.fair_share import POLL_S, FairShare
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,8 +68,9 @@ class ChatEngine(Engine):
 
     def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None, max_batch: int = 0,
                  prefix_cache_mb: int = 256, prefill_chunk: int = PREFILL_CHUNK, onnx: OnnxModel | None = None,
-                 onnx_note: str = "") -> None:
+                 onnx_note: str = "", share: FairShare | None = None) -> None:
         super().__init__(loaded, limits)
+        self.share = share or FairShare()  # how much of the time inspections take while chats run
         self.onnx, self.onnx_note = onnx, onnx_note  # the converted model when chat runs on ONNX Runtime
         self.prefill_chunk = prefill_chunk if prefill_chunk > 0 else None  # None: every prompt in one pass
         # 0 = as many rows as fit: every row could grow to the full context, and an out-of-memory step fails
@@ -86,7 +88,8 @@ class ChatEngine(Engine):
         atexit.register(self.close)
 
     def stats(self) -> dict[str, Any]:
-        stats = super().stats() | {"runner": self.runner, "max_batch": self.max_batch, "heap_trims": self.heap.trims}
+        stats = super().stats() | {"runner": self.runner, "max_batch": self.max_batch, "heap_trims": self.heap.trims,
+                                   "inspections": self._jobs.stats()}
         cache = self.prefix_cache
         if cache is not None:
             s = cache.stats
@@ -219,21 +222,39 @@ class ChatEngine(Engine):
         finally:
             self._jobs.fail_all()  # inspections still waiting are told the worker stopped
 
+    def _inspect_step(self) -> bool:
+        """One step of an inspection if one is waiting and the fair share allows it now; False when none ran.
+        Cancelled ones are dropped first, turn or no turn."""
+        self._jobs.drop_cancelled()
+        if not self._jobs.busy or not self.share.try_begin():
+            return False
+        try:
+            self._jobs.step()
+        finally:
+            self.share.end()
+        return True
+
     def _serve(self) -> None:
-        """The worker's loop: each turn runs one step of an inspection, one chunk of every prompt being prefilled,
-        then one decoding step of every running row, so a long prompt never stalls the chats already streaming."""
+        """The worker's loop: each turn runs one step of an inspection (while chats run, as often as the fair share
+        allows), one chunk of every prompt being prefilled, then one decoding step of every running row, so a long
+        prompt never stalls the chats already streaming."""
         decoder = self._new_decoder()
         self._warm_up(decoder)
         active: list[Running] = []
         groups: list[PrefillGroup] = []
         while True:
-            self._jobs.step()  # one step of an inspection, if any, between two decoding steps
+            self.share.set_chatting(bool(active or groups))
+            stepped = self._inspect_step()
+            idle = not active and not groups
             room = self.max_batch - len(active) - sum(len(group.pairs) for group in groups)
-            waiting = take_burst(self._queue, room=room,
-                                 wait_for_first=not active and not groups and not self._jobs.busy)
+            # idle with an inspection that must wait for another heavy step: look at the queue now and then
+            waiting = take_burst(self._queue, room=room, wait_for_first=idle and not self._jobs.busy,
+                                 first_wait_s=POLL_S if idle and self._jobs.busy and not stepped else 0.0)
             if None in waiting:
                 return
             groups += self._begin(decoder, [item for item in waiting if item is not WAKE])
+            if groups:
+                self.share.wait_for_step()
             feeding, groups, started = groups, [], []
             for group in feeding:
                 still, began = self._feed(decoder, group)
@@ -246,6 +267,7 @@ class ChatEngine(Engine):
             if not active:
                 continue
             self.peak_batch = max(self.peak_batch, len(active))
+            self.share.wait_for_step()  # an evaluation's batch on another thread has the cores for now
             for stream, slot in active:
                 if stream.cancelled and slot.finish_reason is None:
                     slot.finish_reason = STOPPED

@@ -1,0 +1,120 @@
+"""A fair share of the machine for the chats while heavy work runs.
+
+Chat is interactive: a person reads the tokens as they come. An Inside view's forward pass over a long text, or an
+evaluation's batches of questions, is not. So while any chat is being generated, heavy work runs one step at a time and
+rests after each, long enough that its steps take at most `share` of the wall-clock time: the chats run alone during
+the rests, and the heavy work still advances, in order, at a bounded pace. With no chat running it never rests.
+
+One heavy step at a time, whoever runs it (the engine's worker runs the views' steps between two decoding steps, an
+evaluation runs its batches on a request's thread), and the chats wait while a request thread's step runs
+(`wait_for_step`): two things at once on a machine's few cores slow both by more than taking turns does.
+
+    >>> share = FairShare(share=0.25)
+    >>> with share.step(CancelToken()):    # a request's thread: waits for its turn (rests while chats run), timed
+    ...     pass
+    >>> share.try_begin()                  # the engine's worker, which must never block: a step now, or later
+    True
+    >>> share.end()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from core.work.cancel import CancelToken
+
+HEAVY_SHARE = 0.3  # of the wall-clock time, at most, for heavy steps while chats run
+POLL_S = 0.05  # how often a waiting step looks at its caller's cancel token
+
+
+class FairShare:
+    """Heavy steps' turns: see the module docstring. `set_chatting` is told by the chat engine's worker."""
+
+    def __init__(self, share: float = HEAVY_SHARE) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"the heavy work's share must be in (0, 1], not {share}")
+        self.share = share
+        self._cond = threading.Condition()
+        self._chatting = False
+        self._stepping = False  # a heavy step is running
+        self._started = 0.0
+        self._next = 0.0  # while chats run, no heavy step starts before this time.monotonic()
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.rests = 0  # steps of request threads that waited for the chats
+        self.deferred = 0  # times the worker put off a step for the chats
+
+    def set_chatting(self, chatting: bool) -> None:
+        """Whether chats are being generated now (their prompts read or their tokens decoded)."""
+        with self._cond:
+            if chatting != self._chatting:
+                self._chatting = chatting
+                self._cond.notify_all()
+
+    def _due(self, now: float) -> bool:
+        return not self._stepping and (not self._chatting or now >= self._next)
+
+    def _begin(self, now: float) -> None:
+        self._stepping, self._started = True, now
+
+    def try_begin(self) -> bool:
+        """Begin a heavy step if it is due now; False when it must wait (the caller goes on and asks again)."""
+        with self._cond:
+            now = time.monotonic()
+            if not self._due(now):
+                self.deferred += self._chatting and not self._stepping
+                return False
+            self._begin(now)
+            return True
+
+    def begin(self, token: CancelToken) -> None:
+        """Wait until a heavy step is due, then begin it; Cancelled when the caller cancels meanwhile."""
+        with self._cond:
+            rested = False
+            while True:
+                token.check()
+                now = time.monotonic()
+                if self._due(now):
+                    break
+                rested = True
+                wait = POLL_S if self._stepping else self._next - now
+                self._cond.wait(min(max(wait, 0.001), POLL_S))
+            self.rests += rested
+            self._begin(now)
+
+    def end(self) -> None:
+        """The heavy step that began has ended: the next one rests in proportion to it (if chats run by then)."""
+        with self._cond:
+            now = time.monotonic()
+            spent = now - self._started
+            self._next = now + spent * (1 - self.share) / self.share
+            self._stepping = False
+            self.steps += 1
+            self.step_seconds += spent
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def step(self, token: CancelToken) -> Iterator[None]:
+        """One heavy step of a request's thread: its turn, then its timing."""
+        self.begin(token)
+        try:
+            yield
+        finally:
+            self.end()
+
+    def wait_for_step(self) -> None:
+        """The chat engine's worker, before a decoding step: wait while a heavy step runs on another thread (the
+        worker's own steps are over by the time it asks)."""
+        with self._cond:
+            while self._stepping:
+                self._cond.wait(POLL_S)
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {"share": self.share, "chatting": self._chatting, "heavy_steps": self.steps,
+                    "heavy_step_seconds": round(self.step_seconds, 3), "rested_steps": self.rests,
+                    "deferred_steps": self.deferred}
