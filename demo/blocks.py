@@ -41,11 +41,18 @@ def launch_options(config: AppConfig) -> dict[str, Any]:
 
     state_session_capacity: gradio keeps every session's copy of the app's config, and each API call made without a
     session_hash opens a new session, so gradio's default bound would let anonymous calls hold gigabytes.
-    The middleware adds the page's Content-Security-Policy and completes REST calls that leave out trailing values."""
+    The middleware adds the page's Content-Security-Policy and completes REST calls that leave out trailing values.
+    With `config.mcp` (also set by gradio's GRADIO_MCP_SERVER=true) the app's own MCP server (demo/mcp_server.py) is
+    mounted at /gradio_api/mcp; gradio's stays off, whatever that variable says."""
+    app_kwargs: dict[str, Any] = {"middleware": [Middleware(ContentSecurityPolicy), Middleware(RestDefaults)]}
+    if config.mcp:
+        from demo.mcp_server import McpServer  # imports the mcp package only when it is served
+
+        mcp = McpServer()  # one per launch: its session manager runs once
+        app_kwargs["middleware"].append(mcp.middleware)
+        app_kwargs["lifespan"] = mcp.lifespan
     return {"server_name": config.host, "server_port": config.port, "share": config.share,
-            "state_session_capacity": config.max_sessions,
-            "app_kwargs": {"middleware": [Middleware(ContentSecurityPolicy), Middleware(RestDefaults)]},
-            "mcp_server": True if config.mcp else None}  # None leaves gradio's GRADIO_MCP_SERVER variable in charge
+            "state_session_capacity": config.max_sessions, "app_kwargs": app_kwargs, "mcp_server": False}
 
 
 def build_demo(host: ModelHost, config: AppConfig | None = None) -> gr.Blocks:
