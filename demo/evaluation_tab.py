@@ -19,6 +19,7 @@ from core.embeddings.literature import PUBLISHED
 from core.host import ModelHost
 from demo.cancellation import cancellable
 from demo.errors import api_errors, ui_errors
+from demo.progress_bar import shown_on
 
 INTRO = (
     "How good is this model's input embedding space on the benchmarks word vectors are judged by? The **Google "
@@ -138,14 +139,10 @@ def build_evaluation_tab(host: ModelHost) -> None:
             progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         asked = check_request(benchmark, method, limit)
         session = request.session_hash or ""
-
-        def report(done: int, total: int, stage: str) -> None:
-            progress((done, total), desc=stage, unit="questions")
-
         with in_progress_lock:
             in_progress[session] += 1
         try:
-            result = evaluator().evaluate(asked, progress=report)
+            result = evaluator().evaluate(asked, progress=shown_on(progress, "questions"))
         finally:
             with in_progress_lock:
                 in_progress[session] -= 1

@@ -20,6 +20,7 @@ from core.inside.logit_lens import MAX_LENS_TOKENS, LogitLens, default_positions
 from core.inside.next_tokens import MAX_K, NextTokens, next_tokens
 from demo.cancellation import cancellable
 from demo.errors import api_errors, ui_errors
+from demo.progress_bar import shown_on
 from demo.token_view import piece_shown
 
 INTRO = ("What happens between the tokens going in and the answer coming out. Each view runs the model on your text "
@@ -149,23 +150,24 @@ def build_inside_tab(host: ModelHost) -> None:
 
     @cancellable
     @ui_errors
-    def show_next_tokens(text: str, chat: bool, k: float, temperature: float, top_k: float,
-                         top_p: float) -> tuple[str, PlotData, pd.DataFrame, str]:
+    def show_next_tokens(text: str, chat: bool, k: float, temperature: float, top_k: float, top_p: float,
+                         progress: gr.Progress = gr.Progress()) -> tuple[str, PlotData, pd.DataFrame, str]:
         result = next_tokens(parts().engine, text, k=int(k), temperature=temperature, top_p=top_p, top_k=int(top_k),
-                             chat=chat)
+                             chat=chat, progress=shown_on(progress, "chunks"))
         return next_tokens_summary(result), next_tokens_plot(result), next_tokens_frame(result), result["prompt"]
 
     @cancellable
     @ui_errors
-    def show_contextual(sentence_a: str, word_a: str, sentence_b: str,
-                        word_b: str) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    def show_contextual(sentence_a: str, word_a: str, sentence_b: str, word_b: str,
+                        progress: gr.Progress = gr.Progress()) -> tuple[str, pd.DataFrame, pd.DataFrame]:
         p = parts()
-        return contextual_outputs(contextual(p.engine, p.index, sentence_a, word_a, sentence_b, word_b))
+        return contextual_outputs(contextual(p.engine, p.index, sentence_a, word_a, sentence_b, word_b,
+                                             progress=shown_on(progress, "chunks")))
 
     @cancellable
     @ui_errors
-    def show_lens(text: str, positions: float) -> tuple[str, Styler]:
-        grid = logit_lens(parts().engine, text, max_tokens=int(positions))
+    def show_lens(text: str, positions: float, progress: gr.Progress = gr.Progress()) -> tuple[str, Styler]:
+        grid = logit_lens(parts().engine, text, max_tokens=int(positions), progress=shown_on(progress, "steps"))
         return lens_summary(grid), lens_table(grid)
 
     # -- typed API -------------------------------------------------------------------------------------------------

@@ -160,10 +160,17 @@ def test_progress_is_reported_between_batches_and_a_stop_is_honoured(index, lexi
         turns.append(1)
         if len(turns) == 3:
             raise Cancelled()
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(False)  # no chats running: whole batches
 
     with pytest.raises(EvaluationCancelled, match=f"Stopped after 32 of {result.total.asked} analogy questions"):
         score_analogies(index, lexicon, sections, batch=16, step=step)
+
+
+def test_batches_are_a_quarter_as_large_while_chats_run(index, lexicon, sample):
+    seen: list[int] = []
+    result = score_analogies(index, lexicon, read_analogies(sample), batch=16, progress=lambda d, t: seen.append(d),
+                             step=lambda: contextlib.nullcontext(True))
+    assert seen[:4] == [0, 4, 8, 12] and seen[-1] == result.total.asked
 
 
 def test_limit_takes_each_sections_first_questions(index, lexicon):

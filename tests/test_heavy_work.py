@@ -179,3 +179,62 @@ def test_the_share_is_a_flag_and_an_environment_variable():
     for wrong in ("0", "1.5", "-0.2"):
         with pytest.raises(SystemExit):
             AppConfig.from_args(["--heavy-share", wrong], env={})
+
+
+def test_an_inspection_reports_its_place_in_line_then_its_chunks(request, bundled):
+    """A view's caller hears how many inspections are ahead while it waits, then its chunks as they are read, the
+    last report being all of them."""
+    engine = chat_engine(request, "onnx", bundled, max_batch=2, prefix_cache_mb=0)
+    try:
+        text = "The river bank was quiet in the early morning. " * 60  # several chunks
+        first_heard: list[tuple] = []
+        second_heard: list[tuple] = []
+        first_running = threading.Event()
+
+        def first() -> None:
+            next_tokens(engine, text, k=3, progress=lambda *r: (first_heard.append(r), first_running.set()))
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert first_running.wait(HOLD_S)
+        next_tokens(engine, text, k=3, progress=lambda *r: second_heard.append(r))
+        thread.join(HOLD_S)
+        assert second_heard[0] == (0, 0, "waiting for the model: 1 inspection ahead")
+        for heard in (first_heard, second_heard):
+            steps = [r for r in heard if r[1]]
+            total = steps[-1][1]
+            assert total == -(-len(bundled.tokenizer(text)["input_ids"]) // 128)
+            assert steps[-1] == (total, total, "reading the text")
+            assert [done for done, _, _ in steps] == sorted({done for done, _, _ in steps})
+    finally:
+        engine.close()
+
+
+def test_an_evaluation_waiting_for_its_turn_says_how_many_are_ahead():
+    turns = Turns("evaluations", running=1, waiting=2)
+    heard: list[tuple] = []
+    token = CancelToken()
+    def hear(*report) -> None:  # the caller gives up once told
+        heard.append(report)
+        token.cancel()
+
+    def wait_in_line() -> None:
+        with pytest.raises(Cancelled), turns.turn(token, hear):
+            pass
+
+    with turns.turn(CancelToken()):
+        waiter = threading.Thread(target=wait_in_line)
+        waiter.start()
+        waiter.join(HOLD_S)
+    assert heard == [(0, 0, "waiting for its turn: 1 of the evaluations ahead")]
+
+
+def test_chats_arriving_while_a_thread_steps_get_the_next_turn():
+    """The worker, finding a request thread's heavy step running when chats arrive, waits for that step only: the
+    thread's next step rests first, even though the worker had not yet said that chats run."""
+    share, token = FairShare(0.01), CancelToken()  # the rest after a step: 99 times its length
+    share.begin(token)  # a thread's step, begun before any chat
+    token.sleep(0.05)
+    share.end()
+    share.wait_for_step()  # the worker, with a prompt to read
+    assert share.stats()["chatting"] and not share.try_begin()

@@ -194,6 +194,8 @@ CASES = [
     ("compare_tokenizers", ["hi", "gpt4, ../../etc/passwd, /etc/passwd"], None),
     ("compare_tokenizers", ["hi", ", ".join(["gpt4"] * 20)], "Compare at most"),
     ("compare_tokenizers", ["", "gpt4o"], None),
+    ("compare_tokenizers", [None, "gpt4o"], r"The input must be text \(a string\); got null"),
+    ("tokenize", ["hi", " MODEL "], None),
     # evaluate
     ("evaluate", ["mmlu", "3cosadd", 0], "benchmark must be one of all, google_analogy, wordsim353, simlex999; "
                                          "got 'mmlu'"),
@@ -243,6 +245,7 @@ CASES = [
     ("contextual", ["The river bank.", "bank", "My bank.", "../etc/passwd"], "does not occur in sentence B"),
     ("contextual", ["The river bank.", ".*", "My bank.", "bank"], r"'\.\*' does not occur in sentence A"),
     ("contextual", ["The river bank.", ".", "My bank.", "bank"], None),
+    ("contextual", ["The river bank.", "ban", "My bank.", "bank"], "'ban' is not a whole word in sentence A"),
     ("logit_lens", ["", None], "Type a text first"),
     ("logit_lens", [HUGE, None], "The text is 1,000,000 characters; the limit is 50,000"),
     ("logit_lens", ["a b " * 5000, 1], "the model reads at most 8,192"),
@@ -284,6 +287,22 @@ def test_rest_callers_get_an_answer_or_a_sentence(rest, endpoint, data, expected
     assert message and isinstance(message, str), body[:300]
     assert len(message) < 400, f"the message repeats the input: {message[:200]}…"
     assert not any(phrase in message for phrase in BAD_PHRASES), message
+    assert re.search(expected, message), message
+
+
+HEAVY = ("evaluate", "next_tokens", "contextual", "logit_lens")  # endpoints whose work is paced and cancellable
+
+
+@pytest.mark.parametrize(("endpoint", "data", "expected"), [c for c in CASES if c[0] in HEAVY and c[2]],
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES) if c[0] in HEAVY and c[2]])
+def test_the_run_door_refuses_in_the_same_sentences(rest, endpoint, data, expected):
+    """gradio's /run/NAME calls the function outside the queue: the same checks answer there."""
+    raw = data if isinstance(data, str) else json.dumps(data)
+    response = rest.http.post(f"{rest.url}gradio_api/run/{endpoint}",
+                              content=f'{{"data": {raw}}}'.encode("utf-8", "surrogatepass"),
+                              headers={"Content-Type": "application/json"})
+    message = response.json().get("error") or ""
+    assert message and not any(phrase in message for phrase in BAD_PHRASES), response.text[:300]
     assert re.search(expected, message), message
 
 

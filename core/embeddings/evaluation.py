@@ -18,8 +18,9 @@ Word pairs (`score_pairs`, `gensim_pairs`): Spearman's rho of cosine against the
 two words are in the vocabulary. Rule A is gensim's own evaluate_word_pairs on a KeyedVectors of the lexicon.
 
 Each batch of questions runs inside `step()` when one is given: the caller's turn among heavy work, which rests while
-chats run and raises Cancelled once the caller has cancelled (core/work/); the scoring then stops with
-EvaluationCancelled, saying how far it got. `progress(done, total)` is called between batches.
+chats run (the batch is then a quarter of the size, so that the chats wait less for it) and raises Cancelled once
+the caller has cancelled (core/work/); the scoring then stops with EvaluationCancelled, saying how far it got.
+`progress(done, total)` is called between batches.
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ from core.work.cancel import Cancelled
 
 METHODS = ("3cosadd", "3cosmul")
 EXCLUSIONS = ("case", "plural")
-BATCH = 256  # questions per search: one heavy step
+BATCH = 256  # questions per search: one heavy step (a quarter of it while chats run)
 FIRST_FETCH = 32  # candidates fetched per question; the few questions that need more fetch again
 WINDOW = 5  # gensim's evaluate_word_analogies looks at the 5 best candidates other than the question's words
 _UNDECIDED = -2
 
 Progress = Callable[[int, int], None]
-Step = Callable[[], contextlib.AbstractContextManager[None]]
+Step = Callable[[], contextlib.AbstractContextManager[bool]]  # a heavy step; it says whether chats are running
 
 
 class EvaluationCancelled(Cancelled):
@@ -323,15 +324,18 @@ def score_analogies(index: VocabIndex, lexicon: Lexicon, sections: Sequence[Sect
     total = len(questions)
     if progress is not None:
         progress(0, total)
-    for begin in range(0, total, batch):
+    begin = 0
+    while begin < total:
         try:
-            with step() if step is not None else contextlib.nullcontext():
-                answers += _answer_batch(index, candidates, questions[begin:begin + batch], method, scores, key,
+            with step() if step is not None else contextlib.nullcontext(False) as chats_running:
+                size = max(1, batch // 4) if chats_running else batch  # a shorter wait for the chats
+                answers += _answer_batch(index, candidates, questions[begin:begin + size], method, scores, key,
                                          key_of)
         except Cancelled as exc:
             raise EvaluationCancelled(f"Stopped after {begin:,} of {total:,} analogy questions.") from exc
+        begin = min(begin + size, total)
         if progress is not None:
-            progress(min(begin + batch, total), total)
+            progress(begin, total)
     return AnalogyScores(method, rule, exclude, scores, time.perf_counter() - start, answers)
 
 

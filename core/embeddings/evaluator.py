@@ -38,6 +38,7 @@ from core.embeddings.index import VocabIndex
 from core.embeddings.lexicon import RULES, Lexicon
 from core.embeddings.table_cache import cache_key, cached_json
 from core.work import cancel
+from core.work.progress import Progress
 from core.work.workload import Workload
 
 ALL = "all"
@@ -56,8 +57,6 @@ RULE_TEXT = {
 EXCLUSION_TEXT = ("an analogy's own words and their case and leading-space variants never answer it (gensim's rule); "
                   "plurals may, so cat : cats :: dog : ? can answer dogs")
 
-# done, total, what is being scored
-StageProgress = Callable[[int, int, str], None]
 
 
 class EvaluationDict(TypedDict):
@@ -131,16 +130,16 @@ class Evaluator:
             self._checksum = embedding_checksum(self.index)
         return self._checksum
 
-    def evaluate(self, request: EvaluationRequest, progress: StageProgress | None = None) -> EvaluationDict:
+    def evaluate(self, request: EvaluationRequest, progress: Progress | None = None) -> EvaluationDict:
         """Scores for the request under both rules. A result not in memory is computed in this request's turn
         (BusyError when the line is full); EvaluationCancelled when the request is cancelled (core/work/cancel.py)."""
         if self.cached(request):
             return self._evaluate(request, progress, None)
         token = cancel.current()
-        with self.work.evaluations.turn(token):
+        with self.work.evaluations.turn(token, progress):
             return self._evaluate(request, progress, lambda: self.work.share.step(token))
 
-    def _evaluate(self, request: EvaluationRequest, progress: StageProgress | None,
+    def _evaluate(self, request: EvaluationRequest, progress: Progress | None,
                   step: Step | None) -> EvaluationDict:
         analogies = None
         if request.analogies:
@@ -157,7 +156,7 @@ class Evaluator:
         with self._lock:
             return all(k in self._results for k in keys)
 
-    def _analogies(self, request: EvaluationRequest, rule: str, progress: StageProgress | None,
+    def _analogies(self, request: EvaluationRequest, rule: str, progress: Progress | None,
                    step: Step | None) -> AnalogyDict:
         stage = f"{TITLES[ANALOGIES]}, rule {'A' if rule == 'single' else 'B'} ({request.method})"
 

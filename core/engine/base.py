@@ -21,6 +21,7 @@ from core.errors import BusyError, InvalidInputError, UnavailableError
 from core.model.loading import LoadedModel
 from core.text.messages import check_history, normalize_messages
 from core.text.prompt import Prompt, PromptBuilder
+from core.work.progress import Progress
 
 RECENT_REQUESTS = 256  # finished requests whose timings /engine_stats summarises
 T = TypeVar("T")
@@ -123,11 +124,12 @@ class Engine(abc.ABC):
     def close(self) -> None:
         """Stop serving: end what is in flight and release threads and connections."""
 
-    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+    def inspect(self, fn: Callable[..., T], *args: Any, progress: Progress | None = None) -> T:
         """Run `fn(loaded, *args)`, a read-only use of the model's weights (the Inside tab's views), where this
-        engine's model runs, and return its result; a generator `fn` is driven to its end (its return value). `fn`
-        is a module-level function and its arguments and result plain data: ZeroGPU runs it in another process.
-        Engines without the weights here say so."""
+        engine's model runs, and return its result; a generator `fn` is driven to its end (its return value), and
+        what it yields, (done, total, stage), goes to `progress` where the engine can report it. `fn` is a
+        module-level function and its arguments and result plain data: ZeroGPU runs it in another process. Engines
+        without the weights here say so."""
         raise UnavailableError(f"{type(self).__name__} cannot run computations on the model's weights.")
 
     def chat(self, message: str, history: Sequence[Any] | None, system_prompt: str = "",

@@ -28,6 +28,7 @@ import torch
 from core.errors import BusyError, ModelNotReadyError
 from core.work import cancel
 from core.work.cancel import Cancelled, CancelToken
+from core.work.progress import Progress
 
 T = TypeVar("T")
 MAX_WAITING = 8  # inspections waiting at once; more are told the server is busy
@@ -51,6 +52,7 @@ class _Job:
     def __init__(self, fn: Callable[[], Any], token: CancelToken) -> None:
         self.fn = fn
         self.token = token
+        self.reached: tuple[int, int, str] | None = None  # the last (done, total, stage) its generator yielded
         self.future: concurrent.futures.Future = concurrent.futures.Future()
         self.steps: Generator | None = None  # when `fn` returned a generator: one step per decoding step
 
@@ -68,9 +70,11 @@ class InspectionJobs:
         self.finished = 0
         self.cancelled = 0
 
-    def run(self, fn: Callable[[], T], alive: Callable[[], bool], timeout: float = WAIT_S) -> T:
+    def run(self, fn: Callable[[], T], alive: Callable[[], bool], timeout: float = WAIT_S,
+            progress: Progress | None = None) -> T:
         """Run `fn` on the worker and return its result (or raise its exception); Cancelled as soon as the current
-        request's token is (the worker drops the job at its next turn); see the module docstring."""
+        request's token is (the worker drops the job at its next turn). `progress` hears how many inspections are
+        ahead while it waits, then how far it is; see the module docstring."""
         if not alive():
             raise ModelNotReadyError("The model's worker has stopped.")
         job = _Job(fn, cancel.current())
@@ -82,9 +86,13 @@ class InspectionJobs:
         try:
             self._wake()
             deadline = time.monotonic() + timeout
+            told = None
             while not job.future.done():
                 concurrent.futures.wait([job.future], timeout=0.1)
                 job.token.check()
+                if progress is not None and (news := self._whereabouts(job)) != told:
+                    told = news
+                    progress(*news)
                 if not alive() and job.future.cancel():
                     raise ModelNotReadyError("The model's worker has stopped.")
                 if time.monotonic() > deadline and job.future.cancel():
@@ -93,6 +101,17 @@ class InspectionJobs:
         finally:
             with self._lock:
                 self._count -= 1
+
+    def _whereabouts(self, job: _Job) -> tuple[int, int, str]:
+        """(done, total, stage) for `job`'s caller: its place in line while it waits, its steps once it runs."""
+        if job.reached is not None:
+            return job.reached
+        with self._lock:
+            ahead = self._waiting.index(job) if job in self._waiting else 0
+        ahead += self._current is not None and self._current is not job
+        if not ahead:
+            return 0, 0, "starting"
+        return 0, 0, f"waiting for the model: {ahead} inspection{'s' if ahead > 1 else ''} ahead"
 
     @property
     def busy(self) -> bool:
@@ -150,7 +169,9 @@ class InspectionJobs:
                         job.future.set_result(result)
                         return True
                     job.steps = result
-                next(job.steps)
+                reached = next(job.steps)
+            if isinstance(reached, tuple):
+                job.reached = reached
             return False
         except StopIteration as done:
             job.future.set_result(done.value)

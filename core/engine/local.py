@@ -44,6 +44,7 @@ from core.model.loading import LoadedModel
 from core.model.onnx_export import PRECISION
 from core.text.prompt import Prompt
 from core.work.fair_share import POLL_S, FairShare
+from core.work.progress import Progress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,12 +112,13 @@ class ChatEngine(Engine):
         self._queue.put(stream)
         return stream
 
-    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+    def inspect(self, fn: Callable[..., T], *args: Any, progress: Progress | None = None) -> T:
         """Run `fn(loaded, *args)` on the worker between two decoding steps, sharing the model with the running chats
-        (core/engine/jobs.py); a generator `fn` runs one step per decoding step."""
+        (core/engine/jobs.py); a generator `fn` runs one step per decoding step (as the fair share allows), and its
+        place in line and its steps are reported to `progress`."""
         if threading.current_thread() is self._worker:
             return finish(fn(self.loaded, *args))
-        return self._jobs.run(lambda: fn(self.loaded, *args), alive=self._worker.is_alive)
+        return self._jobs.run(lambda: fn(self.loaded, *args), alive=self._worker.is_alive, progress=progress)
 
     def describe(self) -> str:
         cache = f", prefix cache {self.prefix_cache.max_bytes >> 20} MB" if self.prefix_cache is not None else ""

@@ -46,6 +46,7 @@ from core.errors import (
 )
 from core.model.loading import LoadedModel
 from core.text.prompt import Prompt
+from core.work.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class RemoteChatEngine(Engine):
         self._thread.join(timeout=10)
         self._loop.close()
 
-    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
+    def inspect(self, fn: Callable[..., T], *args: Any, progress: Progress | None = None) -> T:
         raise UnavailableError(f"This needs the model's weights, and chat runs on the inference server at "
                                f"{self.base_url}: only the tokenizer and the input embeddings are loaded here. Start "
                                f"the app without --engine-url to look inside the model.")

@@ -32,6 +32,7 @@ from core.engine.stream import END_OF_TURN, ERROR, LENGTH, STOPPED, ChatStream
 from core.engine.zerogpu import gpu
 from core.model.loading import LoadedModel
 from core.text.prompt import Prompt
+from core.work.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ class ZeroGPUChatEngine(Engine):
                 steps.close()  # on ZeroGPU this ends the GPU call early
             stream.finish(reason, error)
 
-    def inspect(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(loaded, *args)` in a GPU call of its own (the Inside tab's views)."""
+    def inspect(self, fn: Callable[..., T], *args: Any, progress: Progress | None = None) -> T:
+        """Run `fn(loaded, *args)` in a GPU call of its own (the Inside tab's views); its progress stays there."""
         return inspect_on_gpu(self._key, fn, args)
 
     @property

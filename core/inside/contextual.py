@@ -29,9 +29,10 @@ from core.embeddings.index import VocabIndex
 from core.engine.base import Engine
 from core.errors import InvalidInputError
 from core.inside.anatomy import anatomy
-from core.inside.forward import residual_stream
+from core.inside.forward import Step, residual_stream
 from core.model.loading import LoadedModel
 from core.text.token_strings import TokenStrings, token_strings
+from core.work.progress import Progress
 
 MAX_SENTENCE_CHARS = 2_000
 MAX_WORD_CHARS = 100
@@ -138,7 +139,7 @@ def locate(loaded: LoadedModel, sentence: Any, word: Any, which: str) -> tuple[l
     return ids, occurrence
 
 
-def _compute(loaded: LoadedModel, rows: list[list[int]], positions: list[int]) -> Generator[None, None, dict]:
+def _compute(loaded: LoadedModel, rows: list[list[int]], positions: list[int]) -> Generator[Step, None, dict]:
     """On the model's side, both sentences in one forward pass (each cut after its word: later tokens cannot change
     it): per layer the cosine and norms of the two hidden states, and each one after the final norm, unit length."""
     parts = anatomy(loaded.model)
@@ -162,11 +163,11 @@ def _nearest(index: VocabIndex, unit: np.ndarray, k: int) -> list[list[Neighbour
 
 
 def contextual(engine: Engine, index: VocabIndex, sentence_a: Any, word_a: Any, sentence_b: Any, word_b: Any,
-               k: int = NEAREST_K) -> Contextual:
+               k: int = NEAREST_K, progress: Progress | None = None) -> Contextual:
     """Per layer: the cosine between the word's two occurrences, and each one's nearest vocabulary tokens."""
     ids_a, a = locate(engine.loaded, sentence_a, word_a, "A")
     ids_b, b = locate(engine.loaded, sentence_b, word_b, "B")
-    raw = engine.inspect(_compute, [ids_a, ids_b], [a["taken"]["index"], b["taken"]["index"]])
+    raw = engine.inspect(_compute, [ids_a, ids_b], [a["taken"]["index"], b["taken"]["index"]], progress=progress)
     near_a, near_b = _nearest(index, raw["unit_a"], k), _nearest(index, raw["unit_b"], k)
     layers = [LayerRow(layer=layer, cosine=cosine, norm_a=raw["norm_a"][layer], norm_b=raw["norm_b"][layer],
                        nearest_a=near_a[layer], nearest_b=near_b[layer]) for layer, cosine in enumerate(raw["cosine"])]

@@ -1,6 +1,7 @@
 """Forward passes for the views, in chunks of tokens with a pause after each, so that a chat sharing the model waits
 for one chunk at most (the engine's worker runs one step of a generator between two decoding steps).
 
+Each pause yields how far the pass is, (chunks done, chunks in all, what is being done), for the caller's progress.
 A text that fits in one chunk is one plain forward pass. A longer one continues from the keys and values of the
 chunks before it, which computes the same thing. Several rows (contextual's two sentences) go through together,
 right-padded: causal attention never lets a token see the padding that follows its row. Where the chat engine decodes
@@ -26,6 +27,8 @@ from core.engine.lean_step import LeanLlamaStep, shared_step
 from core.inside.anatomy import Anatomy
 
 CHUNK_TOKENS = 128
+READING = "reading the text"
+Step = tuple[int, int, str]  # what a view's generator yields at each pause: done, in all, what is being done
 
 
 def _stream_hooks(layers: nn.ModuleList, into: list[torch.Tensor]) -> list[RemovableHandle]:
@@ -87,27 +90,33 @@ def _lean_chunks(step: LeanLlamaStep, ids: torch.Tensor, chunk: int) -> Iterator
         yield start, step.forward(columns, positions, None, cache)
 
 
-def last_logits(model: Any, ids: list[int], chunk: int = CHUNK_TOKENS) -> Generator[None, None, torch.Tensor]:
+def _step(start: int, width: int, chunk: int) -> Step:
+    """How far a pass is once the chunk at column `start` is read."""
+    return start // chunk + 1, -(-width // chunk), READING
+
+
+def last_logits(model: Any, ids: list[int], chunk: int = CHUNK_TOKENS) -> Generator[Step, None, torch.Tensor]:
     """The model's float32 logits [vocab] for the token after `ids`."""
     step = shared_step(model)
     if step is not None:
         last = None
-        for _start, stream in _lean_chunks(step, _right_padded(model, [ids]), chunk):
+        for start, stream in _lean_chunks(step, _right_padded(model, [ids]), chunk):
             last = stream[-1][0, -1:]
-            yield
+            yield _step(start, len(ids), chunk)
         return step.logits(last)[0]
     logits = None
-    for _start, out, _ in _chunks(model, [ids], chunk, logits_to_keep=1):
+    for start, out, _ in _chunks(model, [ids], chunk, logits_to_keep=1):
         logits = out.logits[0, -1]
-        yield
+        yield _step(start, len(ids), chunk)
     return logits.float()
 
 
 def residual_stream(model: Any, parts: Anatomy, rows: list[list[int]], keep: list[range],
-                    chunk: int = CHUNK_TOKENS) -> Generator[None, None, list[torch.Tensor]]:
+                    chunk: int = CHUNK_TOKENS) -> Generator[Step, None, list[torch.Tensor]]:
     """For each row, the residual stream at its `keep` positions, [layers + 1, positions, hidden]: 0 is the input
     embedding rows, then each decoder layer's output, the last one taken before the final norm."""
     kept: list[list[torch.Tensor]] = [[] for _ in rows]
+    width = max(len(row) for row in rows)
     step = shared_step(model)
     if step is not None:
         chunks = _lean_chunks(step, _right_padded(model, rows), chunk)
@@ -123,5 +132,5 @@ def residual_stream(model: Any, parts: Anatomy, rows: list[list[int]], keep: lis
             low, high = max(positions.start, start), min(positions.stop, start + width)
             if low < high:
                 kept[i].append(stack[:, i, low - start:high - start])
-        yield
+        yield _step(start, width, chunk)
     return [torch.cat(pieces, dim=1) for pieces in kept]

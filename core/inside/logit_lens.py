@@ -23,10 +23,11 @@ from core import checks
 from core.engine.base import Engine
 from core.inside.anatomy import anatomy
 from core.inside.contextual import TokenRef, token_ref
-from core.inside.forward import residual_stream
+from core.inside.forward import Step, residual_stream
 from core.inside.next_tokens import text_ids
 from core.model.loading import LoadedModel
 from core.text.token_strings import token_strings
+from core.work.progress import Progress
 
 MAX_LENS_TOKENS = 64
 CPU_POSITIONS, GPU_POSITIONS = 8, 32  # the default positions shown, by where the model runs
@@ -78,7 +79,7 @@ def row_max(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return best, index
 
 
-def _compute(loaded: LoadedModel, ids: list[int], first: int) -> Generator[None, None, dict[str, list]]:
+def _compute(loaded: LoadedModel, ids: list[int], first: int) -> Generator[Step, None, dict[str, list]]:
     """On the model's side: top-1 ids and probabilities, and the real next token's probability, per layer and
     position from `first` on."""
     parts = anatomy(loaded.model)
@@ -98,7 +99,7 @@ def _compute(loaded: LoadedModel, ids: list[int], first: int) -> Generator[None,
         top += best_id.tolist()
         prob += (best - lse).exp().tolist()
         actual_prob += torch.where(want >= 0, (picked - lse).exp(), torch.full_like(lse, float("nan"))).tolist()
-        yield
+        yield min(start + CHUNK_ROWS, len(states)), len(states), "each layer's guesses"
 
     def grid(values: list) -> list[list]:
         return [values[layer * shown:(layer + 1) * shown] for layer in range(layers)]
@@ -106,7 +107,7 @@ def _compute(loaded: LoadedModel, ids: list[int], first: int) -> Generator[None,
     return {"top": grid(top), "prob": grid(prob), "actual_prob": grid(actual_prob)}
 
 
-def logit_lens(engine: Engine, text: Any, max_tokens: Any = None) -> LogitLens:
+def logit_lens(engine: Engine, text: Any, max_tokens: Any = None, progress: Progress | None = None) -> LogitLens:
     """A (layers + 1) × positions grid of top-1 next-token predictions over the last `max_tokens` tokens of `text`
     (None: the default for where the model runs), the model reading the whole text."""
     loaded = engine.loaded
@@ -116,7 +117,7 @@ def logit_lens(engine: Engine, text: Any, max_tokens: Any = None) -> LogitLens:
     ids = text_ids(loaded, text)
     shown = min(max_tokens, len(ids))
     first = len(ids) - shown
-    raw = engine.inspect(_compute, ids, first)
+    raw = engine.inspect(_compute, ids, first, progress=progress)
     strings = token_strings(loaded.tokenizer)
     columns = range(first, len(ids))
     rows = [[LensCell(id=top, piece=strings.piece(top), text=strings.text(top), prob=prob,

@@ -25,10 +25,11 @@ from core.engine.sampling import sampling_scores
 from core.engine.settings import GenerationSettings
 from core.errors import InvalidInputError
 from core.inside.anatomy import require_weights
-from core.inside.forward import last_logits
+from core.inside.forward import Step, last_logits
 from core.model.loading import LoadedModel
 from core.text.token_strings import token_strings
 from core.text.tokens import MAX_CHARS
+from core.work.progress import Progress
 
 MAX_K = 100
 
@@ -74,7 +75,7 @@ def entropy_bits(logprobs: torch.Tensor) -> float:
 
 
 def _compute(loaded: LoadedModel, ids: list[int], settings: GenerationSettings,
-             k: int) -> Generator[None, None, dict[str, Any]]:
+             k: int) -> Generator[Step, None, dict[str, Any]]:
     """On the model's side: the top k and the sampler's view of them, as plain numbers."""
     require_weights(loaded.model)
     logits = yield from last_logits(loaded.model, ids)
@@ -89,7 +90,7 @@ def _compute(loaded: LoadedModel, ids: list[int], settings: GenerationSettings,
 
 
 def next_tokens(engine: Engine, text: Any, k: Any = 10, temperature: Any = 1.0, top_p: Any = 1.0, top_k: Any = 0,
-                chat: Any = False) -> NextTokens:
+                chat: Any = False, progress: Progress | None = None) -> NextTokens:
     """The top `k` next tokens of `text` with their probabilities before and after the sampling settings."""
     loaded = engine.loaded
     k = checks.integer(k, "k", 1, MAX_K)
@@ -101,7 +102,7 @@ def next_tokens(engine: Engine, text: Any, k: Any = 10, temperature: Any = 1.0, 
     else:
         ids = text_ids(loaded, text)
         read = text
-    raw = engine.inspect(_compute, ids, settings, k)
+    raw = engine.inspect(_compute, ids, settings, k, progress=progress)
     strings = token_strings(loaded.tokenizer)
     tokens = [NextToken(rank=rank, id=i, piece=strings.piece(i), text=strings.text(i), logprob=lp, prob=math.exp(lp),
                         kept=kept, prob_after=after)

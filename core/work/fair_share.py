@@ -10,8 +10,9 @@ evaluation runs its batches on a request's thread), and the chats wait while a r
 (`wait_for_step`): two things at once on a machine's few cores slow both by more than taking turns does.
 
     >>> share = FairShare(share=0.25)
-    >>> with share.step(CancelToken()):    # a request's thread: waits for its turn (rests while chats run), timed
-    ...     pass
+    >>> with share.step(CancelToken()) as chats_running:  # a request's thread: waits its turn (rests while chats
+    ...     chats_running                                 # run), then is timed
+    False
     >>> share.try_begin()                  # the engine's worker, which must never block: a step now, or later
     True
     >>> share.end()
@@ -98,18 +99,23 @@ class FairShare:
             self._cond.notify_all()
 
     @contextlib.contextmanager
-    def step(self, token: CancelToken) -> Iterator[None]:
-        """One heavy step of a request's thread: its turn, then its timing."""
+    def step(self, token: CancelToken) -> Iterator[bool]:
+        """One heavy step of a request's thread: its turn, then its timing. It yields whether chats are running, so
+        that the step can be made shorter while they wait for it."""
         self.begin(token)
         try:
-            yield
+            yield self._chatting
         finally:
             self.end()
 
     def wait_for_step(self) -> None:
-        """The chat engine's worker, before a decoding step: wait while a heavy step runs on another thread (the
+        """The chat engine's worker, before it reads a prompt or decodes: chats are running from now on (the next
+        heavy step rests first), and a heavy step running on another thread ends before the worker goes on (the
         worker's own steps are over by the time it asks)."""
         with self._cond:
+            if not self._chatting:
+                self._chatting = True
+                self._cond.notify_all()
             while self._stepping:
                 self._cond.wait(POLL_S)
 

@@ -21,6 +21,7 @@ from typing import Any
 from core.errors import BusyError
 from core.work.cancel import Cancelled, CancelToken
 from core.work.fair_share import POLL_S
+from core.work.progress import Progress
 
 
 class Turns:
@@ -37,9 +38,9 @@ class Turns:
         self.cancelled = 0
 
     @contextlib.contextmanager
-    def turn(self, token: CancelToken) -> Iterator[None]:
+    def turn(self, token: CancelToken, progress: Progress | None = None) -> Iterator[None]:
         """Wait for this caller's turn (BusyError when the line is full, Cancelled when the caller cancels while
-        waiting), then hold it for the block."""
+        waiting; `progress` hears how many are ahead), then hold it for the block."""
         ticket = object()
         with self._cond:
             if self._now + len(self._line) >= self.running + self.waiting:
@@ -48,8 +49,13 @@ class Turns:
             self._line.append(ticket)
             self.waited += self._now >= self.running or len(self._line) > 1
             try:
+                told = None
                 while self._line[0] is not ticket or self._now >= self.running:
                     token.check()
+                    ahead = self._line.index(ticket) + self._now - self.running + 1
+                    if progress is not None and ahead != told:
+                        told = ahead
+                        progress(0, 0, f"waiting for its turn: {ahead} of the {self.what} ahead")
                     self._cond.wait(POLL_S)
             except Cancelled:
                 self._line.remove(ticket)
