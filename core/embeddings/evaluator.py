@@ -162,8 +162,10 @@ class Evaluator:
 
         def build() -> dict:
             report = (lambda done, total: progress(done, total, stage)) if progress is not None else None
-            return score_analogies(self.index, self.lexicon, analogy_sections(), request.method, rule,
-                                   limit=request.limit, progress=report, step=step).to_dict()
+            with step() if step is not None else contextlib.nullcontext():  # the first call reads the data files
+                sections, lexicon = analogy_sections(), self.lexicon
+            return score_analogies(self.index, lexicon, sections, request.method, rule, limit=request.limit,
+                                   progress=report, step=step).to_dict()
 
         parts = (ANALOGIES, request.method, rule, str(request.limit))
         return self._cached(parts, build, on_disk=request.limit == 0)  # type: ignore[return-value]

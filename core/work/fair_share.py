@@ -42,6 +42,7 @@ class FairShare:
         self._cond = threading.Condition()
         self._chatting = False
         self._stepping = False  # a heavy step is running
+        self._chats_waiting = 0  # the worker waits for a request thread's step to end: it goes next
         self._started = 0.0
         self._next = 0.0  # while chats run, no heavy step starts before this time.monotonic()
         self.steps = 0
@@ -57,7 +58,7 @@ class FairShare:
                 self._cond.notify_all()
 
     def _due(self, now: float) -> bool:
-        return not self._stepping and (not self._chatting or now >= self._next)
+        return not self._stepping and not self._chats_waiting and (not self._chatting or now >= self._next)
 
     def _begin(self, now: float) -> None:
         self._stepping, self._started = True, now
@@ -110,14 +111,19 @@ class FairShare:
 
     def wait_for_step(self) -> None:
         """The chat engine's worker, before it reads a prompt or decodes: chats are running from now on (the next
-        heavy step rests first), and a heavy step running on another thread ends before the worker goes on (the
-        worker's own steps are over by the time it asks)."""
+        heavy step rests first), and a heavy step running on another thread ends before the worker goes on, the
+        worker going next even where no rest is due (the worker's own steps are over by the time it asks)."""
         with self._cond:
             if not self._chatting:
                 self._chatting = True
                 self._cond.notify_all()
-            while self._stepping:
-                self._cond.wait(POLL_S)
+            self._chats_waiting += 1
+            try:
+                while self._stepping:
+                    self._cond.wait(POLL_S)
+            finally:
+                self._chats_waiting -= 1
+                self._cond.notify_all()
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
