@@ -11,7 +11,9 @@ The map (each subpackage's __init__ says what lives there and what it may import
 - `embeddings/` the vocabulary in its embedding space: tables, queries, exact search, the views, the evaluation.
 - `engine/`     chat: the stream, the engine contract, the local scheduler and batch decoder, remote and ZeroGPU.
 - `inside/`     inside the model: next-token probabilities, contextual embeddings, the logit lens.
+- `work/`       heavy work beside the chats: the fair share, turns, cancel tokens, progress.
 
 Arrows point one way: engine → text → model, embeddings → text.token_strings, host → all,
-inside → engine, embeddings, text, model.
+inside → engine, embeddings, text, model; engine, embeddings, inside → work.
+tests/test_import_rules.py checks them.
 """

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Every core module that imports torch, transformers or FAISS: the loader thread imports them all before the UI is
-# built, since transformers' lazy module is not safe to import from two threads at once.
+# Modules whose imports reach every core module that imports torch, transformers or FAISS (tests/test_import_rules.py
+# checks it): the loader thread imports them all before the UI is built, since transformers' lazy module is not safe
+# to import from two threads at once.
 HEAVY_MODULES = ("core.model.loading", "core.model.embeddings_only", "core.text.prompt", "core.text.tokens",
-                 "core.text.registry", "core.embeddings.index", "core.engine.local", "core.engine.onnx_model",
-                 "core.engine.remote", "core.engine.zerogpu_engine", "core.inside.contextual", "core.inside.logit_lens")
+                 "core.text.registry", "core.text.facts", "core.embeddings.index", "core.embeddings.evaluator",
+                 "core.engine.local", "core.engine.onnx_model", "core.engine.remote", "core.engine.zerogpu_engine",
+                 "core.inside.contextual", "core.inside.logit_lens")
 LOADER_EXIT_WAIT_S = 120.0  # the longest an exit waits for loading to end, a first start (dequantizing) included
 
 

@@ -5,10 +5,10 @@ The cache key is the model's name and a checksum of its embedding matrix (other 
 evaluated afresh) plus what was asked. Results stay in memory (the last MAX_CACHED); whole-benchmark results are
 also written as JSON to the cache directory, so a restarted app shows them at once:
 
-    >>> evaluator = evaluator_for(index, "bundled", cache_dir)                       # doctest: +SKIP
-    >>> result = evaluator.evaluate(check_request("all", "3cosadd", 0))              # doctest: +SKIP
-    >>> result["analogies"]["single"]["total"]["accuracy"]                           # doctest: +SKIP
-    0.709...
+    evaluator = evaluator_for(index, "bundled", cache_dir)
+    result = evaluator.evaluate(check_request("all", "3cosadd", 0))
+    result["analogies"]["single"]["total"]["accuracy"]
+    # 0.709...
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ similarity is an inner product on L2-normalised float32 vectors; the centred spa
 Each space is searched exactly (core/embeddings/search.py); words become tokens as core/embeddings/queries.py reads
 them, and a word split into several tokens is the mean of its pieces:
 
-    >>> index = VocabIndex.from_model(loaded.model, loaded.tokenizer)             # doctest: +SKIP
-    >>> [n.text for n in index.neighbors("king", k=4).neighbors]                 # doctest: +SKIP
-    [' queen', ' Queen', ' emperor', ' prince']
+    index = VocabIndex.from_model(loaded.model, loaded.tokenizer)
+    [n.text for n in index.neighbors("king", k=4).neighbors]
+    # [' queen', ' Queen', ' emperor', ' prince']
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@
 - With CUDA and FAISS built with GPU support: one exact flat index on the GPU, behind a lock (FAISS GPU indexes are
   not thread-safe).
 
-    >>> search = ExactSearch(unit_rows, gpu=None, pool=pool, shards=2)      # doctest: +SKIP
-    >>> scores, ids = search.search(queries, k=10)                           # best first, per query
+    search = ExactSearch(unit_rows, gpu=None, pool=pool, shards=2)
+    scores, ids = search.search(queries, k=10)                           # best first, per query
 """
 
 from __future__ import annotations

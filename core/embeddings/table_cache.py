@@ -4,7 +4,7 @@ Building the vocabulary tables (each of tens of thousands of tokens decoded, cla
 would run at every start; reading them back costs a fraction of that. The key hashes everything the tables derive
 from, so a changed tokenizer or a changed table format never reads a stale file:
 
-    >>> tables, cached = cached_json("vocab-tables", ["v1", tokenizer_json], build, Path("~/.cache/token-lab"))
+    tables, cached = cached_json("vocab-tables", ["v1", tokenizer_json], build, Path("~/.cache/token-lab"))
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ leading-space and plural variants share (the neighbour views fold those), and wh
 Building the tables decodes every token (tens of thousands of them) in Python, so they are cached on disk, keyed by
 the tokenizer's full definition (core/embeddings/table_cache.py):
 
-    >>> vocabulary = Vocabulary(tokenizer, size=49_152)                 # doctest: +SKIP
-    >>> vocabulary.token(vocabulary.vocab["Ġking"])                      # doctest: +SKIP
-    TokenInfo(id=4640, piece='Ġking', text=' king')
+    vocabulary = Vocabulary(tokenizer, size=49_152)
+    vocabulary.token(vocabulary.vocab["Ġking"])
+    # TokenInfo(id=4640, piece='Ġking', text=' king')
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ begins the same way (the system prompt, or the conversation so far): only the re
 row's cache then has a gap between its reused prefix and its new tokens; the mask marks the gap, and position ids
 continue from the prefix, so the model sees exactly the sequence it would without the cache.
 
-    >>> decoder = BatchDecoder(model, stop_ids=[2], prefix_cache=PrefixCache(256 << 20))   # doctest: +SKIP
-    >>> decoder.admit([slot]); decoder.step()                                                # doctest: +SKIP
-    >>> group = decoder.begin([long_slot])                                                   # doctest: +SKIP
-    >>> while not decoder.prefill(group, columns=256): decoder.step()                         # doctest: +SKIP
+    decoder = BatchDecoder(model, stop_ids=[2], prefix_cache=PrefixCache(256 << 20))
+    decoder.admit([slot]); decoder.step()
+    group = decoder.begin([long_slot])
+    while not decoder.prefill(group, columns=256): decoder.step()
 """
 
 from __future__ import annotations

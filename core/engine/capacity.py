@@ -2,8 +2,8 @@
 runs out of memory fails every request in the batch, so the batch is bounded by the memory that is free where the
 cache lives.
 
-    >>> rows_that_fit(model, context_length=4096, free_bytes=15 << 30)     # doctest: +SKIP
-    5
+    rows_that_fit(model, context_length=4096, free_bytes=15 << 30)
+    # 5
 """
 
 from __future__ import annotations

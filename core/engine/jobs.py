@@ -9,8 +9,8 @@ decoding steps, so a running chat waits for one step at most; a plain function r
 While chats run, the worker takes a step only when the fair share allows it (core/work/fair_share.py). A job whose
 caller cancels (core/work/cancel.py) is dropped before its next step, whether it was waiting or running.
 
-    >>> jobs = InspectionJobs(wake=lambda: engine_queue.put(WAKE))                    # doctest: +SKIP
-    >>> jobs.run(lambda: model(ids).logits, alive=worker.is_alive)   # from a web request; the worker calls step()
+    jobs = InspectionJobs(wake=lambda: engine_queue.put(WAKE))
+    jobs.run(lambda: model(ids).logits, alive=worker.is_alive)   # from a web request; the worker calls step()
 """
 
 from __future__ import annotations

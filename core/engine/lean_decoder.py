@@ -7,7 +7,7 @@ transformers' modules; a prompt's columns go through the lean step's `forward` t
 pruning stay BatchDecoder's: before any of them the base class's cache is pointed at the columns in use (`_sync`),
 and after them the batch is copied once into fresh buffers (`_seat`).
 
-    >>> decoder = LeanBatchDecoder(model, stop_ids=[2], prefix_cache=PrefixCache(256 << 20))   # doctest: +SKIP
+    decoder = LeanBatchDecoder(model, stop_ids=[2], prefix_cache=PrefixCache(256 << 20))
 """
 
 from __future__ import annotations

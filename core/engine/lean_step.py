@@ -10,10 +10,10 @@ each output column the same dot product; the rotary "rotate half" is a flip with
 sine; the mask is transformers' own, and attention takes the branch its SDPA path takes (`_attend`).
 tests/test_lean_step.py checks logits, caches and residual streams bit for bit.
 
-    >>> step = shared_step(model)                                      # doctest: +SKIP
-    >>> step.reserve(1024)                                             # doctest: +SKIP
-    >>> logits = step(tokens, positions, keys, values, length, None)   # [rows, vocab]       # doctest: +SKIP
-    >>> stream = step.forward(ids, positions, None, DynamicCache())    # doctest: +SKIP
+    step = shared_step(model)
+    step.reserve(1024)
+    logits = step(tokens, positions, keys, values, length, None)   # [rows, vocab]
+    stream = step.forward(ids, positions, None, DynamicCache())
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ a new thread per request and polls a TextIteratorStreamer from gradio's thread p
 the worker gives the "busy" behaviour, and the worker decodes all running requests together
 (core/engine/batch_decoder.py).
 
-    >>> engine = ChatEngine(loaded)                                       # doctest: +SKIP
-    >>> stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
-    >>> for text in stream: print(text)                                   # cumulative answer text
-    >>> stream.stats.stop_reason
-    'end of turn'
+    engine = ChatEngine(loaded)
+    stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
+    for text in stream: print(text)                                   # cumulative answer text
+    stream.stats.stop_reason
+    # 'end of turn'
 """
 
 from __future__ import annotations

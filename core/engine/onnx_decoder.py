@@ -11,8 +11,8 @@ rows change or its longest row needs more columns; each decoding step writes one
 prefix cache keeps prompts' keys (read in runs, never one token at a time), so an answer never depends on what the
 cache held.
 
-    >>> decoder = OnnxBatchDecoder(OnnxModel(folder, threads=2), stop_ids=[2], prefix_cache=PrefixCache(256 << 20))
-    >>> decoder.admit([slot]); decoder.step()                                         # doctest: +SKIP
+    decoder = OnnxBatchDecoder(OnnxModel(folder, threads=2), stop_ids=[2], prefix_cache=PrefixCache(256 << 20))
+    decoder.admit([slot]); decoder.step()
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ their mask does), and each layer's past keys and values [rows, kv_heads, columns
 both a layer's past input and its present output makes the op write each new column in place: a decoding step then
 copies no cache at all. `KVCache` is such a set of buffers with a fixed capacity of columns.
 
-    >>> model = OnnxModel(folder, threads=2)                                # doctest: +SKIP
-    >>> cache = model.cache(rows=1, capacity=256)                           # doctest: +SKIP
-    >>> logits = model.run(np.array([prompt_ids]), cache, np.array([0]))   # [1, vocab]: the next token's logits
+    model = OnnxModel(folder, threads=2)
+    cache = model.cache(rows=1, capacity=256)
+    logits = model.run(np.array([prompt_ids]), cache, np.array([0]))   # [1, vocab]: the next token's logits
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ Entries are whole sequences; a lookup finds the longest common prefix with any e
 serves "system prompt + user B" for the shared part. Entries are bounded by a byte budget, least recently used
 first out.
 
-    >>> cache = PrefixCache(max_bytes=64 << 20)
-    >>> cache.store([1, 2, 3, 4], kv)                       # doctest: +SKIP
-    >>> length, kv = cache.lookup([1, 2, 3, 9, 9])          # doctest: +SKIP  (length == 3)
+    cache = PrefixCache(max_bytes=64 << 20)
+    cache.store([1, 2, 3, 4], kv)
+    length, kv = cache.lookup([1, 2, 3, 9, 9])              # length == 3
 """
 
 from __future__ import annotations

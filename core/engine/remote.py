@@ -12,9 +12,9 @@ streaming call on that loop, so Stop cancels the request's task, which closes it
 the server is silent), and the servers named above stop generating when their client goes away. A web request never
 creates a thread.
 
-    >>> engine = RemoteChatEngine(loaded, "http://127.0.0.1:8000/v1", model="microsoft/Phi-3-mini-4k-instruct")
-    >>> stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
-    >>> for text in stream: print(text)                                   # doctest: +SKIP
+    engine = RemoteChatEngine(loaded, "http://127.0.0.1:8000/v1", model="microsoft/Phi-3-mini-4k-instruct")
+    stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
+    for text in stream: print(text)
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ transformers' own processors, so that a seeded answer here is the one `generate`
 same filter as a distribution (what the Inside tab shows a sampler keeps), and `record_logprobs` what an answer token
 carries when a request asks for log-probabilities.
 
-    >>> sample(logits, GenerationSettings(temperature=0), seen_ids=[], generator=None)   # doctest: +SKIP
-    464
+    sample(logits, GenerationSettings(temperature=0), seen_ids=[], generator=None)
+    # 464
 """
 
 from __future__ import annotations

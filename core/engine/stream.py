@@ -5,10 +5,10 @@ generates them, and `finish`es it once (with a stop reason, and the error when o
 request, a test) iterates it, synchronously or asynchronously, for the cumulative answer text, and may `cancel()`
 it; the engine stops before its next decoding step:
 
-    >>> stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
-    >>> for text in stream: print(text)                    # doctest: +SKIP
-    >>> stream.stop_reason                                 # doctest: +SKIP
-    'end of turn'
+    stream = engine.chat("What is the capital of France?", [], "", GenerationSettings(temperature=0))
+    for text in stream: print(text)
+    stream.stop_reason
+    # 'end of turn'
 """
 
 from __future__ import annotations

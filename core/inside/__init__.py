@@ -8,5 +8,5 @@ has no weights here and says so. The part that runs there is a module-level func
 plain data; names and formatting happen back in the caller's thread.
 
 May import core.model, core.text, core.embeddings, core.engine's public API (base, settings, sampling, lean_step),
-core.config, core.errors and core.checks; only demo/ imports it.
+core.work (progress), core.config, core.errors and core.checks; only demo/ imports it.
 """

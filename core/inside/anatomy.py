@@ -10,8 +10,8 @@ belong to the module, not to a call: they also see a forward pass another thread
 steps the worker runs between two steps of an inspection, so each hook here is there for its own forward call only
 and keeps its own thread's calls.
 
-    >>> parts = anatomy(model)                                                     # doctest: +SKIP
-    >>> parts.logits(residual)      # final norm, LM head (and soft-capping): the model's own way to logits
+    parts = anatomy(model)
+    parts.logits(residual)      # final norm, LM head (and soft-capping): the model's own way to logits
 """
 
 from __future__ import annotations

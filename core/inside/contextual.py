@@ -10,9 +10,9 @@ hidden state after the model's final norm: the residual stream grows a few very 
 shares, and the final norm's gain is how the model itself discounts them; raw, the middle layers' neighbours would be
 the same handful of odd tokens for any word.
 
-    >>> r = contextual(engine, index, "I sat on the river bank.", "bank", "I opened a bank account.", "bank")
-    >>> [round(x["cosine"], 2) for x in r["layers"]][:3]                              # doctest: +SKIP
-    [1.0, 0.94, 0.86]
+    r = contextual(engine, index, "I sat on the river bank.", "bank", "I opened a bank account.", "bank")
+    [round(x["cosine"], 2) for x in r["layers"]][:3]
+    # [1.0, 0.94, 0.86]
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ right-padded: causal attention never lets a token see the padding that follows i
 with the lean step (core/engine/lean_step.py), the views' passes run on it too: the same bits as the transformers
 forward, in less time, and the stream comes straight out of it instead of through hooks.
 
-    >>> logits = yield from last_logits(model, ids)                                   # doctest: +SKIP
-    >>> [states] = yield from residual_stream(model, parts, [ids], [range(3, 8)])      # [layers + 1, 5, hidden]
+    logits = yield from last_logits(model, ids)
+    [states] = yield from residual_stream(model, parts, [ids], [range(3, 8)])      # [layers + 1, 5, hidden]
 """
 
 from __future__ import annotations

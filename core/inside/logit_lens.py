@@ -7,9 +7,9 @@ every logit of a row, so each cell costs one full LM-head row: on a small model 
 30 layers, 49,152 × 576) a column of cells costs a sizeable share of a forward pass over a short text, which is why
 the default shows fewer positions on the CPU than on a GPU (docs/performance.md has the measured cost).
 
-    >>> grid = logit_lens(engine, "The capital of France is")                       # doctest: +SKIP
-    >>> grid["rows"][-1][-1]["text"], round(grid["rows"][-1][-1]["prob"], 2)         # doctest: +SKIP
-    (' Paris', 0.71)
+    grid = logit_lens(engine, "The capital of France is")
+    grid["rows"][-1][-1]["text"], round(grid["rows"][-1][-1]["prob"], 2)
+    # (' Paris', 0.71)
 """
 
 from __future__ import annotations

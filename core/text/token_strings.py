@@ -5,9 +5,9 @@ in. A token's `text` here is what it adds after another token (SentencePiece's `
 Embeddings tab shows it); its `bytes` are what it adds to the UTF-8 output, which for a byte token (`<0xF0>`, or a
 byte-level BPE piece holding part of a character) is not a whole character and has no text of its own.
 
-    >>> strings = token_strings(tokenizer)                              # doctest: +SKIP
-    >>> strings.piece(5360), strings.text(5360), strings.bytes(5360)    # doctest: +SKIP
-    ('▁love', ' love', b' love')
+    strings = token_strings(tokenizer)
+    strings.piece(5360), strings.text(5360), strings.bytes(5360)
+    # ('▁love', ' love', b' love')
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Works the same for every tokenizer family: SentencePiece BPE with `▁` and `<0x..>` byte fallback (Phi-3, Llama),
 byte-level BPE with `Ġ` (SmolLM2, GPT-2) and WordPiece with `##` (BERT):
 
-    >>> t = tokenize(phi3_tokenizer, "I love programming.", "Phi-3")   # doctest: +SKIP
-    >>> [(tok.id, tok.piece, tok.text, tok.start, tok.end) for tok in t.tokens]   # doctest: +SKIP
-    [(306, '▁I', 'I', 0, 1), (5360, '▁love', ' love', 1, 6), (8720, '▁programming', ' programming', 6, 18),
-     (29889, '.', '.', 18, 19)]
+    t = tokenize(phi3_tokenizer, "I love programming.", "Phi-3")
+    [(tok.id, tok.piece, tok.text, tok.start, tok.end) for tok in t.tokens]
+    # [(306, '▁I', 'I', 0, 1), (5360, '▁love', ' love', 1, 6), (8720, '▁programming', ' programming', 6, 18),
+    # (29889, '.', '.', 18, 19)]
 
 A character that needs several byte tokens (an emoji, most CJK) keeps every byte token in `tokens`; `segments()`
 groups tokens whose spans overlap, so a view shows each character whole. Decoding one id at a time, as notebooks do,
