@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from bench.results_io import write_results
-from core.config import default_cache_dir
+from core.config import DEFAULTS, default_cache_dir
 from core.embeddings.evaluator import Evaluator, check_request
 from core.embeddings.index import VocabIndex
 from core.engine.local import ChatEngine
@@ -35,7 +35,7 @@ from core.engine.settings import GenerationSettings
 from core.inside.logit_lens import logit_lens
 from core.inside.next_tokens import next_tokens
 from core.model.loading import load_model
-from core.work.fair_share import HEAVY_SHARE, FairShare
+from core.work.fair_share import FairShare
 from core.work.workload import Workload
 
 PASSAGE = ("The river bank was quiet in the early morning. A heron stood in the shallow water, watching for fish, "
@@ -107,7 +107,7 @@ def main() -> None:
     onnx, note = load_onnx_model(loaded.weights_dir, cache, torch.get_num_threads())
     index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False, cache_dir=cache)
     lens_text, long_text = text_of(loaded.tokenizer, 600), text_of(loaded.tokenizer, 6_000)
-    shares = (HEAVY_SHARE, 1.0)
+    shares = (DEFAULTS.heavy_share, 1.0)
     runs: dict[str, list[dict]] = {}
     for round_ in range(args.rounds):
         for share in shares:
@@ -131,7 +131,7 @@ def main() -> None:
     table = []
     for share in shares:
         rows = runs[str(share)]
-        name = f"share {share}" + (" (the app's)" if share == HEAVY_SHARE else " (no rests)")
+        name = f"share {share}" + (" (the app's)" if share == DEFAULTS.heavy_share else " (no rests)")
         table += [
             (f"{name}: chat tokens/s alone, each round", ", ".join(f"{r['alone_tokens_per_s']:.1f}" for r in rows)),
             (f"{name}: chat with 6 Inside requests ÷ alone, each round (target ≥ 0.5)",

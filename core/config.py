@@ -72,7 +72,7 @@ class AppConfig:
     engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
     mcp: bool = False  # also serve the API endpoints as MCP tools, under their API names
     pack_linears: bool = True  # on the CPU, linear layers on weights packed for oneDNN (core/model/packed_linear.py)
-    heavy_share: float = 0.3  # while chats run, the most of the time Inside views and evaluations take (core/work/)
+    heavy_share: float = 0.3  # while chats run, the most of the wall-clock time heavy steps take (core/work/)
 
     @property
     def model_explicit(self) -> bool:
@@ -168,3 +168,6 @@ class AppConfig:
                    engine_url=args.engine_url, engine_model=args.engine_model,
                    engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears,
                    heavy_share=args.heavy_share)
+
+
+DEFAULTS = AppConfig()  # each setting's default, for code that takes one as a parameter (the one definition is above)

@@ -14,7 +14,7 @@ BASE = ("core.config", "core.errors", "core.checks")  # what every part of core 
 ALLOWED = {
     "core.model": BASE,
     "core.text": (*BASE, "core.model"),
-    "core.work": ("core.errors",),
+    "core.work": BASE,
     "core.embeddings": (*BASE, "core.text.token_strings", "core.work"),
     "core.engine": (*BASE, "core.model", "core.text", "core.work"),
     "core.inside": (*BASE, "core.model", "core.text", "core.embeddings", "core.work", "core.engine.base",

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from core.config import RequestLimits
+from core.config import DEFAULTS, RequestLimits
 from core.engine import lean_step
 from core.engine.arrivals import take_burst
 from core.engine.base import Engine
@@ -49,7 +49,6 @@ from core.work.progress import Progress
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Running = tuple[ChatStream, Slot]  # a request and its row in the batch
-PREFILL_CHUNK = 256  # prompt tokens read per turn of the worker's loop, between two decoding steps
 
 
 @dataclass
@@ -68,7 +67,8 @@ class ChatEngine(Engine):
     IN_FLIGHT_IS_BATCH = False  # the worker counts the rows it decodes together
 
     def __init__(self, loaded: LoadedModel, limits: RequestLimits | None = None, max_batch: int = 0,
-                 prefix_cache_mb: int = 256, prefill_chunk: int = PREFILL_CHUNK, onnx: OnnxModel | None = None,
+                 prefix_cache_mb: int = DEFAULTS.prefix_cache_mb, prefill_chunk: int = DEFAULTS.prefill_chunk,
+                 onnx: OnnxModel | None = None,
                  onnx_note: str = "", share: FairShare | None = None) -> None:
         super().__init__(loaded, limits)
         self.share = share or FairShare()  # how much of the time inspections take while chats run

@@ -2,4 +2,5 @@
 two steps it may rest (a fair share of the cores for the chats, fair_share.py), stop (its caller cancelled,
 cancel.py) or wait its turn (a bound on how many run at once, turns.py). Every door into the app (the page, the
 queue's API, /run/, MCP, a direct call to core) reaches the same objects, held by the host (workload.py).
-May import core.errors; nothing else in core (the engine, the evaluation and the views import it)."""
+May import core.config, core.errors and core.checks; nothing else in core (the engine, the evaluation and the views
+import it)."""

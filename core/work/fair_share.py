@@ -26,16 +26,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from core.config import DEFAULTS
 from core.work.cancel import CancelToken
 
-HEAVY_SHARE = 0.3  # of the wall-clock time, at most, for heavy steps while chats run
 POLL_S = 0.05  # how often a waiting step looks at its caller's cancel token
 
 
 class FairShare:
     """Heavy steps' turns: see the module docstring. `set_chatting` is told by the chat engine's worker."""
 
-    def __init__(self, share: float = HEAVY_SHARE) -> None:
+    def __init__(self, share: float = DEFAULTS.heavy_share) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"the heavy work's share must be in (0, 1], not {share}")
         self.share = share
