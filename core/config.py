@@ -70,6 +70,7 @@ class AppConfig:
     engine_url: str | None = None  # an OpenAI-compatible server for chat (vLLM, SGLang, TGI, transformers serve)
     engine_model: str | None = None  # the model name that server serves; None = --model, else the server's first
     engine_timeout: float = 120.0  # seconds a remote server may stay silent before a request fails
+    engine_api_key: str | None = field(default=None, repr=False)  # that server's bearer token (env ENGINE_API_KEY)
     mcp: bool = False  # also serve the API endpoints as MCP tools, under their API names
     pack_linears: bool = True  # on the CPU, linear layers on weights packed for oneDNN (core/model/packed_linear.py)
     heavy_share: float = 0.3  # while chats run, the most of the wall-clock time heavy steps take (core/work/)
@@ -166,7 +167,8 @@ class AppConfig:
                    max_sessions=args.max_sessions, max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
                    prefill_chunk=args.prefill_chunk, engine=args.engine, onnx_model=args.onnx_model,
                    engine_url=args.engine_url, engine_model=args.engine_model,
-                   engine_timeout=args.engine_timeout, mcp=args.mcp, pack_linears=args.pack_linears,
+                   engine_timeout=args.engine_timeout, engine_api_key=env.get("ENGINE_API_KEY") or None,
+                   mcp=args.mcp, pack_linears=args.pack_linears,
                    heavy_share=args.heavy_share)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import importlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -139,7 +138,7 @@ class ModelHost:
         c = self.config
         if c.engine_url:
             return RemoteChatEngine(loaded, c.engine_url, model=c.engine_model, limits=c.limits,
-                                    timeout=c.engine_timeout, api_key=os.environ.get("ENGINE_API_KEY") or None)
+                                    timeout=c.engine_timeout, api_key=c.engine_api_key)
         if on_zerogpu():
             return ZeroGPUChatEngine(loaded, c.limits)
         onnx, onnx_note = self._onnx_model(loaded)
@@ -185,7 +184,6 @@ class ModelHost:
 
     def _finish(self, loaded: LoadedModel) -> None:
         from core.embeddings.index import VocabIndex
-        from core.engine.remote import RemoteChatEngine
 
         # On ZeroGPU the weights sit on a GPU lent only inside `gpu` calls: index on the CPU.
         index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False if on_zerogpu() else None,
@@ -194,7 +192,7 @@ class ModelHost:
         self._parts = ModelParts(loaded=loaded, engine=engine, index=index)
         self.ready_seconds = time.perf_counter() - self._started
         note = f" {loaded.note}" if loaded.note else ""
-        what = " tokenizer and embeddings" if isinstance(engine, RemoteChatEngine) else ""
+        what = " tokenizer and embeddings" if self.config.engine_url else ""  # what load_embeddings_with_fallback loads
         self.status = (f"ready: {loaded.name}{what} loaded in {loaded.load_seconds:.1f} s"
                        f"{' (cached weights)' if loaded.from_cache else ''}; {engine.describe()}; "
                        f"index: {index.describe()}.{note}")

@@ -370,3 +370,9 @@ def test_stop_closes_the_connection_while_the_server_is_silent(canned, embedding
         assert stream.collect() == "" and stream.stop_reason == "stopped" and engine.pending == 0
     finally:
         engine.close()
+
+
+def test_the_servers_key_comes_from_the_environment_into_the_config_and_never_into_its_repr():
+    config = AppConfig.from_args(["--engine-url", "http://127.0.0.1:9/v1"], env={"ENGINE_API_KEY": "sk-secret"})
+    assert config.engine_api_key == "sk-secret" and "sk-secret" not in repr(config)
+    assert AppConfig.from_args([], env={}).engine_api_key is None

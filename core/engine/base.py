@@ -88,14 +88,16 @@ class Engine(abc.ABC):
             with self._lock:
                 self.preparing -= 1
 
-    def _reserve(self, prompt: Prompt, settings: GenerationSettings, stream_type: type[ChatStream] = ChatStream):
+    STREAM: type[ChatStream] = ChatStream  # what a request reads; an engine whose streams carry more says so here
+
+    def _reserve(self, prompt: Prompt, settings: GenerationSettings) -> ChatStream:
         """Check a request against the server's limits and take a place for it (every engine's `submit` starts
         here); BusyError when `max_queue` requests are already in progress."""
         settings = settings.validated(self.limits.max_new_tokens)
         if len(prompt.ids) + settings.max_new_tokens > self.loaded.context_length:
             raise InvalidInputError(f"{len(prompt.ids)} prompt tokens + {settings.max_new_tokens} new tokens exceed "
                                     f"the context of {self.loaded.context_length}.")
-        stream = stream_type(prompt, settings, self.tokenizer)
+        stream = self.STREAM(prompt, settings, self.tokenizer)
         with self._lock:
             if self._pending >= self.limits.max_queue:
                 raise BusyError(f"The server is busy ({self._pending} requests in progress). Try again in a moment.")

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx2
 import openai
@@ -168,6 +168,8 @@ class _Resend(Exception):
 class RemoteChatEngine(Engine):
     """Sends each chat request to an OpenAI-compatible `/v1/chat/completions`, streaming."""
 
+    STREAM = RemoteChatStream  # its text arrives as text, its logprobs in OpenAI's shape
+
     def __init__(self, loaded: LoadedModel, url: str, model: str | None = None, limits: RequestLimits | None = None,
                  timeout: float = 120.0, api_key: str | None = None) -> None:
         super().__init__(loaded, limits)
@@ -190,7 +192,7 @@ class RemoteChatEngine(Engine):
         """Start a request; BusyError when `max_queue` requests are already in flight."""
         if self._loop.is_closed():
             raise ModelNotReadyError("The chat engine is closed.")
-        stream = self._reserve(prompt, settings, RemoteChatStream)
+        stream = cast(RemoteChatStream, self._reserve(prompt, settings))
         self._loop.call_soon_threadsafe(self._start, stream)
         return stream
 
