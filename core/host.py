@@ -16,7 +16,6 @@ import atexit
 import importlib
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,8 +63,6 @@ class ModelHost:
         self._parts: ModelParts | None = None
         self._ready = threading.Event()
         self._imported = threading.Event()
-        self._started = time.perf_counter()
-        self.ready_seconds: float | None = None
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, config: AppConfig | None = None) -> ModelHost:
@@ -190,7 +187,6 @@ class ModelHost:
                                       cache_dir=self.config.cache_dir)
         engine = self._make_engine(loaded)
         self._parts = ModelParts(loaded=loaded, engine=engine, index=index)
-        self.ready_seconds = time.perf_counter() - self._started
         note = f" {loaded.note}" if loaded.note else ""
         what = " tokenizer and embeddings" if self.config.engine_url else ""  # what load_embeddings_with_fallback loads
         self.status = (f"ready: {loaded.name}{what} loaded in {loaded.load_seconds:.1f} s"

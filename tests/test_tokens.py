@@ -13,7 +13,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from core.errors import InvalidInputError
 from core.text.prompt import PromptBuilder
 from core.text.registry import PHI3_ENV, TokenizerRegistry
-from core.text.tokens import MAX_CHARS, TokenizedText, detokenize, group_tokens, parse_ids, tokenize, tokens_for_ids
+from core.text.tokens import MAX_CHARS, TokenizedText, detokenize, group_tokens, tokenize, tokens_for_ids
 from demo.token_view import SPECIAL, show_whitespace, token_highlights, token_rows
 from tests import phi3
 
@@ -208,12 +208,12 @@ def test_detokenize_names_bad_ids(phi3_tokenizer) -> None:
     assert detokenize(phi3_tokenizer, "32010").tokens[0].special
 
 
-def test_parse_ids_limits() -> None:
-    assert parse_ids("1,2 3\n4") == [1, 2, 3, 4]
+def test_pasted_ids_limits(phi3_tokenizer) -> None:
+    assert [t.id for t in detokenize(phi3_tokenizer, "1,2 3\n4").tokens] == [1, 2, 3, 4]
     with pytest.raises(InvalidInputError, match="limit"):
-        parse_ids(" ".join(["1"] * 50_001))
-    with pytest.raises(InvalidInputError, match="not token ids"):
-        parse_ids("<img src=x onerror=alert(1)>")
+        detokenize(phi3_tokenizer, " ".join(["1"] * 50_001))
+    with pytest.raises(InvalidInputError, match="not whole numbers"):
+        detokenize(phi3_tokenizer, "<img src=x onerror=alert(1)>")
 
 
 def test_unfinished_bytes_at_the_end(phi3_tokenizer) -> None:

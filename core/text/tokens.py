@@ -370,16 +370,6 @@ def _id_items(ids_text: str) -> list[str]:
     return items
 
 
-def parse_ids(ids_text: str) -> list[int]:
-    """Whole numbers separated by commas or spaces (a pasted Python list `[1, 2]` works too)."""
-    items = _id_items(ids_text)
-    bad = [_shown(item) for item in items if not _INT.fullmatch(item)]
-    if bad:
-        raise InvalidInputError(f"These are not token ids: {_named(bad)}. Token ids are whole numbers "
-                                "separated by commas or spaces, e.g. 306, 5360, 8720.")
-    return [int(item) for item in items]
-
-
 def detokenize(tokenizer: PreTrainedTokenizerBase, ids_text: str, name: str = "") -> TokenizedText:
     """Pasted ids (comma or space separated) → the decoded text and its tokens.
 
