@@ -21,6 +21,7 @@ from mcp.server.streamable_http_manager import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.responses import JSONResponse
 
+from demo.asgi_body import read_body, replaying
 from demo.security import ASGIApp, Message, Scope
 
 POST = "token_lab.mcp.post"  # the scope key under which a POST's message meets the tool call it carries
@@ -94,31 +95,16 @@ class JsonRpcBodies:
         if scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:  # the client went away
+            return
         try:
             post = scope[POST] = Post(json_rpc_message(body), self.answered_here)
         except NotJsonRpc as exc:
             await JSONResponse(exc.error, status_code=400)(scope, receive, send)
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         try:
-            await self.app(scope, replay, send)
+            await self.app(scope, replaying(body, receive), send)
         finally:
             if post.answered_here and post.call is not None:
                 post.call.cancel()

@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from demo.asgi_body import read_body, replaying
 from demo.security import ASGIApp, Message, Scope
 
 _ROUTE = re.compile(r"^/gradio_api/(?:call|run)/([\w.-]+)/?$")
@@ -52,13 +53,9 @@ class RestDefaults:
         if match is None:
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:  # the client went away
+            return
         try:
             request = json.loads(body)
             data = request.get("data") if isinstance(request, dict) else None
@@ -72,16 +69,7 @@ class RestDefaults:
             else:
                 await _refuse(send, str(exc))
                 return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
 
 async def _refuse(send: Callable[[Message], Awaitable[None]], detail: str) -> None:
