@@ -1,32 +1,20 @@
 """Tokens tab: see text the way the model sees it, turn ids back into text, compare tokenizers, see the chat template.
 
 Also the API: /tokenize, /detokenize, /compare_tokenizers and /tokenizers (typed, documented: they become MCP tools).
+The work is core's (core/text/lookup.py, comparison.py, template_view.py); here are the layout and the wiring.
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
 """
 
-import logging
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
-from transformers import PreTrainedTokenizerBase
 
 from core import checks
-from core.errors import InvalidInputError, TokenLabError
-from core.text.facts import TokenizerFacts, tokenizer_facts
-from core.text.messages import normalize_messages
-from core.text.prompt import PromptBuilder
-from core.text.registry import HUB_ONLY, MAX_HUB_TOKENIZERS, OFFLINE_KEYS, TokenizerInfo, registry_for
-from core.text.tokens import (
-    DetokenizeResult,
-    TokenizedText,
-    TokenizeResult,
-    check_text,
-    detokenize,
-    tokenize,
-    tokenizer_family,
-    tokens_for_ids,
-    vocab_size,
-)
+from core.text.comparison import MAX_HUB_IDS, CompareRow, TokenizerComparison
+from core.text.lookup import TokenizerLookup, model_info
+from core.text.registry import HUB_ONLY, MODEL_KEY, TokenizerInfo, registry_for
+from core.text.template_view import TemplateView
+from core.text.tokens import DetokenizeResult, TokenizedText, TokenizeResult, detokenize, tokenize
 from demo.errors import api_errors, ui_errors
 from demo.token_view import (
     TABLE_HEADERS,
@@ -41,8 +29,6 @@ from demo.token_view import (
 if TYPE_CHECKING:
     from core.host import ModelHost
 
-log = logging.getLogger(__name__)
-
 INTRO = ("See text the way the model sees it: each colored block is a token, with its id, vocabulary piece and "
          "exact characters in the table below. Spaces show as ·, tabs as → and newlines as ↵; a character split "
          "into several byte tokens shows whole, and every byte token is still counted.")
@@ -56,10 +42,6 @@ EXAMPLE_CONVERSATION = [
     ["assistant", "A piece of text that the model reads as one unit."],
     ["user", "How many tokens is 🎵 鸟?"],
 ]
-MODEL_KEY = "model"
-MODEL_SOURCE = "loaded model"
-MAX_NAME_CHARS = 200  # a tokenizer key or hub id
-MAX_HUB_IDS = MAX_HUB_TOKENIZERS - 1
 COMPARE_HEADERS = ["tokenizer", "tokens", "chars / token", "vocabulary", "keeps case", "keeps newlines",
                    "one token per space run", "splits digits", "emoji 🎵", "CJK 鸟", "kind", "source", "note"]
 COMPARE_TYPES = ["str", "number", "number", "number", "str", "str", "str", "str", "str", "str", "str", "str", "str"]
@@ -77,20 +59,6 @@ FACTS_LEGEND = (
     "byte tokens that together spell the character (*bytes*, each counted), or gone (*lost*: BERT's [UNK]).")
 HUB_ONLY_NOTE = ("No package ships " + " or ".join(t.name for t in HUB_ONLY) + ": type their hub ids ("
                  + ", ".join(t.hub_id for t in HUB_ONLY) + ") where the hub is reachable or they are in its cache.")
-
-
-class CompareRow(TypedDict):
-    """One tokenizer's result in /compare_tokenizers."""
-
-    tokenizer: str
-    kind: str
-    count: int
-    chars_per_token: float
-    error: str
-    key: str
-    vocab_size: int
-    source: str
-    facts: TokenizerFacts | None
 
 
 def _yes(value: bool) -> str:
@@ -113,132 +81,10 @@ def compare_table_row(row: CompareRow) -> list[Any]:
             row["kind"], row["source"], ""]
 
 
-def tokenizer_key(name: str) -> str:
-    """The key as the app spells it: "model" and the offline keys match in any case and with spaces around them
-    (" GPT4O ", "MODEL"); anything else is a hub id, kept as typed but for the spaces."""
-    key = name.strip()
-    return key.lower() if key.lower() in (MODEL_KEY, *OFFLINE_KEYS) else key
-
-
-def _hub_ids(text: str) -> list[str]:
-    ids = [part.strip() for part in checks.text(text, "hub ids", MAX_NAME_CHARS * 8).replace("\n", ",").split(",")
-           if part.strip()]
-    if len(ids) > MAX_HUB_IDS:
-        raise InvalidInputError(f"Compare at most {MAX_HUB_IDS} hub tokenizers at a time.")
-    return ids
-
-
-def build_tokens_tab(host: "ModelHost") -> None:
-    """The Tokens tab and its API endpoints, inside the caller's gr.Blocks."""
-    registry = registry_for(host.config.cache_dir)
+def register_api(host: "ModelHost", lookup: TokenizerLookup, comparison: TokenizerComparison) -> None:
+    """The Tokens API endpoints, inside the caller's tab (gr.Tabs accepts only tabs as children)."""
     max_chars = host.config.max_input_chars
-    offline = registry.available()
-    builders: dict[int, PromptBuilder] = {}
 
-    def resolve(name: str) -> tuple[str, PreTrainedTokenizerBase]:
-        """'' or 'model': the loaded model's tokenizer; otherwise an offline key or a hub id."""
-        key = tokenizer_key(checks.text(name, "tokenizer", MAX_NAME_CHARS))
-        if key in ("", MODEL_KEY):
-            loaded = host.require().loaded
-            return loaded.name, loaded.tokenizer
-        named = registry.load(key)
-        return named.name, named.tokenizer
-
-    def shown(tokenized: TokenizedText) -> tuple[list, str, str, list[list[Any]]]:
-        return (token_highlights(tokenized), counts_line(tokenized), ids_line(tokenized), token_rows(tokenized))
-
-    # -- tokenize ----------------------------------------------------------------------------------------------
-    @ui_errors
-    def tokenize_ui(text: str, tokenizer: str) -> tuple[list, str, str, list[list[Any]]]:
-        name, tok = resolve(tokenizer)
-        return shown(tokenize(tok, text or "", name, max_chars))
-
-    def on_open(text: str, tokenizer: str) -> Any:
-        """Opening the tab shows the current text's tokens, quietly waiting while the model loads."""
-        if not (tokenizer or "").strip() and not host.ready:
-            return gr.skip(), f"The model is still loading ({host.status}).", gr.skip(), gr.skip()
-        return tokenize_ui(text, tokenizer)
-
-    # -- ids -> text -------------------------------------------------------------------------------------------
-    @ui_errors
-    def detokenize_ui(ids: str, tokenizer: str) -> tuple[str, list, str, list[list[Any]]]:
-        name, tok = resolve(tokenizer)
-        tokenized = detokenize(tok, ids or "", name)
-        return tokenized.text, token_highlights(tokenized), counts_line(tokenized), token_rows(tokenized)
-
-    # -- compare -----------------------------------------------------------------------------------------------
-    def failed(key: str, label: str, error: str) -> CompareRow:
-        source = MODEL_SOURCE if key == MODEL_KEY else registry.source_label(key)
-        return CompareRow(tokenizer=label, kind="", count=0, chars_per_token=0.0, error=error, key=key, vocab_size=0,
-                          source=source, facts=None)
-
-    def compare_all(text: str, keys: list[str]) -> list[tuple[CompareRow, TokenizedText | None]]:
-        check_text(text, max_chars)
-        out: list[tuple[CompareRow, TokenizedText | None]] = []
-        for key in keys:
-            label = "Loaded model" if key == MODEL_KEY else key
-            try:
-                name, tok = resolve(key)
-                label = f"Loaded model: {name}" if key == MODEL_KEY else name
-                tokenized = tokenize(tok, text, label, max_chars)
-                row = CompareRow(tokenizer=label, kind=tokenizer_family(tok), count=tokenized.count,
-                                 chars_per_token=round(tokenized.chars_per_token, 3), error="", key=key,
-                                 vocab_size=vocab_size(tok),
-                                 source=MODEL_SOURCE if key == MODEL_KEY else registry.source_label(key),
-                                 facts=tokenizer_facts(tok))
-                out.append((row, tokenized))
-            except TokenLabError as exc:
-                out.append((failed(key, label, str(exc)), None))
-            except Exception as exc:  # one broken hub tokenizer must not sink the whole comparison
-                log.exception("tokenizer %r failed", key)
-                out.append((failed(key, label, f"failed ({type(exc).__name__})"), None))
-        return out
-
-    slots_count = 1 + len(offline) + MAX_HUB_IDS
-
-    @ui_errors
-    def compare_ui(text: str, chosen: list[str], hub: str) -> list[Any]:
-        keys = [checks.text(k, "tokenizer", MAX_NAME_CHARS) for k in chosen or []] + _hub_ids(hub)
-        keys = [tokenizer_key(k) for k in keys]
-        if not keys:
-            raise InvalidInputError("Pick at least one tokenizer to compare.")
-        results = compare_all(text or "", keys)
-        table = [compare_table_row(r) for r, _ in results]
-        views = []
-        shown_results = [(r, t) for r, t in results if t is not None]
-        for i in range(slots_count):
-            if i < len(shown_results):
-                row, tokenized = shown_results[i]
-                views.append(gr.HighlightedText(value=token_highlights(tokenized), visible=True,
-                                                label=f"{row['tokenizer']} · {row['count']:,} tokens"))
-            else:
-                views.append(gr.HighlightedText(value=None, visible=False))
-        return [table, *views]
-
-    # -- chat template -----------------------------------------------------------------------------------------
-    @ui_errors
-    def template_ui(rows: list[list[Any]] | None, add_generation_prompt: bool) -> tuple[list, str, str]:
-        loaded = host.require().loaded
-        raw = []
-        for row in rows or []:
-            role, content = [*list(row), "", ""][:2]
-            role = "" if role is None else str(role).strip()
-            content = "" if content is None else str(content)
-            if role or content.strip():
-                raw.append({"role": role, "content": content})
-        messages = normalize_messages(raw)
-        if not messages:
-            raise InvalidInputError("Add at least one message (role: system, user or assistant).")
-        check_text("".join(m["content"] for m in messages), max_chars)
-        key = id(loaded.tokenizer)
-        if key not in builders:
-            builders.clear()
-            builders[key] = PromptBuilder(loaded.tokenizer)
-        prompt = builders[key].encode(messages, add_generation_prompt=bool(add_generation_prompt))
-        tokenized = tokens_for_ids(loaded.tokenizer, prompt.ids, loaded.name)
-        return token_highlights(tokenized), counts_line(tokenized), prompt.text
-
-    # -- API ---------------------------------------------------------------------------------------------------
     @api_errors
     def tokenize_text(text: str, tokenizer: str = "") -> TokenizeResult:
         """Split text into the tokens a model sees, with ids, vocabulary pieces and character spans.
@@ -254,7 +100,7 @@ def build_tokens_tab(host: "ModelHost") -> None:
             "special"}]}; start/end are character offsets into `text`, and the byte tokens of one character share
             its span.
         """
-        name, tok = resolve(tokenizer)
+        name, tok = lookup.resolve(tokenizer)
         return tokenize(tok, text, name, max_chars).to_dict()
 
     @api_errors
@@ -268,7 +114,7 @@ def build_tokens_tab(host: "ModelHost") -> None:
             {"text": decoded text, "tokens": [{"id", "piece", "text", "start", "end", "special"}]}; start/end are
             character offsets into the decoded text. Invalid or out-of-range ids are an error that names them.
         """
-        name, tok = resolve(tokenizer)
+        name, tok = lookup.resolve(tokenizer)
         tokenized = detokenize(tok, ids, name)
         return DetokenizeResult(text=tokenized.text, tokens=[t.to_dict() for t in tokenized.tokens])
 
@@ -289,20 +135,8 @@ def build_tokens_tab(host: "ModelHost") -> None:
             (several byte tokens) or "lost" (not recovered by decoding). A tokenizer that cannot be loaded has
             count 0, facts null and the reason in "error".
         """
-        keys = [tokenizer_key(k) for k in checks.text(tokenizers, "tokenizers", MAX_NAME_CHARS * 8).split(",")
-                if k.strip()]
-        keys = keys or [MODEL_KEY] + [t.key for t in registry.available()]
-        if len(keys) > 1 + len(offline) + MAX_HUB_IDS:
-            raise InvalidInputError(f"Compare at most {1 + len(offline) + MAX_HUB_IDS} tokenizers at a time.")
-        return [row for row, _ in compare_all(text, keys)]
-
-    def model_info() -> TokenizerInfo:
-        ready = host.ready
-        loaded = host.require().loaded if ready else None
-        return TokenizerInfo(key=MODEL_KEY, name=loaded.name if loaded else (host.config.model or "default"),
-                             source=MODEL_SOURCE, package="", version="", hub_id="",
-                             vocab_size=vocab_size(loaded.tokenizer) if loaded else 0, offline=ready, loaded=ready,
-                             note="" if ready else f"the model is loading ({host.status})")
+        keys = comparison.keys_from_list(tokenizers)
+        return [compared.row for compared in comparison.compare(text, keys)]
 
     @api_errors
     def list_tokenizers(available_only: bool = False) -> list[TokenizerInfo]:
@@ -320,10 +154,58 @@ def build_tokens_tab(host: "ModelHost") -> None:
             what is missing when it is not available.
         """
         only = checks.flag(available_only, "available_only")
-        rows = [model_info(), *registry.catalog()]
-        return [row for row in rows if row["offline"] or not only]
+        loaded = host.require().loaded if host.ready else None
+        return lookup.catalog(model_info(loaded, host.config.model or "default", host.status), only)
 
-    # -- layout ------------------------------------------------------------------------------------------------
+    gr.api(tokenize_text, api_name="tokenize", concurrency_limit=8, concurrency_id="tokens_api")
+    gr.api(detokenize_ids, api_name="detokenize", concurrency_limit=8, concurrency_id="tokens_api")
+    gr.api(compare_tokenizers, api_name="compare_tokenizers", concurrency_limit=2)
+    gr.api(list_tokenizers, api_name="tokenizers", concurrency_limit=8, concurrency_id="tokens_api")
+
+
+def build_tokens_tab(host: "ModelHost") -> None:
+    """The Tokens tab and its API endpoints, inside the caller's gr.Blocks."""
+    lookup = TokenizerLookup(registry_for(host.config.cache_dir), model=lambda: host.require().loaded)
+    max_chars = host.config.max_input_chars
+    comparison = TokenizerComparison(lookup, max_chars)
+    template = TemplateView(max_chars)
+    offline = comparison.offline
+
+    def shown(tokenized: TokenizedText) -> tuple[list, str, str, list[list[Any]]]:
+        return (token_highlights(tokenized), counts_line(tokenized), ids_line(tokenized), token_rows(tokenized))
+
+    @ui_errors
+    def tokenize_ui(text: str, tokenizer: str) -> tuple[list, str, str, list[list[Any]]]:
+        name, tok = lookup.resolve(tokenizer)
+        return shown(tokenize(tok, text or "", name, max_chars))
+
+    def on_open(text: str, tokenizer: str) -> Any:
+        """Opening the tab shows the current text's tokens, quietly waiting while the model loads."""
+        if not (tokenizer or "").strip() and not host.ready:
+            return gr.skip(), f"The model is still loading ({host.status}).", gr.skip(), gr.skip()
+        return tokenize_ui(text, tokenizer)
+
+    @ui_errors
+    def detokenize_ui(ids: str, tokenizer: str) -> tuple[str, list, str, list[list[Any]]]:
+        name, tok = lookup.resolve(tokenizer)
+        tokenized = detokenize(tok, ids or "", name)
+        return tokenized.text, token_highlights(tokenized), counts_line(tokenized), token_rows(tokenized)
+
+    @ui_errors
+    def compare_ui(text: str, chosen: list[str], hub: str) -> list[Any]:
+        results = comparison.compare(text or "", comparison.keys_from_choices(chosen, hub))
+        views = [gr.HighlightedText(value=token_highlights(c.tokens), visible=True,
+                                    label=f"{c.row['tokenizer']} · {c.row['count']:,} tokens")
+                 for c in results if c.tokens is not None]
+        hidden = [gr.HighlightedText(value=None, visible=False) for _ in range(comparison.max_tokenizers - len(views))]
+        return [[compare_table_row(c.row) for c in results], *views[:comparison.max_tokenizers], *hidden]
+
+    @ui_errors
+    def template_ui(rows: list[list[Any]] | None, add_generation_prompt: bool) -> tuple[list, str, str]:
+        loaded = host.require().loaded
+        result = template.show(loaded.tokenizer, loaded.name, rows, add_generation_prompt)
+        return token_highlights(result.tokens), counts_line(result.tokens), result.prompt.text
+
     tokenizer_choices = [("Loaded model", "")] + [(t.name, t.key) for t in offline]
     with gr.Tab("Tokens", id="tokens") as tab:
         gr.Markdown(INTRO)
@@ -371,7 +253,7 @@ def build_tokens_tab(host: "ModelHost") -> None:
             gr.Markdown(FACTS_LEGEND, elem_id="compare-legend")
             with gr.Row(equal_height=False):
                 slots = [token_view(f"Tokenizer {i + 1}", visible=False, min_width=320, elem_id=f"compare-view-{i}")
-                         for i in range(slots_count)]
+                         for i in range(comparison.max_tokenizers)]
 
         with gr.Accordion("Chat template", open=False):
             gr.Markdown("A conversation rendered through the model's own chat template, as the tokens the model "
@@ -385,11 +267,7 @@ def build_tokens_tab(host: "ModelHost") -> None:
             template_counts = gr.Markdown()
             template_view = token_view("Prompt tokens", elem_id="template-view")
             template_text = gr.Textbox(label="Rendered template", interactive=False, lines=4, max_lines=16)
-        # API endpoints inside the tab: gr.Tabs accepts only tabs as children
-        gr.api(tokenize_text, api_name="tokenize", concurrency_limit=8, concurrency_id="tokens_api")
-        gr.api(detokenize_ids, api_name="detokenize", concurrency_limit=8, concurrency_id="tokens_api")
-        gr.api(compare_tokenizers, api_name="compare_tokenizers", concurrency_limit=2)
-        gr.api(list_tokenizers, api_name="tokenizers", concurrency_limit=8, concurrency_id="tokens_api")
+        register_api(host, lookup, comparison)
 
     outputs = [view, counts, ids_box, table]
     common: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": 4, "concurrency_id": "tokens"}

