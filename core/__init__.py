@@ -12,8 +12,9 @@ The map (each subpackage's __init__ says what lives there and what it may import
 - `engine/`     chat: the stream, the engine contract, the local scheduler and batch decoder, remote and ZeroGPU.
 - `inside/`     inside the model: next-token probabilities, contextual embeddings, the logit lens.
 - `work/`       heavy work beside the chats: the fair share, turns, cancel tokens, progress.
+- `chat/`       conversations kept in the person's browser: the conversation, its store, export and import.
 
 Arrows point one way: engine → text → model, embeddings → text.token_strings, host → all,
-inside → engine, embeddings, text, model; engine, embeddings, inside → work.
+inside → engine, embeddings, text, model; engine, embeddings, inside → work; chat → text.
 tests/test_import_rules.py checks them.
 """

@@ -56,6 +56,13 @@ def probability_rows(entries: list[TokenLogprob]) -> list[list[Any]]:
             for i, e in enumerate(visible(entries), 1)]
 
 
+def probability_outputs(entries: list[TokenLogprob], note: str) -> tuple[Any, ...]:
+    """The probability view's values for an answer: the coloured tokens, the table, no token picked yet, the entries
+    a click reads, and a note (shown only when there is one) saying why there are none."""
+    return (probability_highlights(entries), probability_rows(entries), [], entries,
+            gr.Textbox(value=note, visible=bool(note)))
+
+
 def alternative_rows(entry: TokenLogprob) -> list[list[Any]]:
     """One token's alternatives, the chosen one marked."""
     rows = [[rank, shown(t["token"], t["bytes"]) + ("  ← chosen" if t["token"] == entry["token"] else ""),

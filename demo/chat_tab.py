@@ -2,7 +2,8 @@
 
 gr.ChatInterface provides retry, undo, edit, clear, Stop and examples; the handler below streams from the shared
 ChatEngine and cancels its request when the user stops or disconnects. Building a prompt (checking, templating and
-tokenizing a conversation) runs in a worker thread: the event loop that serves every user only awaits.
+tokenizing a conversation) runs in a worker thread: the event loop that serves every user only awaits. The list
+beside the chat (demo/conversations.py) keeps conversations in the person's own browser and restores them here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import gradio as gr
 from anyio import to_thread
 
+from core.chat.conversation import REPETITION_PENALTY, STATS_TITLE, TEMPERATURE, TOP_K, TOP_P, new_id
 from core.engine.settings import GenerationSettings
 from core.engine.stream import ChatStats, ChatStream
 from core.host import ModelHost
@@ -22,12 +24,12 @@ from demo.answer_probs import (
     ALTERNATIVE_HEADERS,
     TABLE_HEADERS,
     alternative_rows,
-    probability_highlights,
-    probability_rows,
+    probability_outputs,
     probability_view,
     visible,
 )
 from demo.chat_markdown import safe_chatbot
+from demo.conversations import ChatView, conversation_sidebar, wire_conversations
 from demo.errors import api_errors, ui_errors
 from demo.token_view import token_highlights, token_view
 
@@ -67,7 +69,7 @@ def stats_line(stats: ChatStats) -> str:
 def _stats_message(stream: ChatStream) -> dict[str, Any]:
     """The stats under an answer, with a spinner while it runs. A finished one carries no status: gradio folds a
     "done" message shut, and the finished line (speed, stop reason) is what a reader wants to see."""
-    metadata = {"title": "Stats"} if stream.done else {"title": "Stats", "status": "pending"}
+    metadata = {"title": STATS_TITLE} if stream.done else {"title": STATS_TITLE, "status": "pending"}
     return {"role": "assistant", "content": stats_line(stream.stats), "metadata": metadata}
 
 
@@ -75,7 +77,7 @@ def mark_stopped(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """After Stop, the cancelled handler cannot update its stats line; say so in the last one."""
     for message in reversed(history):
         meta = message.get("metadata") or {}
-        if message.get("role") == "assistant" and meta.get("title") == "Stats":
+        if message.get("role") == "assistant" and meta.get("title") == STATS_TITLE:
             message["content"] = str(message["content"]).replace("stop: running", "stop: stopped")
             message["metadata"] = {k: v for k, v in meta.items() if k != "status"}  # finished: shown open
             break
@@ -110,13 +112,12 @@ def build_chat_tab(host: ModelHost) -> None:
         if prompt.dropped_turns:
             gr.Info(f"Dropped the {prompt.dropped_turns} oldest messages so the conversation fits the context.")
         stream = parts.engine.submit(prompt, settings)
-        later = [gr.skip()] * 5  # the probability view is drawn once the answer is complete
+        later = [gr.skip()] * 6  # the probability view is drawn once the answer is complete, then it is kept
         async for text in stream:
             yield [{"role": "assistant", "content": text}, _stats_message(stream)], inspector, *later
         entries = visible(await to_thread.run_sync(lambda: stream.answer_logprobs() or []))
         yield ([{"role": "assistant", "content": stream.text}, _stats_message(stream)], inspector,
-               probability_highlights(entries), probability_rows(entries), [], entries,
-               gr.Textbox(value=stream.logprobs_note, visible=bool(stream.logprobs_note)))
+               *probability_outputs(entries, stream.logprobs_note), new_id())
         if not stream.text.strip():
             gr.Warning(f"The model returned an empty answer (stop: {stream.stop_reason}).")
 
@@ -219,50 +220,65 @@ def build_chat_tab(host: ModelHost) -> None:
     with gr.Tab("Chat", id="chat"):
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
-            system_prompt = gr.Textbox(label="System prompt", placeholder="Optional: instructions for the model",
-                                       lines=1, scale=2, elem_id="system-prompt")
-            with gr.Accordion("Generation settings", open=False), gr.Group():
-                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
-                top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
-                repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
-                max_new_tokens = gr.Slider(1, host.config.max_new_tokens_limit, value=256, step=1,
-                                           label="Max new tokens")
-                seed = gr.Number(value=None, precision=0, label="Seed (empty = random)")
-        inspector = token_view("Prompt tokens (last message); control tokens are marked", elem_id="prompt-inspector",
-                               render=False)
-        chatbot = safe_chatbot(height=460, elem_id="chatbot", label="Conversation")
-        probs_view = probability_view("Answer tokens by probability", elem_id="answer-probs", render=False)
-        probs_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "str", "str", "str"], interactive=False,
-                                   max_height=300, label="Every token of the answer", elem_id="answer-probs-table",
-                                   line_breaks=False, render=False, scale=2)
-        picked = gr.Dataframe(headers=ALTERNATIVE_HEADERS, datatype=["str", "str", "str"], interactive=False,
-                              label="The clicked token's alternatives", elem_id="answer-alternatives",
-                              line_breaks=False, render=False, scale=1)
-        probs_note = gr.Textbox(show_label=False, interactive=False, visible=False, container=False, render=False,
-                                elem_id="answer-probs-note")  # shown when a remote server sends no probabilities
-        entries = gr.State([])
-        textbox = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1, max_lines=8,
-                             submit_btn=True, stop_btn=True, elem_id="chat-input", render=False)
-        interface = gr.ChatInterface(
-            respond, chatbot=chatbot, textbox=textbox, editable=True, autofocus=False,
-            additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed],
-            additional_outputs=[inspector, probs_view, probs_table, picked, entries, probs_note],
-            examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
-            concurrency_limit=None, fill_height=False,  # the engine's bounded queue decides: "busy" beyond it
-        )
-        with gr.Accordion("Answer tokens by probability", open=False, elem_id="answer-probs-accordion"):
-            gr.Markdown(PROBS_INTRO)
-            probs_note.render()
-            probs_view.render()
-            with gr.Row(equal_height=False):
-                picked.render()
-                probs_table.render()
-        with gr.Accordion("What the model receives", open=False):
-            inspector.render()
-            preview = gr.Button("Preview the prompt for the text in the box", size="sm")
+            with gr.Column(scale=1, min_width=220, elem_id="conversations"):
+                sidebar = conversation_sidebar()
+            with gr.Column(scale=4):
+                with gr.Row(equal_height=False):
+                    system_prompt = gr.Textbox(label="System prompt", lines=1, scale=2, elem_id="system-prompt",
+                                               placeholder="Optional: instructions for the model")
+                    with gr.Accordion("Generation settings", open=False), gr.Group():
+                        temperature = gr.Slider(*TEMPERATURE, value=0.7, step=0.05, label="Temperature (0 = greedy)",
+                                                elem_id="chat-temperature")
+                        top_p = gr.Slider(*TOP_P, value=0.95, step=0.05, label="Top-p")
+                        top_k = gr.Slider(*TOP_K, value=50, step=1, label="Top-k (0 = off)")
+                        repetition_penalty = gr.Slider(*REPETITION_PENALTY, value=1.0, step=0.05,
+                                                       label="Repetition penalty")
+                        max_new_tokens = gr.Slider(1, host.config.max_new_tokens_limit, value=256, step=1,
+                                                   label="Max new tokens", elem_id="chat-max-new-tokens")
+                        seed = gr.Number(value=None, precision=0, label="Seed (empty = random)",
+                                         elem_id="chat-seed")
+                inspector = token_view("Prompt tokens (last message); control tokens are marked",
+                                       elem_id="prompt-inspector", render=False)
+                chatbot = safe_chatbot(height=460, elem_id="chatbot", label="Conversation")
+                probs_view = probability_view("Answer tokens by probability", elem_id="answer-probs", render=False)
+                probs_table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "str", "str", "str"],
+                                           interactive=False, max_height=300, label="Every token of the answer",
+                                           elem_id="answer-probs-table", line_breaks=False, render=False, scale=2)
+                picked = gr.Dataframe(headers=ALTERNATIVE_HEADERS, datatype=["str", "str", "str"], interactive=False,
+                                      label="The clicked token's alternatives", elem_id="answer-alternatives",
+                                      line_breaks=False, render=False, scale=1)
+                # shown when there are no probabilities: a remote server sent none, or a restored answer kept none
+                probs_note = gr.Textbox(show_label=False, interactive=False, visible=False, container=False,
+                                        render=False, elem_id="answer-probs-note")
+                entries = gr.State([])
+                answered = gr.State(None)  # a fresh id once an answer is complete: the conversation is then kept
+                textbox = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1,
+                                     max_lines=8, submit_btn=True, stop_btn=True, elem_id="chat-input", render=False)
+                interface = gr.ChatInterface(
+                    respond, chatbot=chatbot, textbox=textbox, editable=True, autofocus=False,
+                    additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
+                                       seed],
+                    additional_outputs=[inspector, probs_view, probs_table, picked, entries, probs_note, answered],
+                    examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
+                    concurrency_limit=None, fill_height=False,  # the engine's bounded queue decides: "busy" beyond it
+                )
+                with gr.Accordion("Answer tokens by probability", open=False, elem_id="answer-probs-accordion"):
+                    gr.Markdown(PROBS_INTRO)
+                    probs_note.render()
+                    probs_view.render()
+                    with gr.Row(equal_height=False):
+                        picked.render()
+                        probs_table.render()
+                with gr.Accordion("What the model receives", open=False):
+                    inspector.render()
+                    preview = gr.Button("Preview the prompt for the text in the box", size="sm")
 
-        textbox.stop(mark_stopped, chatbot, chatbot, queue=False, api_visibility="private")
+        stopped = textbox.stop(mark_stopped, chatbot, chatbot, queue=False, api_visibility="private")
+        wire_conversations(sidebar, ChatView(
+            chatbot=chatbot, chat_state=interface.chatbot_state, system_prompt=system_prompt,
+            settings=[temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed], inspector=inspector,
+            probabilities=[probs_view, probs_table, picked, entries, probs_note], answered=answered, stopped=stopped,
+            inspect=prompt_tokens, max_new_tokens_limit=host.config.max_new_tokens_limit))
         preview.click(ui_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
                       inspector, api_visibility="private")
         probs_view.select(show_alternatives, entries, picked, queue=False, api_visibility="private")
