@@ -217,6 +217,9 @@ def wire_conversations(side: Sidebar, view: ChatView) -> None:
     save_inputs = [side.stored, side.loaded, view.chatbot, view.system_prompt, *view.settings, view.probabilities[3]]
     on(view.answered.change, save, save_inputs, saving)
     on(view.stopped.then, save, save_inputs, saving)
+    # a setting changed between two answers is kept with the conversation (an empty chat keeps nothing)
+    for control in (view.system_prompt, *view.settings):
+        on(control.input if isinstance(control, gr.Slider) else control.blur, save, save_inputs, saving)
 
     async def restore(text: str) -> dict:
         store = kept.read_store(text)

@@ -123,6 +123,11 @@ def test_a_chat_survives_a_reload_with_its_settings_stats_and_probabilities(cont
                                 "max_new_tokens": 24, "seed": 7}
     assert kept["messages"][1]["logprobs"], "the last answer keeps its tokens' probabilities"
 
+    page.locator("#chat-max-new-tokens input[type=number]").fill("32")  # a setting changed after the answer
+    page.locator("#chat-max-new-tokens input[type=number]").press("Tab")
+    page.wait_for_function("key => JSON.parse(localStorage.getItem(key)).conversations"
+                           ".some(c => c.settings.max_new_tokens === 32)", arg=STORAGE_KEY, timeout=ANSWER_TIMEOUT_MS)
+
     page.reload(wait_until="domcontentloaded")
     loaded(page)
     wait_chat(page, "stop:")
@@ -131,7 +136,7 @@ def test_a_chat_survives_a_reload_with_its_settings_stats_and_probabilities(cont
     assert titles(page) == ["What is the capital of France?"]
     assert page.locator("#system-prompt textarea").input_value() == "Answer in a few words."
     session.open_accordion("Generation settings")
-    assert page.locator("#chat-max-new-tokens input[type=number]").input_value() == "24"
+    assert page.locator("#chat-max-new-tokens input[type=number]").input_value() == "32"
     assert page.locator("#chat-seed input").input_value() == "7"
     session.open_accordion("Answer tokens by probability")
     assert page.locator("#answer-probs .token, #answer-probs [data-testid=highlighted-text] span").count() > 0
