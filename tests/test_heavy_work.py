@@ -4,6 +4,7 @@ inspection on the engine's worker and an evaluation's batches. Orders and counts
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -234,7 +235,7 @@ def test_chats_arriving_while_a_thread_steps_get_the_next_turn():
     thread's next step rests first, even though the worker had not yet said that chats run."""
     share, token = FairShare(0.01), CancelToken()  # the rest after a step: 99 times its length
     share.begin(token)  # a thread's step, begun before any chat
-    token.sleep(0.05)
+    time.sleep(0.05)
     share.end()
     share.wait_for_step()  # the worker, with a prompt to read
     assert share.stats()["chatting"] and not share.try_begin()

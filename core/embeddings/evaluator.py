@@ -133,14 +133,17 @@ class Evaluator:
     def evaluate(self, request: EvaluationRequest, progress: Progress | None = None) -> EvaluationDict:
         """Scores for the request under both rules. A result not in memory is computed in this request's turn
         (BusyError when the line is full); EvaluationCancelled when the request is cancelled (core/work/cancel.py)."""
-        if self.cached(request):
-            return self._evaluate(request, progress, None)
         token = cancel.current()
-        with self.work.evaluations.turn(token, progress):
-            return self._evaluate(request, progress, lambda: self.work.share.step(token))
 
-    def _evaluate(self, request: EvaluationRequest, progress: Progress | None,
-                  step: Step | None) -> EvaluationDict:
+        def step() -> contextlib.AbstractContextManager[bool]:  # what is not in memory is computed in heavy steps
+            return self.work.share.step(token)
+
+        if self.cached(request):
+            return self._evaluate(request, progress, step)
+        with self.work.evaluations.turn(token, progress):
+            return self._evaluate(request, progress, step)
+
+    def _evaluate(self, request: EvaluationRequest, progress: Progress | None, step: Step) -> EvaluationDict:
         analogies = None
         if request.analogies:
             analogies = {rule: self._analogies(request, rule, progress, step) for rule in RULES}
@@ -157,12 +160,12 @@ class Evaluator:
             return all(k in self._results for k in keys)
 
     def _analogies(self, request: EvaluationRequest, rule: str, progress: Progress | None,
-                   step: Step | None) -> AnalogyDict:
+                   step: Step) -> AnalogyDict:
         stage = f"{TITLES[ANALOGIES]}, rule {'A' if rule == 'single' else 'B'} ({request.method})"
 
         def build() -> dict:
             report = (lambda done, total: progress(done, total, stage)) if progress is not None else None
-            with step() if step is not None else contextlib.nullcontext():  # the first call reads the data files
+            with step():  # the first call reads the data files
                 sections, lexicon = analogy_sections(), self.lexicon
             return score_analogies(self.index, lexicon, sections, request.method, rule, limit=request.limit,
                                    progress=report, step=step).to_dict()
@@ -170,9 +173,9 @@ class Evaluator:
         parts = (ANALOGIES, request.method, rule, str(request.limit))
         return self._cached(parts, build, on_disk=request.limit == 0)  # type: ignore[return-value]
 
-    def _pairs(self, benchmark: str, rule: str, step: Step | None) -> PairsDict:
+    def _pairs(self, benchmark: str, rule: str, step: Step) -> PairsDict:
         def build() -> dict:
-            with step() if step is not None else contextlib.nullcontext():  # one heavy step
+            with step():  # one heavy step
                 if rule == "single":
                     return gensim_pairs(self.lexicon, benchmark).to_dict()
                 return score_pairs(self.lexicon, benchmark, word_pairs(benchmark), rule).to_dict()

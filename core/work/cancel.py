@@ -47,11 +47,6 @@ class CancelToken:
         if self._set.is_set():
             raise Cancelled()
 
-    def sleep(self, seconds: float) -> None:
-        """Wait `seconds`, or less when the caller cancels meanwhile (then raise Cancelled)."""
-        if self._set.wait(max(0.0, seconds)):
-            raise Cancelled()
-
 
 _CURRENT: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("token_lab_cancel", default=None)
 
