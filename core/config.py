@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PHI3_MODEL_ID = "microsoft/Phi-3-mini-4k-instruct"
@@ -56,11 +56,12 @@ class AppConfig:
     port: int = 7860
     share: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
-    max_queue: int = 16
-    max_input_chars: int = 50_000  # a new message and the system prompt together
-    max_new_tokens_limit: int = 2048
-    max_history_messages: int = 10_000  # items in a chat request's history
-    max_history_chars: int = 1_000_000  # characters in the whole history
+    # RequestLimits' fields, each with its default there (the `limits` property gathers them)
+    max_queue: int = RequestLimits.max_queue
+    max_input_chars: int = RequestLimits.max_input_chars
+    max_new_tokens: int = RequestLimits.max_new_tokens
+    max_history_messages: int = RequestLimits.max_history_messages
+    max_history_chars: int = RequestLimits.max_history_chars
     max_sessions: int = 1000  # gradio sessions kept in memory, each with a copy of the app's config (gradio: 10,000)
     max_batch: int = 0  # requests decoded together (0 = as many as fit in memory at full context, at most 32)
     prefix_cache_mb: int = 256  # keys/values of recent prompts and conversations, reused by prompts that start alike
@@ -81,9 +82,7 @@ class AppConfig:
 
     @property
     def limits(self) -> RequestLimits:
-        return RequestLimits(max_queue=self.max_queue, max_new_tokens=self.max_new_tokens_limit,
-                             max_input_chars=self.max_input_chars, max_history_messages=self.max_history_messages,
-                             max_history_chars=self.max_history_chars)
+        return RequestLimits(**{f.name: getattr(self, f.name) for f in fields(RequestLimits)})
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> AppConfig:

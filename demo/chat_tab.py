@@ -3,7 +3,8 @@
 gr.ChatInterface provides retry, undo, edit, clear, Stop and examples; the handler below streams from the shared
 ChatEngine and cancels its request when the user stops or disconnects. Building a prompt (checking, templating and
 tokenizing a conversation) runs in a worker thread: the event loop that serves every user only awaits. The list
-beside the chat (demo/conversations.py) keeps conversations in the person's own browser and restores them here.
+beside the chat (demo/conversations.py) keeps conversations in the person's own browser and restores them here; the
+chat's API endpoints are in demo/chat_api.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import gradio as gr
 from anyio import to_thread
 
 from core.chat.conversation import REPETITION_PENALTY, STATS_TITLE, TEMPERATURE, TOP_K, TOP_P, new_id
-from core.engine.settings import GenerationSettings
 from core.engine.stream import ChatStats, ChatStream
 from core.host import ModelHost
 from core.text.messages import newest_within
@@ -28,9 +28,10 @@ from demo.answer_probs import (
     probability_view,
     visible,
 )
+from demo.chat_api import TOP_LOGPROBS, generation_settings, register_chat_api
 from demo.chat_markdown import safe_chatbot
 from demo.conversations import ChatView, conversation_sidebar, wire_conversations
-from demo.errors import api_errors, ui_errors
+from demo.errors import ui_errors
 from demo.token_view import token_highlights, token_view
 
 INTRO = ("Talk to the model. Each message goes through the model's own chat template; the answer streams in and "
@@ -39,17 +40,8 @@ INTRO = ("Talk to the model. Each message goes through the model's own chat temp
 PROBS_INTRO = ("The last answer, each token coloured by the probability the model gave it; click a token to see the "
                "five tokens it found most likely at that step. On a CPU these come from the int8 model the chat runs "
                "on (ONNX Runtime), so they can differ a little from the Inside tab, which reads the float32 weights.")
-TOP_LOGPROBS = 5  # alternatives recorded for each answer token in the page and in /chat_logprobs
 EXAMPLES = ["What is the capital of Japan?", "Explain tokenization to a ten-year-old.",
             "Write a haiku about embeddings.", "Translate 'good morning' into French, Spanish and German."]
-
-
-def _settings(temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any, max_new_tokens: Any,
-              seed: Any, max_new_tokens_limit: int, top_logprobs: int | None = None) -> GenerationSettings:
-    """The request's sampling controls, checked (types and ranges) against the server's limits."""
-    return GenerationSettings(temperature=temperature, top_p=top_p, top_k=top_k,
-                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                              seed=seed, top_logprobs=top_logprobs).validated(max_new_tokens_limit)
 
 
 def stats_line(stats: ChatStats) -> str:
@@ -101,8 +93,8 @@ def build_chat_tab(host: ModelHost) -> None:
                       top_k: int, repetition_penalty: float, max_new_tokens: int,
                       seed: float | None) -> AsyncIterator[tuple[Any, ...]]:
         parts = host.require()
-        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
-                             limits.max_new_tokens, TOP_LOGPROBS)
+        settings = generation_settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, limits,
+                                       TOP_LOGPROBS)
 
         def prepare() -> tuple[Any, list]:
             prompt = parts.engine.prompt(message, ui_history(history), system_prompt, settings.max_new_tokens)
@@ -121,101 +113,10 @@ def build_chat_tab(host: ModelHost) -> None:
         if not stream.text.strip():
             gr.Warning(f"The model returned an empty answer (stop: {stream.stop_reason}).")
 
-    @api_errors
-    async def chat(message: str, history: list[dict], system_prompt: str = "", temperature: float = 0.7,
-                   top_p: float = 0.95, max_new_tokens: int = 256, seed: int | None = None, top_k: int = 50,
-                   repetition_penalty: float = 1.0) -> AsyncIterator[str]:
-        """Stream the model's answer to `message` after `history`, as the cumulative text so far.
-
-        Args:
-            message: the new user message.
-            history: earlier turns as [{"role": "user" | "assistant" | "system", "content": str}].
-            system_prompt: optional instructions placed first in the prompt.
-            temperature: 0 for greedy decoding; higher is more random (0 to 5).
-            top_p: nucleus sampling probability mass (above 0, at most 1).
-            max_new_tokens: the most tokens to generate.
-            seed: a seed for reproducible sampling (same seed and settings, same answer); null for random.
-            top_k: sample among the k most likely tokens (0 = off).
-            repetition_penalty: > 1 discourages repeating tokens.
-        """
-        engine = host.require().engine
-        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
-                             limits.max_new_tokens)
-        stream = await to_thread.run_sync(lambda: engine.chat(message, history, system_prompt, settings))
-        async for text in stream:
-            yield text
-
-    @api_errors
-    async def chat_logprobs(message: str, history: list[dict], system_prompt: str = "", temperature: float = 0.7,
-                            top_p: float = 0.95, max_new_tokens: int = 256, seed: int | None = None, top_k: int = 50,
-                            repetition_penalty: float = 1.0) -> dict[str, Any]:
-        """The model's answer to `message` after `history`, with each answer token's probability and the five most
-        likely tokens at its step (OpenAI's `logprobs.content` shape).
-
-        Args:
-            message: the new user message.
-            history: earlier turns as [{"role": "user" | "assistant" | "system", "content": str}].
-            system_prompt: optional instructions placed first in the prompt.
-            temperature: 0 for greedy decoding; higher is more random (0 to 5).
-            top_p: nucleus sampling probability mass (above 0, at most 1).
-            max_new_tokens: the most tokens to generate.
-            seed: a seed for reproducible sampling; null for random.
-            top_k: sample among the k most likely tokens (0 = off).
-            repetition_penalty: > 1 discourages repeating tokens.
-        Returns:
-            {"answer": str, "logprobs": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
-            "bytes"}]}], "stop_reason": str, "note": str}; the tokens concatenate to the answer; log-probabilities
-            are the model's own (before temperature, top-k and top-p); "note" says why they are missing, when a
-            remote server returns none.
-        """
-        engine = host.require().engine
-        settings = _settings(temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed,
-                             limits.max_new_tokens, TOP_LOGPROBS)
-        stream = await to_thread.run_sync(lambda: engine.chat(message, history, system_prompt, settings))
-        async for _text in stream:
-            pass
-        logprobs = await to_thread.run_sync(lambda: stream.answer_logprobs() or [])
-        return {"answer": stream.text, "logprobs": logprobs, "stop_reason": stream.stop_reason,
-                "note": stream.logprobs_note}
-
-    @api_errors
-    def prompt(message: str, history: list[dict], system_prompt: str = "") -> dict[str, Any]:
-        """The exact token ids the model would receive for `message` after `history`, via its chat template.
-
-        Args:
-            message: the new user message.
-            history: earlier turns as [{"role": ..., "content": ...}].
-            system_prompt: optional system prompt.
-        Returns:
-            {"text": rendered prompt, "ids": token ids, "count": number of ids, "dropped_turns": int}
-        """
-        p = host.require().engine.prompt(message, history, system_prompt)
-        return {"text": p.text, "ids": p.ids, "count": len(p.ids), "dropped_turns": p.dropped_turns}
-
     def show_alternatives(shown_entries: list[dict], evt: gr.SelectData) -> list[list[Any]]:
         """The alternatives of the token clicked in the probability view."""
         index = evt.index if isinstance(evt.index, int) else -1
         return alternative_rows(shown_entries[index]) if 0 <= index < len(shown_entries or []) else []
-
-    @api_errors
-    def engine_stats() -> dict[str, Any]:
-        """What the chat engine is doing: requests in progress, the largest batch so far, (for the in-process
-        engine) the prefix cache's size and how much of the prompts it served and the Inside views' inspections on
-        its worker, and the heavy work beside the chats: evaluations running and waiting, and the fair share.
-
-        Returns:
-            {"engine": str, "runner": str ("onnx int8" or "torch float32"; in-process only),
-             "requests_in_progress": int, "max_queue": int, "requests_accepted": int, "peak_batch": int,
-             "recent": {"requests": int, "ttft_p50_s": float | None, "ttft_p95_s": ...,
-             "queued_p50_s": ..., "queued_p95_s": ...} (the last 256 finished requests, timed in the server),
-             "max_batch": int, "prefix_cache": {"sequences": int, "bytes": int, "max_bytes": int,
-             "lookups": int, "hits": int, "reused_token_share": float},
-             "inspections": {"running": int, "waiting": int, "finished": int, "cancelled": int},
-             "evaluations": {"running": int, "waiting": int, "peak_running": int, "waited": int, "finished": int,
-             "cancelled": int}, "fair_share": {"share": float, "chatting": bool, "heavy_steps": int,
-             "heavy_step_seconds": float, "rested_steps": int, "deferred_steps": int}}
-        """
-        return host.require().engine.stats() | host.work.stats()
 
     with gr.Tab("Chat", id="chat"):
         gr.Markdown(INTRO)
@@ -233,7 +134,7 @@ def build_chat_tab(host: ModelHost) -> None:
                         top_k = gr.Slider(*TOP_K, value=50, step=1, label="Top-k (0 = off)")
                         repetition_penalty = gr.Slider(*REPETITION_PENALTY, value=1.0, step=0.05,
                                                        label="Repetition penalty")
-                        max_new_tokens = gr.Slider(1, host.config.max_new_tokens_limit, value=256, step=1,
+                        max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=256, step=1,
                                                    label="Max new tokens", elem_id="chat-max-new-tokens")
                         seed = gr.Number(value=None, precision=0, label="Seed (empty = random)",
                                          elem_id="chat-seed")
@@ -278,11 +179,8 @@ def build_chat_tab(host: ModelHost) -> None:
             chatbot=chatbot, chat_state=interface.chatbot_state, system_prompt=system_prompt,
             settings=[temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed], inspector=inspector,
             probabilities=[probs_view, probs_table, picked, entries, probs_note], answered=answered, stopped=stopped,
-            inspect=prompt_tokens, max_new_tokens_limit=host.config.max_new_tokens_limit))
+            inspect=prompt_tokens, max_new_tokens_limit=limits.max_new_tokens))
         preview.click(ui_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
                       inspector, api_visibility="private")
         probs_view.select(show_alternatives, entries, picked, queue=False, api_visibility="private")
-        gr.api(chat, api_name="chat", concurrency_limit=None)
-        gr.api(chat_logprobs, api_name="chat_logprobs", concurrency_limit=None)
-        gr.api(prompt, api_name="prompt", concurrency_limit=None)
-        gr.api(engine_stats, api_name="engine_stats", concurrency_limit=None)
+        register_chat_api(host)

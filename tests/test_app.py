@@ -70,7 +70,7 @@ def test_every_feature_is_a_typed_endpoint(client):
 
 def test_config_limits_reach_the_local_engine(bundled):
     host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=3, max_input_chars=100,
-                                             max_new_tokens_limit=64, max_history_messages=5,
+                                             max_new_tokens=64, max_history_messages=5,
                                              max_history_chars=1000))
     engine = host.require().engine
     try:

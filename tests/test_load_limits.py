@@ -16,7 +16,7 @@ from tests.servers import launched
 
 @pytest.fixture(scope="module")
 def small_app(bundled):
-    host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=1, max_new_tokens_limit=64))
+    host = ModelHost.from_loaded(bundled, AppConfig(model="bundled", max_queue=1, max_new_tokens=64))
     with launched(host) as url:
         yield url, host
     host.close()
@@ -32,7 +32,7 @@ def test_overflowing_the_queue_returns_busy(small_app, monkeypatch):
     try:
         for _ in first:  # wait until the first request is generating
             break
-        assert engine.pending == 1
+        assert engine.stats()["requests_in_progress"] == 1
         with pytest.raises(AppError, match="busy"):
             Client(url, verbose=False).predict("Hi", [], "", 0.0, 1.0, 8, None, api_name="/chat")
     finally:
