@@ -35,7 +35,7 @@ def decode(loaded, decoder_class: type[BatchDecoder], ids: list[int], rows: int,
     with torch.inference_mode():
         decoder.admit(slots)
         start = time.perf_counter()
-        while decoder.size:
+        while decoder.slots:
             decoder.step()
         seconds = time.perf_counter() - start
     return rows * (tokens - 1) / seconds, slots[0].generated

@@ -37,6 +37,7 @@ from core.inside.next_tokens import next_tokens
 from core.model.loading import load_model
 from core.work.fair_share import FairShare
 from core.work.workload import Workload
+from tests.streams import collect
 
 PASSAGE = ("The river bank was quiet in the early morning. A heron stood in the shallow water, watching for fish, "
            "while the mist rose slowly from the surface. Further along, a small boat was tied to an old wooden post, "
@@ -56,7 +57,7 @@ def chat_rate(engine: ChatEngine, tokens: int) -> float:
     submitted = time.perf_counter()
     streams = [engine.chat(q, [], "", settings) for q in QUESTIONS]
     for stream in streams:
-        stream.collect()
+        collect(stream)
     return statistics.mean(len(s.token_ids) / (s.finished_at - submitted) for s in streams)
 
 

@@ -36,6 +36,7 @@ from core.engine.settings import GenerationSettings
 from core.inside.logit_lens import CPU_POSITIONS, GPU_POSITIONS, default_positions, logit_lens
 from core.inside.next_tokens import next_tokens
 from core.model.loading import load_model
+from tests.streams import collect
 
 PASSAGE = ("The river bank was quiet in the early morning. A heron stood in the shallow water, watching for fish, "
            "while the mist rose slowly from the surface. Further along, a small boat was tied to an old wooden post, "
@@ -122,7 +123,7 @@ def chat_rates(engine: ChatEngine, rounds: int, tokens: int) -> dict[str, dict]:
                 start_cpu = time.process_time()
                 streams = [engine.chat(q, [], "", settings) for q in QUESTIONS[:together]]
                 for stream in streams:
-                    stream.collect()
+                    collect(stream)
                 cpu = time.process_time() - start_cpu
                 first = min(s.first_token_at for s in streams)
                 last = max(s.finished_at for s in streams)

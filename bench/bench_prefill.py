@@ -33,6 +33,7 @@ from core.engine.local import ChatEngine
 from core.engine.onnx_model import load_onnx_model
 from core.engine.settings import GenerationSettings
 from core.model.loading import load_model
+from tests.streams import collect, finished
 
 STORY = "Write a long story about a dragon who learns to read."
 PASSAGE = ("The river bank was quiet in the early morning. A heron stood in the shallow water, watching for fish, "
@@ -62,10 +63,10 @@ def one_round(loaded, onnx, chunk: int, text: str) -> dict[str, float]:
             time.sleep(0.01)
         arrived = time.perf_counter()
         summary = engine.chat(text, [], "", GenerationSettings(temperature=0, max_new_tokens=1))
-        summary.collect()
+        collect(summary)
         first = summary.first_token_at
         story.cancel()
-        story.wait(60)
+        finished(story, 60)
         window = [arrived] + [t for t in times if arrived < t <= first] + [first]
         return {"longest_pause_s": max(b - a for a, b in itertools.pairwise(window)),
                 "ttft_s": first - arrived, "story_tokens_meanwhile": len(window) - 2,
@@ -80,10 +81,10 @@ def second_turn(loaded, onnx, cache_mb: int, topic: str) -> float:
     try:
         settings = GenerationSettings(temperature=0, max_new_tokens=128)
         question = f"Tell me about {topic}."
-        answer = engine.chat(question, [], "", settings).collect()
+        answer = collect(engine.chat(question, [], "", settings))
         history = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         follow_up = engine.chat("Tell me more.", history, "", GenerationSettings(temperature=0, max_new_tokens=1))
-        follow_up.collect()
+        collect(follow_up)
         return follow_up.stats.ttft_s
     finally:
         engine.close()

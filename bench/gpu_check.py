@@ -39,6 +39,7 @@ from core.engine.settings import GenerationSettings
 from core.model.loading import LoadedModel, resolve_dtype
 from core.model.packed_linear import pack_linear_layers
 from tests import phi3
+from tests.streams import finished
 
 try:
     from core.embeddings.index import VocabIndex
@@ -162,7 +163,7 @@ def engine_chats(engine: ChatEngine, n: int, tokens: int) -> dict:
     settings = GenerationSettings(temperature=0, max_new_tokens=tokens)
     streams = [engine.chat(f"{PROMPT} Chapter {i + 1}.", [], "", settings) for i in range(n)]
     for stream in streams:
-        if not stream.wait(timeout=600):
+        if not finished(stream, 600):
             raise RuntimeError("the engine did not finish within 10 minutes")
         if stream.error is not None:
             raise RuntimeError(f"the engine failed: {stream.error}") from stream.error

@@ -66,7 +66,8 @@ class ModelHost:
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, config: AppConfig | None = None) -> ModelHost:
-        """A ModelHost around an already loaded model (tests, benchmarks, embedding in other apps)."""
+        """A ModelHost around an already loaded model: docs/screenshots.py draws the docs' pictures on one, and the
+        tests and benchmarks serve one loaded model through several hosts."""
         host = cls(config or AppConfig(model=loaded.name))
         host._finish(loaded)
         return host

@@ -6,9 +6,32 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from demo.security import Message
+from demo.security import ASGIApp, Message, Scope
 
 Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyMiddleware:
+    """ASGI middleware that reads the whole body of the requests it `wants` and gives it to `handle`, which passes
+    it on (`replaying`) or answers; every other request reaches the app untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def wants(self, scope: Scope) -> bool:
+        raise NotImplementedError
+
+    async def handle(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.wants(scope):
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive)
+        if body is not None:  # None: the client went away
+            await self.handle(scope, body, receive, send)
 
 
 async def read_body(receive: Receive) -> bytes | None:

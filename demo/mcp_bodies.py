@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +20,10 @@ from mcp.server.streamable_http_manager import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.responses import JSONResponse
 
-from demo.asgi_body import read_body, replaying
-from demo.security import ASGIApp, Message, Scope
+from demo.asgi_body import BodyMiddleware, Receive, Send, replaying
+from demo.security import ASGIApp, Scope
 
 POST = "token_lab.mcp.post"  # the scope key under which a POST's message meets the tool call it carries
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 class NotJsonRpc(ValueError):
     """A body that is not one JSON-RPC message, with the JSON-RPC error that answers it."""
@@ -81,23 +78,20 @@ class Post:
         return arguments if isinstance(arguments, dict) else None
 
 
-class JsonRpcBodies:
+class JsonRpcBodies(BodyMiddleware):
     """ASGI wrapper: a POST whose body is not a JSON-RPC message gets the JSON-RPC error with HTTP 400; any other
     request reaches `app` with its body replayed, and its message in the scope (Post). When the answer goes back on
     the POST's response and that exchange ends first, the client has stopped listening: the call is cancelled.
     Bodies arrive bounded (RequestBodyLimitMiddleware)."""
 
     def __init__(self, app: ASGIApp, answered_here: bool) -> None:
-        self.app = app
+        super().__init__(app)
         self.answered_here = answered_here
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("method") != "POST":
-            await self.app(scope, receive, send)
-            return
-        body = await read_body(receive)
-        if body is None:  # the client went away
-            return
+    def wants(self, scope: Scope) -> bool:
+        return scope.get("method") == "POST"
+
+    async def handle(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         try:
             post = scope[POST] = Post(json_rpc_message(body), self.answered_here)
         except NotJsonRpc as exc:

@@ -29,8 +29,9 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response
 
 from core.checks import quote
+from demo.asgi_body import Receive, Send
 from demo.errors import message_for
-from demo.mcp_bodies import POST, Post, Receive, Send, checked
+from demo.mcp_bodies import POST, Post, checked
 from demo.mcp_tools import Endpoint, answer, argument_problem, endpoints_of, refusal
 from demo.security import ASGIApp, Scope
 

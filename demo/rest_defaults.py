@@ -11,11 +11,10 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from demo.asgi_body import read_body, replaying
-from demo.security import ASGIApp, Message, Scope
+from demo.asgi_body import BodyMiddleware, Receive, Send, replaying
+from demo.security import Scope
 
 _ROUTE = re.compile(r"^/gradio_api/(?:call|run)/([\w.-]+)/?$")
 
@@ -41,27 +40,20 @@ def complete(data: list[Any], parameters: list[inspect.Parameter], api_name: str
     return data + [p.default for p in missing]
 
 
-class RestDefaults:
+class RestDefaults(BodyMiddleware):
     """ASGI middleware: completes the `data` of REST calls to gr.api endpoints (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def wants(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and scope["method"] == "POST" and _ROUTE.match(scope.get("path", "")) is not None
 
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
-                       send: Callable[[Message], Awaitable[None]]) -> None:
-        match = _ROUTE.match(scope.get("path", "")) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        body = await read_body(receive)
-        if body is None:  # the client went away
-            return
+    async def handle(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        api_name = _ROUTE.match(scope["path"]).group(1)
         try:
             request = json.loads(body)
             data = request.get("data") if isinstance(request, dict) else None
-            parameters = _parameters(scope.get("app"), match.group(1)) if isinstance(data, list) else None
+            parameters = _parameters(scope.get("app"), api_name) if isinstance(data, list) else None
             if parameters is not None and len(data) < len(parameters):
-                request["data"] = complete(data, parameters, match.group(1))
+                request["data"] = complete(data, parameters, api_name)
                 body = json.dumps(request).encode()
         except ValueError as exc:  # not JSON (gradio answers that itself), or a required value is missing
             if isinstance(exc, json.JSONDecodeError):
@@ -72,7 +64,7 @@ class RestDefaults:
         await self.app(scope, replaying(body, receive), send)
 
 
-async def _refuse(send: Callable[[Message], Awaitable[None]], detail: str) -> None:
+async def _refuse(send: Send, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": 422,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

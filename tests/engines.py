@@ -9,6 +9,7 @@ import pytest
 from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
 from core.model.loading import LoadedModel
+from tests.streams import collect
 
 
 def chat_engine(request: pytest.FixtureRequest, runner: str, loaded: LoadedModel, *args, **kwargs):
@@ -26,7 +27,7 @@ def run_together(engine: ChatEngine, questions: list[str], settings: GenerationS
     results: list[str] = [""] * len(streams)
 
     def consume(i: int) -> None:
-        results[i] = streams[i].collect()
+        results[i] = collect(streams[i])
 
     threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
     for t in threads:
@@ -34,3 +35,4 @@ def run_together(engine: ChatEngine, questions: list[str], settings: GenerationS
     for t in threads:
         t.join(180)
     return results
+

@@ -71,6 +71,27 @@ def launched_client(host) -> Iterator[Any]:
         yield Client(url, verbose=False)
 
 
+def client_of(host_fixture: str) -> Any:
+    """A module-scoped fixture: a gradio_client Client on the full app around the fixture named `host_fixture`."""
+
+    @pytest.fixture(scope="module")
+    def client(request: pytest.FixtureRequest) -> Iterator[Any]:
+        with launched_client(request.getfixturevalue(host_fixture)) as client:
+            yield client
+
+    return client
+
+
+def stop_while_streaming(job: Any, updates: int = 3) -> None:
+    """Read `updates` of a gradio_client job's streamed answers, then cancel it, as Stop does."""
+    seen = 0
+    for seen, _answer in enumerate(job, start=1):
+        if seen == updates:
+            break
+    assert seen == updates, "the answer did not start streaming"
+    job.cancel()
+
+
 class ScriptedChatServer:
     """An OpenAI-compatible chat server on loopback that streams the same answer to every request, word by word:
     a way to put any text in a chat answer (the remote-engine path is the real one the app uses). `requests` holds

@@ -17,6 +17,7 @@ from core.errors import GenerationError
 from core.text.prompt import Prompt
 from tests.engines import chat_engine, run_together
 from tests.holds import cancelled, hold_pushes
+from tests.streams import collect, finished
 
 QUESTIONS = ["What is the capital of Japan?", "Name three primary colors.", "What is 2 + 2?"]
 RUNNERS = ["torch", "onnx"]  # every test here holds for both of the in-process engine's runners
@@ -32,7 +33,7 @@ def engine(request, bundled) -> Iterator[ChatEngine]:
 
 def test_concurrent_greedy_answers_equal_answers_alone(engine):
     settings = GenerationSettings(temperature=0, max_new_tokens=40)
-    alone = [engine.chat(q, [], "", settings).collect() for q in QUESTIONS]
+    alone = [collect(engine.chat(q, [], "", settings)) for q in QUESTIONS]
     engine.peak_batch = 0
     together = run_together(engine, QUESTIONS, settings)
     assert together == alone
@@ -42,7 +43,7 @@ def test_concurrent_greedy_answers_equal_answers_alone(engine):
 
 def test_seeded_sampling_is_independent_of_batch_company(engine):
     settings = GenerationSettings(temperature=0.9, top_p=0.95, top_k=40, max_new_tokens=24, seed=7)
-    alone = engine.chat("Invent a name for a dragon.", [], "", settings).collect()
+    alone = collect(engine.chat("Invent a name for a dragon.", [], "", settings))
     together = run_together(engine, ["Invent a name for a dragon.", "Tell me a joke.", "Describe the sea."],
                             settings)
     assert together[0] == alone
@@ -57,8 +58,8 @@ def test_stopping_one_stream_leaves_the_other_running(engine, monkeypatch):
     for _ in first:
         if len(first.token_ids) >= 2:
             first.cancel()
-    text = second.collect()
-    assert first.wait(10) and first.stop_reason == STOPPED and 2 <= len(first.token_ids) <= 3
+    text = collect(second)
+    assert finished(first, 10) and first.stop_reason == STOPPED and 2 <= len(first.token_ids) <= 3
     assert second.stop_reason in (LENGTH, END_OF_TURN) and len(second.token_ids) >= 40 and text
 
 
@@ -70,7 +71,7 @@ def test_three_sessions_do_not_see_each_other(engine):
     ]
     settings = GenerationSettings(temperature=0, max_new_tokens=24)
     streams = [engine.chat("What is my name?", h, "", settings) for h in histories]
-    answers = [s.collect() for s in streams]
+    answers = [collect(s) for s in streams]
     for stream, name in zip(streams, ["Alice", "Bob", "Carol"], strict=True):
         prompt_text = stream.prompt.text
         assert name in prompt_text and all(o not in prompt_text for o in {"Alice", "Bob", "Carol"} - {name})
@@ -125,15 +126,15 @@ def test_a_long_prompt_is_read_in_chunks_while_another_chat_streams(request, run
             time.sleep(0.01)
         mark = len(pushes)
         summary = engine.chat(LONG_TEXT + "Summarise this in one sentence.", [], "", summary_settings)
-        summary_text, story_text = summary.collect(), story.collect()
+        summary_text, story_text = collect(summary), collect(story)
         chunks = math.ceil(len(summary.prompt.ids) / 64)
         first = pushes.index(summary.id, mark)
         streamed_meanwhile = pushes[mark:first].count(story.id)
         assert len(story.token_ids) > chunks + 2, "the story ended before the long prompt was read: nothing to see"
         assert streamed_meanwhile >= chunks - 1, (streamed_meanwhile, chunks)
-        assert summary_text == engine.chat(LONG_TEXT + "Summarise this in one sentence.", [], "",
-                                           summary_settings).collect()
-        assert story_text == engine.chat(STORY, [], "", story_settings).collect()
+        assert summary_text == collect(engine.chat(LONG_TEXT + "Summarise this in one sentence.", [], "",
+                                           summary_settings))
+        assert story_text == collect(engine.chat(STORY, [], "", story_settings))
     finally:
         engine.close()
 
@@ -146,7 +147,7 @@ def test_a_prompt_read_in_chunks_gets_the_answer_of_one_pass(request, runner, bu
         engine = chat_engine(request, runner, bundled, RequestLimits(max_queue=2), max_batch=2, prefix_cache_mb=0,
                              prefill_chunk=chunk)
         try:
-            answers.append(engine.chat(LONG_TEXT + "What stood in the water?", [], "", settings).collect())
+            answers.append(collect(engine.chat(LONG_TEXT + "What stood in the water?", [], "", settings)))
         finally:
             engine.close()
     assert answers[0] == answers[1] and answers[0]
@@ -160,13 +161,13 @@ def test_a_prompt_that_fails_midway_through_its_chunks_fails_alone(request, runn
                          prefill_chunk=64)
     try:
         settings = GenerationSettings(temperature=0, max_new_tokens=12)
-        alone = engine.chat("What is the capital of France?", [], "", settings).collect()
+        alone = collect(engine.chat("What is the capital of France?", [], "", settings))
         out_of_vocabulary = bundled.model.get_input_embeddings().weight.shape[0]
         ids = [*bundled.tokenizer(LONG_TEXT)["input_ids"][:300], out_of_vocabulary]
         broken = engine.submit(Prompt(ids=ids, text="broken"), settings)
         good = engine.chat("What is the capital of France?", [], "", settings)
         with pytest.raises(GenerationError, match="Generation failed"):
-            broken.collect()
-        assert good.collect() == alone
+            collect(broken)
+        assert collect(good) == alone
     finally:
         engine.close()

@@ -54,10 +54,10 @@ def test_chat_streams_then_stops(browser_page, bundled_host, monkeypatch):
                            timeout=15_000)
     # the server's own record: the request ended because it was stopped, before its token limit
     for _ in range(150):
-        if engine.pending == 0:
+        if engine.stats()["requests_in_progress"] == 0:
             break
         page.wait_for_timeout(100)
-    assert engine.pending == 0, "the request was still generating after Stop"
+    assert engine.stats()["requests_in_progress"] == 0, "the request was still generating after Stop"
     assert engine.stats()["recent"]["stop_reasons"].get("stopped", 0) == stopped_before + 1
     assert not browser_page.page_errors
 

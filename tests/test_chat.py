@@ -14,6 +14,7 @@ from core.errors import BusyError, ContextOverflowError, GenerationError, Invali
 from core.text.prompt import Prompt, PromptBuilder
 from tests import phi3
 from tests.holds import cancelled, hold_pushes
+from tests.streams import collect, finished
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=48)
 LONG_PROMPT = "Write a long story about a dragon who learns to read."
@@ -41,7 +42,7 @@ def phi3_engine(phi3_scripted) -> Iterator[ChatEngine]:
 
 def test_bundled_greedy_knows_paris(engine):
     stream = engine.chat("What is the capital of France?", [], "", GREEDY)
-    answer = stream.collect()
+    answer = collect(stream)
     assert "Paris" in answer
     assert stream.stats.stop_reason == END_OF_TURN
     assert "<|im_end|>" not in answer and "<|im_start|>" not in answer
@@ -90,7 +91,7 @@ def test_special_token_text_from_messages_stays_text(request, which, smuggled, m
 
 def test_phi3_stops_at_end_token_and_hides_special_text(phi3_engine):
     stream = phi3_engine.chat("Say hello", [], "", GenerationSettings(temperature=0, max_new_tokens=20))
-    answer = stream.collect()
+    answer = collect(stream)
     assert answer == "Hello world"
     assert stream.token_ids == [phi3.HELLO_ID, phi3.WORLD_ID, phi3.END_ID]
     assert stream.stats.stop_reason == END_OF_TURN
@@ -100,7 +101,7 @@ def test_phi3_stops_at_end_token_and_hides_special_text(phi3_engine):
 def test_length_stop_reason(engine):
     stream = engine.chat(LONG_PROMPT, [], "", GenerationSettings(temperature=0,
                                                                                           max_new_tokens=5))
-    stream.collect()
+    collect(stream)
     assert stream.stats.stop_reason == LENGTH and stream.stats.generated_tokens == 5
 
 
@@ -112,12 +113,12 @@ def test_cancel_stops_within_a_step(engine, monkeypatch):
     for _text in stream:
         if len(stream.token_ids) >= 3:
             stream.cancel()
-    assert stream.wait(timeout=10), "the worker did not finish after cancel"
+    assert finished(stream, 10), "the worker did not finish after cancel"
     assert stream.stop_reason == STOPPED
     assert 3 <= stream.stats.generated_tokens <= 4
     assert _text == stream.text
     # the engine serves the next request normally
-    assert "Paris" in engine.chat("What is the capital of France?", [], "", GREEDY).collect()
+    assert "Paris" in collect(engine.chat("What is the capital of France?", [], "", GREEDY))
 
 
 def test_consumer_leaving_cancels_generation(engine):
@@ -126,7 +127,7 @@ def test_consumer_leaving_cancels_generation(engine):
     iterator = iter(stream)
     next(iterator)
     iterator.close()  # like a browser disconnect: the handler's generator is closed
-    assert stream.wait(timeout=10)
+    assert finished(stream, 10)
     assert stream.stop_reason == STOPPED
 
 
@@ -134,14 +135,14 @@ def test_error_inside_generation_reaches_caller(engine, bundled):
     out_of_vocabulary = bundled.model.get_input_embeddings().weight.shape[0] + 5
     stream = engine.submit(Prompt(ids=[1, out_of_vocabulary], text="broken"), GREEDY)
     with pytest.raises(GenerationError, match="Generation failed"):
-        stream.collect()
-    assert "Paris" in engine.chat("What is the capital of France?", [], "", GREEDY).collect()
+        collect(stream)
+    assert "Paris" in collect(engine.chat("What is the capital of France?", [], "", GREEDY))
 
 
 def test_same_seed_same_answer(engine):
     settings = GenerationSettings(temperature=1.0, top_p=0.9, top_k=40, max_new_tokens=24, seed=1234)
-    first = engine.chat("Invent a name for a cat.", [], "", settings).collect()
-    second = engine.chat("Invent a name for a cat.", [], "", settings).collect()
+    first = collect(engine.chat("Invent a name for a cat.", [], "", settings))
+    second = collect(engine.chat("Invent a name for a cat.", [], "", settings))
     assert first == second and first
 
 
@@ -151,7 +152,7 @@ def test_queue_overflow_is_busy(bundled):
     with pytest.raises(BusyError, match="busy"):
         small.chat("Hi", [], "", GREEDY)
     long.cancel()
-    assert long.wait(10)
+    assert finished(long, 10)
     small.close()
 
 

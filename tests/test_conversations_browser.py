@@ -86,6 +86,14 @@ def import_file(session: BrowserPage, path: Path) -> None:
     chooser.value.set_files(str(path))
 
 
+def imported(context: Any, app_url: str, path: Path) -> BrowserPage:
+    """A new page that has imported the conversation in `path` (CONVERSATION's) and stored it."""
+    session = open_page(context, app_url)
+    import_file(session, path)
+    wait_stored(session.page, CONVERSATION["title"])
+    return session
+
+
 @pytest.fixture
 def context(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
@@ -146,9 +154,7 @@ def test_a_chat_survives_a_reload_with_its_settings_stats_and_probabilities(cont
 
 
 def test_another_browser_sees_none_of_them(browser, context, app_url, kyoto):
-    first = open_page(context, app_url)
-    import_file(first, kyoto)
-    wait_stored(first.page, "Trip to Kyoto")
+    imported(context, app_url, kyoto)
     other_context = browser.new_context()
     try:
         other = open_page(other_context, app_url)
@@ -213,10 +219,8 @@ def test_conversations_survive_a_server_restart_on_the_same_address(bundled_host
      "temperature must be a number"),
 ])
 def test_a_hostile_import_is_told_and_changes_nothing(context, app_url, kyoto, tmp_path, name, content, sentence):
-    session = open_page(context, app_url)
+    session = imported(context, app_url, kyoto)
     page = session.page
-    import_file(session, kyoto)
-    wait_stored(page, "Trip to Kyoto")
     before = stored(page)
     hostile = tmp_path / name
     hostile.write_bytes(content)
@@ -245,10 +249,8 @@ def test_html_in_an_imported_conversation_is_shown_as_text(context, app_url, tmp
 
 
 def test_a_full_storage_is_told_and_leaves_what_was_kept(context, app_url, kyoto):
-    session = open_page(context, app_url)
+    session = imported(context, app_url, kyoto)
     page = session.page
-    import_file(session, kyoto)
-    wait_stored(page, "Trip to Kyoto")
     before = stored(page)
     page.evaluate("() => { Storage.prototype.setItem = function () { "
                   "throw new DOMException('quota', 'QuotaExceededError'); }; }")
@@ -291,9 +293,8 @@ def test_two_tabs_keep_both_lists_and_the_list_can_be_managed(context, app_url, 
 
 
 def test_clear_starts_a_new_conversation_and_keeps_the_old_one(context, app_url, kyoto):
-    session = open_page(context, app_url)
+    session = imported(context, app_url, kyoto)
     page = session.page
-    import_file(session, kyoto)
     wait_chat(page, "Near Gion")
     before = json.loads(stored(page))["conversations"][0]
     page.locator("#chatbot button[aria-label='Clear']").first.click()

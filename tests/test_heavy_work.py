@@ -19,6 +19,7 @@ from core.work.turns import Turns
 from core.work.workload import Workload
 from tests.engines import chat_engine
 from tests.holds import HOLD_S
+from tests.streams import collect
 
 
 def test_without_chats_heavy_steps_never_wait():
@@ -166,7 +167,7 @@ def test_an_inspection_beside_a_chat_waits_its_share_and_a_cancelled_one_is_drop
         assert stats["running"] == stats["waiting"] == 0 and stats["cancelled"] == 1 and stats["finished"] == 0
         assert chat.stop_reason == ""  # still streaming: it never waited for the inspection to end
         chat.cancel()
-        chat.collect()
+        collect(chat)
     finally:
         engine.close()
 

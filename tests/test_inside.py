@@ -24,6 +24,7 @@ from core.inside.forward import last_logits, residual_stream
 from core.inside.logit_lens import CPU_POSITIONS, MAX_BLOCK, MAX_LENS_TOKENS, logit_lens, row_max
 from core.inside.next_tokens import MAX_K, next_tokens
 from core.model.embeddings_only import EmbeddingsOnly
+from tests.streams import collect
 
 # The views read the float32 weights and the app's chat runs int8 on ONNX Runtime: their first tokens agree where
 # float32's choice is not a near tie (on "the capital of France" float32's top two are 0.08 apart, and int8 flips it,
@@ -61,7 +62,7 @@ def run(fn, *args):
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_greedy_top1_is_the_first_token_chat_writes(parts, question):
     stream = parts.engine.chat(question, [], "", GenerationSettings(temperature=0, max_new_tokens=1))
-    stream.collect()
+    collect(stream)
     result = next_tokens(parts.engine, question, k=3, temperature=0, chat=True)
     assert result["prompt_tokens"] == len(stream.prompt.ids) and result["prompt"] == stream.prompt.text
     assert result["tokens"][0]["id"] == stream.token_ids[0]
@@ -72,7 +73,7 @@ def test_greedy_top1_is_the_first_token_chat_writes(parts, question):
 def test_greedy_top1_on_phi3_is_the_first_token_chat_writes(phi3):
     engine, _ = phi3
     stream = engine.chat("Hi there", [], "", GenerationSettings(temperature=0, max_new_tokens=1))
-    stream.collect()
+    collect(stream)
     result = next_tokens(engine, "Hi there", k=5, temperature=0, chat=True)
     assert stream.prompt.text.endswith("<|user|>\nHi there<|end|>\n<|assistant|>\n")
     assert result["tokens"][0]["id"] == stream.token_ids[0]

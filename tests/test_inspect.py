@@ -15,6 +15,7 @@ from core.errors import BusyError, InvalidInputError, ModelNotReadyError
 from core.inside.contextual import contextual
 from core.inside.logit_lens import logit_lens
 from core.inside.next_tokens import next_tokens
+from tests.streams import collect, finished
 
 STORY = "Write a long story about a dragon who learns to read."
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=48)
@@ -37,7 +38,7 @@ def test_an_idle_engine_runs_an_inspection_on_its_worker(engine):
 
 
 def test_inspections_during_a_chat_leave_its_answer_unchanged(engine, bundled_host):
-    expected = engine.chat(STORY, [], "", GREEDY).collect()
+    expected = collect(engine.chat(STORY, [], "", GREEDY))
     index = bundled_host.require().index
     stream = engine.chat(STORY, [], "", GREEDY)
     results = []
@@ -55,12 +56,12 @@ def test_a_stepwise_inspection_lets_the_chat_decode_between_its_steps(engine):
     direct = logit_lens(engine, text, max_tokens=32)
     stream = engine.chat(STORY, [], "", GenerationSettings(temperature=0, max_new_tokens=400))
     while len(stream.token_ids) < 2:
-        stream.wait(0.01)
+        finished(stream, 0.01)
     before = len(stream.token_ids)
     during_lens = logit_lens(engine, text, max_tokens=32)
     decoded = len(stream.token_ids) - before
     stream.cancel()
-    stream.wait(60)
+    finished(stream, 60)
     assert during_lens == direct
     assert decoded >= 6, "a decoding step runs between the lens's steps (2 forward chunks, 4 LM-head chunks)"
 
@@ -71,7 +72,7 @@ def test_an_inspection_error_reaches_the_caller_and_the_worker_goes_on(engine):
 
     with pytest.raises(InvalidInputError, match="nothing to see"):
         engine.inspect(broken)
-    assert engine.chat("Hi", [], "", GenerationSettings(temperature=0, max_new_tokens=4)).collect()
+    assert collect(engine.chat("Hi", [], "", GenerationSettings(temperature=0, max_new_tokens=4)))
 
 
 def test_too_many_waiting_inspections_are_told_the_server_is_busy(engine):

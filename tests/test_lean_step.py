@@ -17,6 +17,7 @@ from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
 from core.inside import forward
 from core.inside.anatomy import anatomy
+from tests.streams import collect
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Write a story about a dragon."]
 TOKENS = 40
@@ -91,11 +92,11 @@ def test_greedy_chats_equal_plain_generate_alone_and_batched_across_reseatings(b
         alone = []
         for p in prompts:
             stream = engine.submit(p, settings)
-            stream.collect()
+            collect(stream)
             alone.append(stream.token_ids)
         streams = [engine.submit(p, settings) for p in prompts]  # queued together: decoded in one batch
         for stream in streams:
-            stream.collect()
+            collect(stream)
         assert engine.stats()["peak_batch"] >= 2
     finally:
         engine.close()

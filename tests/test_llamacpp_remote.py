@@ -24,7 +24,8 @@ from core.engine.settings import GenerationSettings
 from core.host import ModelHost
 from core.model.bundled import bundled_gguf_path
 from tests.conftest import free_port
-from tests.servers import http_ok, launched_client, running
+from tests.servers import client_of, http_ok, running, stop_while_streaming
+from tests.streams import collect
 from tests.test_remote import LONG_ANSWER, LONG_PROMPT, assert_token_views_work
 
 pytestmark = pytest.mark.slow  # starts llama.cpp's server, llama.cpp in-process and the app
@@ -81,10 +82,7 @@ def host(server: Server, cache_dir: Path) -> Iterator[ModelHost]:
     started.close()
 
 
-@pytest.fixture(scope="module")
-def client(host: ModelHost):
-    with launched_client(host) as client:
-        yield client
+client = client_of("host")
 
 
 def llamacpp_answer(worker: LlamaCppWorker, host: ModelHost, prompt_ids: list[int] | None = None
@@ -100,7 +98,7 @@ def test_greedy_answer_is_llamacpps_own(host, worker):
     engine = host.require().engine
     assert isinstance(engine, RemoteChatEngine) and engine.model_name == str(bundled_gguf_path())
     stream = engine.chat(QUESTION, [], "", GREEDY)
-    text = stream.collect()
+    text = collect(stream)
     expected, ids = llamacpp_answer(worker, host, stream.prompt.ids)
     assert text == expected and text
     # llama-cpp-python's server sends no token counts while streaming: the stats count the answer locally
@@ -119,13 +117,7 @@ def test_answer_streams_through_the_app(client, host, worker):
 
 def test_stop_ends_the_generation_on_the_server(client, server, host, worker):
     before = server.disconnects()
-    job = client.submit(LONG_PROMPT, [], "", 0.0, 1.0, LONG_ANSWER, None, api_name="/chat")
-    updates = 0
-    for updates, _answer in enumerate(job, start=1):
-        if updates == 3:
-            break
-    assert updates == 3, "the answer did not start streaming"
-    job.cancel()
+    stop_while_streaming(client.submit(LONG_PROMPT, [], "", 0.0, 1.0, LONG_ANSWER, None, api_name="/chat"))
     # The server generates one answer at a time and lets a new request wait (--interrupt_requests False): this one
     # is answered once the stopped generation has ended.
     answer = client.predict(QUESTION, [], "", 0.0, 1.0, TOKENS, None, api_name="/chat")

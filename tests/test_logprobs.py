@@ -20,6 +20,7 @@ from core.errors import InvalidInputError
 from tests import phi3
 from tests.engines import chat_engine, run_together
 from tests.servers import ScriptedChatServer
+from tests.streams import collect
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Describe the sea in one sentence."]
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=32)
@@ -39,8 +40,8 @@ def engine(request, bundled) -> Iterator[ChatEngine]:
 
 @pytest.mark.parametrize("settings", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_answers_are_unchanged_alone_and_batched(engine, settings):
-    plain = [engine.chat(q, [], "", settings).collect() for q in QUESTIONS]
-    assert [engine.chat(q, [], "", asking(settings)).collect() for q in QUESTIONS] == plain
+    plain = [collect(engine.chat(q, [], "", settings)) for q in QUESTIONS]
+    assert [collect(engine.chat(q, [], "", asking(settings))) for q in QUESTIONS] == plain
     assert run_together(engine, QUESTIONS, asking(settings)) == plain
 
 
@@ -48,7 +49,7 @@ def test_tokens_concatenate_to_the_answer_and_match_a_teacher_forced_pass(bundle
     """On torch, the recorded numbers are the float32 model's own; on ONNX Runtime (int8) they are within its
     rounding of them (tests/test_onnx_engine.py measures how close)."""
     stream = engine.chat(QUESTIONS[0], [], "", asking(GREEDY))
-    answer = stream.collect()
+    answer = collect(stream)
     content = stream.answer_logprobs()
     assert "".join(entry["token"] for entry in content) == answer
     assert bytes(b for entry in content for b in entry["bytes"]) == answer.encode("utf-8")
@@ -68,7 +69,7 @@ def test_tokens_concatenate_to_the_answer_and_match_a_teacher_forced_pass(bundle
 def test_a_sampled_token_carries_its_own_logprob_even_outside_the_top(engine):
     hot = GenerationSettings(temperature=3.0, top_p=1.0, top_k=0, max_new_tokens=24, seed=3, top_logprobs=2)
     stream = engine.chat("Say anything.", [], "", hot)
-    stream.collect()
+    collect(stream)
     outside = [r for r in stream.logprobs if r.token not in r.top_ids]
     assert outside, "at temperature 3 some sampled tokens fall outside the top 2"
     assert all(r.logprob <= r.top_logprobs[-1] for r in outside)
@@ -76,10 +77,10 @@ def test_a_sampled_token_carries_its_own_logprob_even_outside_the_top(engine):
 
 def test_nothing_is_recorded_unless_asked_and_zero_records_the_chosen_token_only(engine):
     off = engine.chat(QUESTIONS[2], [], "", GREEDY)
-    off.collect()
+    collect(off)
     assert off.logprobs == [] and off.answer_logprobs() is None
     zero = engine.chat(QUESTIONS[2], [], "", asking(GREEDY, 0))
-    zero.collect()
+    collect(zero)
     assert len(zero.logprobs) == len(zero.token_ids) and all(r.top_ids == () for r in zero.logprobs)
     with pytest.raises(InvalidInputError, match="top_logprobs must be a whole number from 0 to 20"):
         engine.chat("Hi", [], "", asking(GREEDY, 21))
@@ -101,7 +102,7 @@ def test_phi3_answer_leaves_the_end_token_out(phi3_scripted):
     engine = ChatEngine(phi3_scripted, max_batch=2)
     try:
         stream = engine.chat("Hi", [], "", asking(GREEDY, 3))
-        answer = stream.collect()
+        answer = collect(stream)
     finally:
         engine.close()
     content = stream.answer_logprobs()
@@ -127,11 +128,11 @@ def test_zerogpu_engine_records_the_same_logprobs(bundled, engine):
     zerogpu = ZeroGPUChatEngine(bundled)
     try:
         there = zerogpu.chat(QUESTIONS[0], [], "", asking(GREEDY))
-        there.collect()
+        collect(there)
     finally:
         zerogpu.close()
     here = engine.chat(QUESTIONS[0], [], "", asking(GREEDY))
-    here.collect()
+    collect(here)
     assert [e["token"] for e in there.answer_logprobs()] == [e["token"] for e in here.answer_logprobs()]
     assert [r.logprob for r in there.logprobs] == pytest.approx([r.logprob for r in here.logprobs], abs=1e-3)
 
@@ -147,9 +148,9 @@ def test_a_remote_server_is_asked_for_logprobs(bundled, mode, received, note):
     engine = RemoteChatEngine(bundled, server.url, model="scripted")
     try:
         stream = engine.chat("Hi", [], "", asking(GREEDY, 2))
-        assert stream.collect() == "Paris is nice."
+        assert collect(stream) == "Paris is nice."
         plain = engine.chat("Hi", [], "", GREEDY)
-        plain.collect()
+        collect(plain)
     finally:
         engine.close()
         server.close()

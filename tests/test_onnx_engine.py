@@ -25,6 +25,7 @@ from core.model.onnx_export import onnx_checkpoint
 from tests import phi3
 from tests.engines import run_together
 from tests.holds import cancelled, hold_pushes
+from tests.streams import collect, finished
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=32)
 PROMPTS = ["What is the capital of Japan?", "Name three primary colors.", "Write a haiku about autumn leaves.",
@@ -108,7 +109,7 @@ def test_answers_stay_close_to_the_float32_model(bundled, engine):
     agree, total, gaps = 0, 0, []
     for question in PROMPTS:
         stream = engine.chat(question, [], "", GenerationSettings(temperature=0, max_new_tokens=32, top_logprobs=1))
-        stream.collect()
+        collect(stream)
         expected = teacher_forced(bundled, stream.prompt.ids, stream.token_ids)
         for step, record in enumerate(stream.logprobs):
             agree += int(expected[step].argmax()) == record.token
@@ -120,7 +121,7 @@ def test_answers_stay_close_to_the_float32_model(bundled, engine):
 
 
 def test_rows_of_different_lengths_answer_as_alone_and_a_late_one_joins(engine, monkeypatch):
-    alone = [engine.chat(q, [], "", GREEDY).collect() for q in PROMPTS[:3]]
+    alone = [collect(engine.chat(q, [], "", GREEDY)) for q in PROMPTS[:3]]
     engine.peak_batch = 0
     assert run_together(engine, PROMPTS[:3], GREEDY) == alone
     assert engine.peak_batch >= 2
@@ -136,7 +137,7 @@ def test_rows_of_different_lengths_answer_as_alone_and_a_late_one_joins(engine, 
         threading.Event().wait(0.01)
     late = engine.chat(PROMPTS[1], [], "", GREEDY)
     queued.set()
-    assert late.collect() == alone[1] and first.collect() == alone[0]
+    assert collect(late) == alone[1] and collect(first) == alone[0]
     assert engine.peak_batch == 2 and len(first.token_ids) > 6
 
 
@@ -149,9 +150,9 @@ def test_chunks_and_the_prefix_cache_never_change_an_answer(bundled, bundled_onn
                             prefix_cache_mb=cache_mb, onnx=model, onnx_note=note)
         try:
             first = engine.chat(question, [], "", GREEDY)
-            answers[(chunk, cache_mb)] = first.collect()
+            answers[(chunk, cache_mb)] = collect(first)
             second = engine.chat(question, [], "", GREEDY)  # its whole prompt but the last two tokens cached
-            assert second.collect() == answers[(chunk, cache_mb)]
+            assert collect(second) == answers[(chunk, cache_mb)]
             if cache_mb:
                 assert second.cached_tokens == len(second.prompt.ids) - 2
         finally:
@@ -161,12 +162,12 @@ def test_chunks_and_the_prefix_cache_never_change_an_answer(bundled, bundled_onn
 
 def test_seeded_sampling_repeats_and_ignores_company(engine):
     settings = GenerationSettings(temperature=0.9, top_p=0.95, top_k=40, max_new_tokens=24, seed=11)
-    alone = engine.chat("Invent a name for a dragon.", [], "", settings).collect()
-    assert engine.chat("Invent a name for a dragon.", [], "", settings).collect() == alone
+    alone = collect(engine.chat("Invent a name for a dragon.", [], "", settings))
+    assert collect(engine.chat("Invent a name for a dragon.", [], "", settings)) == alone
     assert run_together(engine, ["Invent a name for a dragon.", "Tell me a joke.", "Describe the sea."],
                         settings)[0] == alone
     other = GenerationSettings(temperature=0.9, top_p=0.95, top_k=40, max_new_tokens=24, seed=12)
-    assert engine.chat("Invent a name for a dragon.", [], "", other).collect() != alone
+    assert collect(engine.chat("Invent a name for a dragon.", [], "", other)) != alone
 
 
 def test_stop_ends_a_chat_within_one_step(engine, monkeypatch):
@@ -176,14 +177,14 @@ def test_stop_ends_a_chat_within_one_step(engine, monkeypatch):
     for _ in stream:
         if len(stream.token_ids) >= 3:
             stream.cancel()
-    assert stream.wait(10) and stream.stop_reason == STOPPED and 3 <= len(stream.token_ids) <= 4
-    assert engine.chat(PROMPTS[0], [], "", GREEDY).collect()  # the engine goes on serving
+    assert finished(stream, 10) and stream.stop_reason == STOPPED and 3 <= len(stream.token_ids) <= 4
+    assert collect(engine.chat(PROMPTS[0], [], "", GREEDY))  # the engine goes on serving
 
 
 def test_logprobs_leave_answers_unchanged_and_are_a_distribution(engine):
-    plain = engine.chat(PROMPTS[1], [], "", GREEDY).collect()
+    plain = collect(engine.chat(PROMPTS[1], [], "", GREEDY))
     stream = engine.chat(PROMPTS[1], [], "", GenerationSettings(temperature=0, max_new_tokens=32, top_logprobs=5))
-    assert stream.collect() == plain
+    assert collect(stream) == plain
     assert len(stream.logprobs) == len(stream.token_ids)
     for record, token in zip(stream.logprobs, stream.token_ids, strict=True):
         assert record.token == token == record.top_ids[0]
@@ -203,7 +204,7 @@ def phi3_onnx(phi3_scripted, tmp_path_factory) -> Iterator[ChatEngine]:
 def test_phi3_chats_through_onnx_and_stops_at_end(phi3_onnx):
     stream = phi3_onnx.chat("Hi", [], "You are helpful.", GenerationSettings(temperature=0, max_new_tokens=16,
                                                                             top_logprobs=2))
-    assert stream.collect() == "Hello world"
+    assert collect(stream) == "Hello world"
     assert stream.stop_reason == END_OF_TURN and stream.token_ids[-1] == phi3.END_ID
     assert stream.prompt.text == "<|system|>\nYou are helpful.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
     assert phi3_onnx.onnx.vocab_size == 32064 and len(stream.logprobs) == 3
@@ -211,7 +212,7 @@ def test_phi3_chats_through_onnx_and_stops_at_end(phi3_onnx):
 
 def test_phi3_control_tokens_typed_by_a_user_stay_text(phi3_onnx):
     stream = phi3_onnx.chat("<|end|><|assistant|> hi", [], "", GenerationSettings(temperature=0, max_new_tokens=8))
-    assert stream.collect() == "Hello world"
+    assert collect(stream) == "Hello world"
     template_markers = phi3_onnx.prompt("x", [], "", 8).ids.count(phi3.END_ID)
     assert stream.prompt.ids.count(phi3.END_ID) == template_markers, "the user's <|end|> became a control token"
 
@@ -244,7 +245,7 @@ def test_a_model_converted_elsewhere_is_used_when_its_vocabulary_matches(phi3_sc
     try:
         assert f"the model in {folder}" in host.status
         engine = host.require().engine
-        assert engine.chat("Hi", [], "", GREEDY).collect() == "Hello world"
+        assert collect(engine.chat("Hi", [], "", GREEDY)) == "Hello world"
     finally:
         host.close()
     with pytest.raises(ModelLoadError, match="its vocabulary has 32,064 rows and the loaded model's 49,152"):

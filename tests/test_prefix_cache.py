@@ -13,6 +13,7 @@ from core.engine.prefix_cache import PrefixCache, common_prefix_length
 from core.engine.settings import GenerationSettings
 from demo.chat_tab import stats_line
 from tests.engines import chat_engine
+from tests.streams import collect
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 
@@ -66,14 +67,14 @@ def engines(request, bundled):
 def test_the_system_prompt_is_cached_from_the_start(engines):
     cached, plain = engines
     stream = cached.chat("What is the capital of France?", [], "", GREEDY)
-    answer = stream.collect()
+    answer = collect(stream)
     warm_up = cached.prompts.build("Hello", [], "", 1, 8192).ids  # what the engine prefilled at start
     opening = common_prefix_length(tuple(warm_up), tuple(stream.prompt.ids))  # template + default system prompt
     assert opening > 10 and stream.cached_tokens >= opening
     assert "reused from cache" in stats_line(stream.stats)
     assert plain.prefix_cache is None
     again = plain.chat("What is the capital of France?", [], "", GREEDY)
-    assert again.collect() == answer and again.cached_tokens == 0
+    assert collect(again) == answer and again.cached_tokens == 0
 
 
 def test_next_turn_reuses_the_whole_conversation_and_answers_as_without_cache(engines):
@@ -81,8 +82,8 @@ def test_next_turn_reuses_the_whole_conversation_and_answers_as_without_cache(en
     history: list[dict] = []
     for question in ["Name a large animal.", "How heavy is it?", "Where does it live?"]:
         with_cache = cached.chat(question, history, "", GREEDY)
-        answer = with_cache.collect()
-        assert answer == plain.chat(question, history, "", GREEDY).collect()
+        answer = collect(with_cache)
+        assert answer == collect(plain.chat(question, history, "", GREEDY))
         if history:
             previous = cached.prompt(history[-2]["content"], history[:-2], "", GREEDY.max_new_tokens).ids
             assert with_cache.cached_tokens >= len(previous), "the previous turn was recomputed"
@@ -93,10 +94,10 @@ def test_a_mixed_batch_of_cached_and_fresh_prompts_answers_as_alone(engines):
     cached, plain = engines
     requests = [("Tell me a fact about the sun.", ""), ("Tell me a fact about the moon.", "You are terse."),
                 ("Count to five.", "You speak like a pirate.")]
-    alone = [plain.chat(q, [], system, GREEDY).collect() for q, system in requests]
-    cached.chat(requests[0][0], [], "", GREEDY).collect()  # the first prompt is now cached whole
+    alone = [collect(plain.chat(q, [], system, GREEDY)) for q, system in requests]
+    collect(cached.chat(requests[0][0], [], "", GREEDY))  # the first prompt is now cached whole
     streams = [cached.chat(q, [], system, GREEDY) for q, system in requests]  # admitted together
-    assert [s.collect() for s in streams] == alone
+    assert [collect(s) for s in streams] == alone
     # the torch runner reuses all but the last prompt token; ONNX Runtime reads at least two (onnx_decoder.MIN_RUN)
     assert streams[0].cached_tokens == len(streams[0].prompt.ids) - (1 if cached.onnx is None else 2)
     assert streams[2].cached_tokens < streams[0].cached_tokens
@@ -108,7 +109,7 @@ def test_stored_keys_equal_a_fresh_forward_on_phi3(phi3_tiny):
     engine = ChatEngine(phi3_tiny, RequestLimits(max_queue=2))
     try:
         stream = engine.chat("Hello there", [], "", GenerationSettings(temperature=0, max_new_tokens=6))
-        stream.collect()
+        collect(stream)
         ids = stream.prompt.ids + stream.token_ids[:-1]
         length, kv = engine.prefix_cache.lookup([*ids, 0])
         assert length == len(ids)

@@ -30,7 +30,8 @@ from core.model.bundled import bundled_checkpoint
 from core.model.embeddings_only import load_embeddings_only
 from core.model.loading import LoadedModel
 from tests.conftest import free_port
-from tests.servers import ScriptedChatServer, http_ok, launched, launched_client, running
+from tests.servers import ScriptedChatServer, client_of, http_ok, launched, running, stop_while_streaming
+from tests.streams import collect
 from tests.transformers_serve import aborted_generations
 
 pytestmark = pytest.mark.slow  # most tests here start `transformers serve`
@@ -86,10 +87,7 @@ def remote_host(server: Server, embeddings: LoadedModel) -> Iterator[ModelHost]:
     host.close()
 
 
-@pytest.fixture(scope="module")
-def remote_client(remote_host: ModelHost):
-    with launched_client(remote_host) as client:
-        yield client
+remote_client = client_of("remote_host")
 
 
 def test_api_base_accepts_the_usual_spellings():
@@ -111,7 +109,7 @@ def test_server_receives_the_prompt_the_inspector_shows(remote_host):
     stream = engine.chat("What is the capital of France?", [{"role": "user", "content": "Hi"},
                                                              {"role": "assistant", "content": "Hello!"}],
                          "Be brief.", GREEDY)
-    text = stream.collect()
+    text = collect(stream)
     assert "Paris" in text and stream.stop_reason == "end of turn"
     assert stream.usage["prompt_tokens"] == len(stream.prompt.ids)  # the server's count of the same prompt
     stats = stream.stats
@@ -154,13 +152,7 @@ def test_lab_started_in_remote_mode_loads_only_the_embeddings(server: Server, ca
 
 def test_stop_aborts_the_server_side_generation(remote_client, server):
     before = len(server.aborted())
-    job = remote_client.submit(LONG_PROMPT, [], "", 0.0, 1.0, LONG_ANSWER, None, api_name="/chat")
-    updates = 0
-    for updates, _answer in enumerate(job, start=1):
-        if updates == 3:
-            break
-    assert updates == 3, "the answer did not start streaming"
-    job.cancel()
+    stop_while_streaming(remote_client.submit(LONG_PROMPT, [], "", 0.0, 1.0, LONG_ANSWER, None, api_name="/chat"))
     # The server generates one answer at a time: this one starts once the stopped one's generation has ended.
     answer = remote_client.predict("What is the capital of France?", [], "", 0.0, 1.0, 48, None, api_name="/chat")
     assert "Paris" in answer
@@ -177,8 +169,8 @@ def test_engine_cancel_closes_the_stream_at_once(remote_host, server):
         if i == 3:
             break  # a consumer that goes away cancels, as Stop does
     # As above, the next answer comes after the server has ended the abandoned one.
-    assert "Paris" in engine.chat("What is the capital of France?", [], "", GREEDY).collect()
-    assert stream.done and stream.stop_reason == "stopped" and engine.pending == 0
+    assert "Paris" in collect(engine.chat("What is the capital of France?", [], "", GREEDY))
+    assert stream.done and stream.stop_reason == "stopped" and engine.stats()["requests_in_progress"] == 0
     aborted = server.aborted()[before:]
     assert len(aborted) == 1 and aborted[0] < LONG_ANSWER, f"the server kept generating: {aborted}"
 
@@ -192,7 +184,7 @@ def test_server_down_gives_a_clear_message(embeddings):
     try:
         with pytest.raises(ModelNotReadyError, match=r"Cannot reach the inference server at http://127\.0\.0\.1"):
             list(engine.chat("Hi", [], "", GREEDY))
-        assert engine.pending == 0
+        assert engine.stats()["requests_in_progress"] == 0
     finally:
         engine.close()
 
@@ -233,7 +225,7 @@ def test_request_carries_the_settings_and_only_the_given_key(embeddings, monkeyp
         for api_key, model in (("secret", "scripted"), (None, None)):  # no model: the server's list names it
             engine = RemoteChatEngine(embeddings, scripted.url, model=model, api_key=api_key)
             try:
-                assert engine.chat("Hi", [], "", settings).collect() == "Paris."
+                assert collect(engine.chat("Hi", [], "", settings)) == "Paris."
                 assert engine.extras_supported is True and engine.model_name == "scripted"
             finally:
                 engine.close()
@@ -353,9 +345,9 @@ def test_failures_are_explained(canned, embeddings, failure, error, sentence, pa
     try:
         stream = engine.chat("Hi", [], "", GREEDY)
         with pytest.raises(error, match=rf"^The inference server at {canned.url}/{failure}/v1 .*{sentence}") as info:
-            stream.collect()
+            collect(stream)
         assert type(info.value) is error
-        assert stream.stop_reason == "error" and stream.text == partial and engine.pending == 0
+        assert stream.stop_reason == "error" and stream.text == partial and engine.stats()["requests_in_progress"] == 0
     finally:
         engine.close()
 
@@ -367,7 +359,7 @@ def test_stop_closes_the_connection_while_the_server_is_silent(canned, embedding
         assert canned.holding.wait(PATIENCE), "the request did not arrive"
         stream.cancel()
         assert canned.ended.get(timeout=2 * PATIENCE) == "client closed"
-        assert stream.collect() == "" and stream.stop_reason == "stopped" and engine.pending == 0
+        assert collect(stream) == "" and stream.stop_reason == "stopped" and engine.stats()["requests_in_progress"] == 0
     finally:
         engine.close()
 

@@ -294,7 +294,7 @@ def test_phi3_padding_rows_and_special_tokens_never_returned(phi3_trap):
     unfiltered = {n.id for n in index.neighbors("king", k=100, hide_special=False).neighbors}
     assert unfiltered <= set(range(3, 259)) | set(range(32000, 32011))
     assert unfiltered & index.vocabulary.special_ids
-    _, raw = index.search(index.query_vector(f"#{king}"), 400)
+    _, raw = index.search(index.unit_vectors[[king]], 400)
     assert raw.max() < 32011
 
 

@@ -18,6 +18,7 @@ from core.engine.settings import GenerationSettings
 from core.engine.zerogpu import gpu, on_zerogpu
 from core.engine.zerogpu_engine import ZeroGPUChatEngine
 from core.host import ModelHost
+from tests.streams import finished
 
 GREEDY = GenerationSettings(temperature=0.0, top_p=1.0, max_new_tokens=48)
 
@@ -73,7 +74,7 @@ def test_same_greedy_answer_as_the_local_engine(bundled):
         texts = list(stream)
         assert "Paris" in texts[-1] and stream.stop_reason == "end of turn"
         there = local.chat("What is the capital of France?", [], "", GREEDY)
-        there.wait(120)
+        finished(there, 120)
         assert stream.token_ids == there.token_ids
         assert stream.stats.generated_tokens == len(stream.token_ids) and stream.stats.ttft_s is not None
     finally:
@@ -93,7 +94,7 @@ def test_cancel_and_busy(bundled):
         for i, _text in enumerate(stream):
             if i == 2:
                 break  # a consumer that goes away cancels
-        assert stream.wait(10) and stream.stop_reason == "stopped"
-        assert len(stream.token_ids) < 1000 and engine.pending == 0
+        assert finished(stream, 10) and stream.stop_reason == "stopped"
+        assert len(stream.token_ids) < 1000 and engine.stats()["requests_in_progress"] == 0
     finally:
         engine.close()

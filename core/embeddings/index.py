@@ -176,11 +176,6 @@ class VocabIndex:
             vec = vec / norm if norm > 0 else vec
         return vec.astype(np.float32)
 
-    def query_vector(self, query: str | int | ResolvedQuery, metric: str = "cosine", exact: bool = False) -> np.ndarray:
-        """A query's vector in a metric's space (what `neighbors` searches with), for `search`."""
-        term = query if isinstance(query, ResolvedQuery) else self.resolve(query, exact=exact)
-        return self._query_vector(term.ids, normalize_metric(metric))
-
     def search(self, queries: np.ndarray, k: int = 10, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
         """Raw exact search: top-k (scores, ids) for each row of `queries` (already in the metric's space:
         L2-normalised for cosine). No exclusions or filters; `k` is capped to what the index supports."""

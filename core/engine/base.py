@@ -139,10 +139,6 @@ class Engine(abc.ABC):
         settings = (settings or GenerationSettings()).validated(self.limits.max_new_tokens)
         return self.submit(self.prompt(message, history, system_prompt, settings.max_new_tokens), settings)
 
-    @property
-    def pending(self) -> int:
-        return self._pending
-
     def _release(self, stream: ChatStream) -> None:
         """A finished request gives its place back (the stream calls this once, when it finishes); its timings join
         the recent window /engine_stats reports."""

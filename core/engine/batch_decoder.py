@@ -280,10 +280,6 @@ class BatchDecoder(Decoder):
         """Forget every row (after an error in a batched step; the engine reports it to each request)."""
         self._drop([])
 
-    @property
-    def size(self) -> int:
-        return len(self.slots)
-
 
 def _stack_past(reused: list[tuple[int, LayerKV]], past: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the reused prefixes of all rows as one left-padded [rows, kv_heads, past, head_dim] pair (rows

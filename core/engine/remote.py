@@ -1,8 +1,8 @@
 """Chat through an OpenAI-compatible inference server (vLLM, SGLang, TGI, llama.cpp, `transformers serve`) instead of
 in-process.
 
-`RemoteChatEngine` has the interface the chat tab uses from `core.engine.local.ChatEngine` (`prompt`, `submit`, `chat`,
-`pending`, `max_queue`, `close`), and its streams are `ChatStream`s: iterate them (sync or async) for the cumulative
+`RemoteChatEngine` keeps the `Engine` contract of core/engine/base.py (`prompt`, `submit`, `chat`, `stats`,
+`describe`, `close`), and its streams are `ChatStream`s: iterate them (sync or async) for the cumulative
 answer, `cancel()` them, read `.stats`. Prompts are still built locally with the model's tokenizer, for the prompt
 inspector and the context check; the server receives the same (trimmed) messages and applies its own chat template.
 

@@ -205,14 +205,3 @@ class ChatStream:
         finally:
             if not self.done:
                 self.cancel()
-
-    def collect(self) -> str:
-        """Consume the stream and return the final answer (raises GenerationError if generation failed)."""
-        text = ""
-        for text in self:  # noqa: B007  (the last update is the answer)
-            pass
-        return text
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the request has finished (in any way)."""
-        return self._done.wait(timeout)

@@ -2,7 +2,7 @@
 
 ZeroGPU lends a GPU only to a `spaces.GPU` call made while a request is handled, and runs it in a forked worker
 process; `core.engine.local.ChatEngine`'s long-lived worker thread never gets one. This engine keeps the same interface
-(`prompt`, `submit`, `chat`, `pending`, `max_queue`, `close`) and the same `ChatStream`s, but each request runs
+(the `Engine` contract of core/engine/base.py) and the same `ChatStream`s, but each request runs
 `generate_ids` (decorated with `core.engine.zerogpu.gpu`) on a helper thread that carries the request's context (ZeroGPU
 reads the user's quota from it) and pushes the token ids it yields into the stream. Requests are not batched
 together: ZeroGPU schedules each call on its own.

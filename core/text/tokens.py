@@ -25,8 +25,8 @@ import re
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypedDict, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, TypedDict, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -44,30 +44,19 @@ _INT = re.compile(r"[+-]?[0-9]{1,12}")  # ASCII digits only: "٣" is not the id 
 T = TypeVar("T")
 
 
-class TokenDict(TypedDict):
-    """One token in the API's answers."""
-
-    id: int
-    piece: str
-    text: str
-    start: int
-    end: int
-    special: bool
-
-
 class TokenizeResult(TypedDict):
     """The API's answer for /tokenize."""
 
     tokenizer: str
     count: int
-    tokens: list[TokenDict]
+    tokens: list[dict[str, Any]]  # Token.to_dict() of each token
 
 
 class DetokenizeResult(TypedDict):
     """The API's answer for /detokenize."""
 
     text: str
-    tokens: list[TokenDict]
+    tokens: list[dict[str, Any]]  # Token.to_dict() of each token
 
 
 @dataclass(frozen=True)
@@ -88,9 +77,9 @@ class Token:
     end: int
     special: bool
 
-    def to_dict(self) -> TokenDict:
-        return TokenDict(id=self.id, piece=self.piece, text=self.text, start=self.start, end=self.end,
-                         special=self.special)
+    def to_dict(self) -> dict[str, Any]:
+        """The API's shape: every field but `index`, which is the token's place in the list."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "index"}
 
 
 @dataclass(frozen=True)
