@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 HEAVY_MODULES = ("core.model.loading", "core.model.embeddings_only", "core.text.prompt", "core.text.tokens",
                  "core.text.registry", "core.text.facts", "core.embeddings.index", "core.embeddings.evaluator",
                  "core.engine.local", "core.engine.onnx_model", "core.engine.remote", "core.engine.zerogpu_engine",
-                 "core.inside.contextual", "core.inside.logit_lens")
+                 "core.inside.contextual", "core.inside.logit_lens", "core.inside.attention", "core.inside.attribution")
 LOADER_EXIT_WAIT_S = 120.0  # the longest an exit waits for loading to end, a first start (dequantizing) included
 
 

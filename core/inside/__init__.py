@@ -1,5 +1,7 @@
 """Looking inside the model: its next-token distribution and what sampling keeps of it (`next_tokens`), one word's
-hidden state through every layer in two sentences (`contextual`), and what each layer would predict (`logit_lens`).
+hidden state through every layer in two sentences (`contextual`), what each layer would predict (`logit_lens`),
+every head's attention weights (`attention`), and which input tokens a token's probability rests on
+(`attribution`: gradient × input and integrated gradients).
 
 Each view checks its input and tokenizes in the caller's thread, then runs its forward pass through `Engine.inspect`:
 on the local engine's worker thread between two decoding steps (so it shares the one model with the running chats and

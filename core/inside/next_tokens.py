@@ -67,6 +67,15 @@ def text_ids(loaded: LoadedModel, text: Any, what: str = "The text") -> list[int
     return ids
 
 
+def read_ids(engine: Engine, text: Any, chat: bool) -> tuple[list[int], str]:
+    """The tokens a view reads for `text`, and the text they are: the text itself, or with `chat` the prompt the chat
+    builds for it as a user message."""
+    if chat:
+        prompt = engine.prompt(text, [], "", max_new_tokens=1)
+        return prompt.ids, prompt.text
+    return text_ids(engine.loaded, text), text
+
+
 def entropy_bits(logprobs: torch.Tensor) -> float:
     """Entropy of a distribution given as log-probabilities (-inf where a token is impossible), in bits."""
     p = logprobs.exp()
@@ -96,12 +105,7 @@ def next_tokens(engine: Engine, text: Any, k: Any = 10, temperature: Any = 1.0, 
     k = checks.integer(k, "k", 1, MAX_K)
     chat = checks.flag(chat, "chat")
     settings = GenerationSettings(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=1).validated(1)
-    if chat:
-        prompt = engine.prompt(text, [], "", max_new_tokens=1)
-        ids, read = prompt.ids, prompt.text
-    else:
-        ids = text_ids(loaded, text)
-        read = text
+    ids, read = read_ids(engine, text, chat)
     raw = engine.inspect(_compute, ids, settings, k, progress=progress)
     strings = token_strings(loaded.tokenizer)
     tokens = [NextToken(rank=rank, id=i, piece=strings.piece(i), text=strings.text(i), logprob=lp, prob=math.exp(lp),

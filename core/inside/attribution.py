@@ -1,0 +1,289 @@
+"""Which input tokens a prediction rests on: each token's contribution to the log-probability the model gives one
+target token at the end of the text, by gradient × input and by integrated gradients.
+
+Gradient × input scores token i as ⟨∂ log p(target) / ∂ eᵢ, eᵢ⟩ over its input embedding row eᵢ: a first-order
+estimate of what removing the row would cost. Integrated gradients (Sundararajan et al., 2017) average the gradient
+along the straight path from a baseline b to the input, IGᵢ = ⟨eᵢ − bᵢ, mean over α of ∇ at b + α(e − b)⟩ (midpoint
+rule over `steps` values of α), and their sum approaches log p(target | e) − log p(target | b) as the steps grow
+(completeness): `completeness_error` says how far this many steps are from it.
+
+The baseline is the text with every token after the first replaced by the tokenizer's padding token (the usual
+reference for text, as in Captum's tutorials, which keep the framing tokens and pad the rest). Not the all-zero
+embedding: each layer's RMS norm blows a near-zero row up to full size, so along the path from zero the prediction
+swings wildly for small α and the midpoint sum does not settle even at 64 steps. The first token stays because the
+model parks much of its attention on it (the Attention view's "first token" heads): changing it moves every layer's
+activations abruptly, with the same effect. Its integrated-gradients score is therefore 0; gradient × input still
+scores it.
+
+The rows are the input embedding's own (`get_input_embeddings()`), read through the real transformers forward with
+`inputs_embeds`, in the model's dtype with float32 log-probabilities. Each forward and backward pass is one step with a
+pause after it, so a chat sharing the model waits for one at most. The worker runs the views under
+`torch.inference_mode`; each step leaves it for its own pass (`_gradients`), on fresh copies of the rows, and asks
+autograd for the rows' gradient alone, so the model's parameters keep no `.grad`. The CPU model's linear layers are
+oneDNN-packed (core/model/packed_linear.py) and the packed op has no backward: for the duration of the pass, a hook
+gives each packed layer's input its gradient through the layer's dense weight.
+
+    r = attribution(engine, "The capital of France is")
+    r["target"]["text"], [(t["text"], round(s, 1)) for t, s in zip(r["tokens"], r["integrated_gradients"])]
+    # (' Paris', [('The', 0.0), (' capital', 8.0), (' of', 10.0), (' France', 3.6), (' is', 2.2)])
+
+    # the 7th token of a chat (prompt and answer so far), attributed over the 6 before it
+    r = attribution_of_ids(engine, ids, 6)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any, TypedDict
+
+import torch
+from torch import nn
+
+from core import checks
+from core.engine.base import Engine
+from core.errors import InvalidInputError, UnavailableError
+from core.inside.anatomy import require_weights
+from core.inside.contextual import TokenRef, token_ref
+from core.inside.forward import Step
+from core.inside.next_tokens import text_ids
+from core.model.loading import LoadedModel
+from core.model.packed_linear import PackedLinear
+from core.text.token_strings import token_strings
+from core.work.progress import Progress
+
+MAX_ATTRIBUTION_TOKENS = 256  # tokens attributed over: each step is a forward and a backward pass over all of them
+MAX_STEPS = 64
+DEFAULT_STEPS = 16
+COMPLETE_ENOUGH = 0.05  # a completeness error (in nats) the note does not call out
+DENSE_BYTES = 1 << 30  # dense weight copies one attribution on the CPU may keep (SmolLM2-135M's: about 0.5 GB)
+METHODS = ("both", "grad_x_input", "integrated_gradients")
+_ALIASES = {"gradient": "grad_x_input", "gradient x input": "grad_x_input", "ig": "integrated_gradients"}
+
+
+class Target(TypedDict):
+    index: int  # its position in the token sequence: right after the tokens attributed
+    id: int
+    piece: str
+    text: str
+    logprob: float  # the model's, after the tokens attributed
+    prob: float
+    rank: int  # 1 = the model's most likely token there
+
+
+class Attribution(TypedDict):
+    """The answer of /attribution."""
+
+    tokens: list[TokenRef]  # the tokens attributed, in order
+    target: Target
+    method: str
+    grad_x_input: list[float] | None  # per token, in log-probability units (None when `method` leaves it out)
+    integrated_gradients: list[float] | None
+    steps: int | None  # integrated gradients' steps
+    completeness_error: float | None  # |Σ IG − (logprob_input − logprob_baseline)|
+    logprob_input: float  # log p(target) after the tokens
+    logprob_baseline: float | None  # log p(target) after the baseline's rows
+    baseline: str | None  # what integrated gradients started from, in words
+    prompt_tokens: int
+    note: str
+
+
+# -- on the model's side ---------------------------------------------------------------------------------------
+class DenseWeights:
+    """Dense copies of packed linear layers' weights for their backward passes, kept for one attribution (its steps
+    differentiate through the same layers) up to `budget` bytes; past it a layer's weight is unpacked at each use.
+    Unpacking is slow per call (oneDNN reorders many small layers one by one) and fast per byte, so a run keeps
+    what it can."""
+
+    def __init__(self, budget: int = DENSE_BYTES) -> None:
+        self.kept: dict[nn.Module, torch.Tensor] = {}
+        self.left = budget
+
+    def __call__(self, layer: PackedLinear) -> torch.Tensor:
+        weight = self.kept.get(layer)
+        if weight is None:
+            weight = layer.weight
+            size = weight.numel() * weight.element_size()
+            if size <= self.left:
+                self.kept[layer], self.left = weight, self.left - size
+        return weight
+
+
+class _ThroughPacked(torch.autograd.Function):
+    """A packed linear layer's output as computed, with the gradient x @ Wᵀ has for x: grad @ W (W dense)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, out: torch.Tensor, layer: PackedLinear, dense: DenseWeights) -> torch.Tensor:
+        ctx.layer, ctx.dense = layer, dense
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return grad @ ctx.dense(ctx.layer).to(grad.dtype), None, None, None
+
+
+@contextlib.contextmanager
+def _packed_gradients(model: nn.Module, dense: DenseWeights) -> Iterator[None]:
+    """Inside the block, this thread's passes through the model's packed linear layers carry gradients to their
+    inputs (the hook sees every thread's calls: it keeps its own)."""
+    me = threading.get_ident()
+
+    def bridge(layer: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != me or not args[0].requires_grad:
+            return None
+        return _ThroughPacked.apply(args[0], out.detach(), layer, dense)
+
+    hooks = [m.register_forward_hook(bridge) for m in model.modules() if isinstance(m, PackedLinear)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _gradients(model: nn.Module, rows: torch.Tensor, target: int | None, backward: bool,
+               dense: DenseWeights) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The float32 log-probabilities [vocab] after input embedding rows [tokens, hidden], and with `backward` the
+    gradient of log p(target) (None: the most likely token) with respect to the rows."""
+    if not backward:
+        with torch.inference_mode():
+            logits = model(inputs_embeds=rows.unsqueeze(0), use_cache=False, logits_to_keep=1).logits[0, -1]
+            return torch.log_softmax(logits.float(), dim=-1), None
+    with torch.inference_mode(False), torch.enable_grad(), _packed_gradients(model, dense):
+        x = rows.clone().unsqueeze(0).requires_grad_()  # a normal tensor, even from an inference one
+        logits = model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = int(logprobs.argmax()) if target is None else target
+        [grad] = torch.autograd.grad(logprobs[chosen], [x])
+        return logprobs.detach(), grad[0]
+
+
+def _compute(loaded: LoadedModel, ids: list[int], target: int | None, method: str, steps: int,
+             pad: int) -> Generator[Step, None, dict[str, Any]]:
+    """On the model's side: the target's log-probability after `ids` and each token's scores, as plain numbers;
+    `pad` is the baseline's token after the first."""
+    model = loaded.model
+    require_weights(model)
+    embed = model.get_input_embeddings()
+    with torch.inference_mode(False):
+        rows = embed(torch.tensor(ids, device=model.device)).detach()
+        baseline = embed(torch.tensor(ids[:1] + [pad] * (len(ids) - 1), device=model.device)).detach()
+    integrated = method != "grad_x_input"
+    dense = DenseWeights()
+    total = 1 + (steps + 1 if integrated else 0)
+    logprobs, grad = _gradients(model, rows, target, method != "integrated_gradients", dense)
+    target = int(logprobs.argmax()) if target is None else target
+    result: dict[str, Any] = {
+        "target": target, "logprob": float(logprobs[target]), "rank": int((logprobs > logprobs[target]).sum()) + 1,
+        "grad_x_input": None if grad is None else (grad.float() * rows.float()).sum(-1).tolist(),
+        "integrated_gradients": None, "logprob_baseline": None}
+    yield 1, total, "gradient × input"
+    if not integrated:
+        return result
+    base_logprobs, _ = _gradients(model, baseline, target, False, dense)
+    result["logprob_baseline"] = float(base_logprobs[target])
+    yield 2, total, "integrated gradients: the baseline"
+    path = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
+    for k in range(steps):
+        alpha = (k + 0.5) / steps
+        _, grad = _gradients(model, baseline + alpha * (rows - baseline), target, True, dense)
+        path += grad.float()
+        yield k + 3, total, f"integrated gradients: step {k + 1} of {steps}"
+    result["integrated_gradients"] = ((rows - baseline).float() * path / steps).sum(-1).tolist()
+    return result
+
+
+# -- in the caller's thread ------------------------------------------------------------------------------------
+def baseline_id(tokenizer: Any) -> int:
+    """The token the baseline puts after the first: the padding token (the end-of-text one where there is none)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise UnavailableError("This tokenizer has neither a padding nor an end-of-text token to build the "
+                               "integrated-gradients baseline from.")
+    return int(pad)
+
+
+def target_id(loaded: LoadedModel, target: Any) -> int | None:
+    """None (the most likely next token), a token id, or a string that is one token: its piece as the vocabulary
+    writes it (`ĠParis`, `▁Paris`) or a text that encodes to exactly one token (` Paris`)."""
+    if target is None:
+        return None
+    strings = token_strings(loaded.tokenizer)
+    if isinstance(target, int) and not isinstance(target, bool):
+        if not strings.is_token(target):
+            raise InvalidInputError(f"Token id {target} is not in the vocabulary (ids 0 to {strings.size - 1:,}).")
+        return target
+    target = checks.text(target, "The target", 100, required=True,
+                         what="The target is empty: type one token, or leave it out for the most likely one.")
+    piece = loaded.tokenizer.convert_tokens_to_ids(target)
+    unk = getattr(loaded.tokenizer, "unk_token_id", None)
+    if isinstance(piece, int) and strings.is_token(piece) and (piece != unk or target == loaded.tokenizer.unk_token):
+        return piece
+    ids = loaded.tokenizer.encode(target, add_special_tokens=False)
+    if len(ids) == 1:
+        return int(ids[0])
+    pieces = ", ".join(strings.piece(i) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
+    raise InvalidInputError(f"The target {checks.quote(target)} is {len(ids)} tokens ({pieces}), not one. Type a "
+                            "single token (a piece from the Tokens tab, or its id).")
+
+
+def _attribute(engine: Engine, ids: list[int], target: int | None, method: Any, steps: Any,
+               progress: Progress | None) -> Attribution:
+    """The one path every attribution takes: `target` after `ids`, scored over `ids`."""
+    loaded = engine.loaded
+    method = checks.choice(method, "method", METHODS, _ALIASES)
+    steps = checks.integer(steps, "steps", 1, MAX_STEPS)
+    if len(ids) > MAX_ATTRIBUTION_TOKENS:
+        raise InvalidInputError(f"Attribution reads at most {MAX_ATTRIBUTION_TOKENS} tokens before the target; there "
+                                f"are {len(ids):,}. Shorten the text.")
+    pad = baseline_id(loaded.tokenizer)
+    raw = engine.inspect(_compute, ids, target, method, steps, pad, progress=progress)
+    strings = token_strings(loaded.tokenizer)
+    tid = raw["target"]
+    integrated = raw["integrated_gradients"]
+    error = None if integrated is None else abs(sum(integrated) - (raw["logprob"] - raw["logprob_baseline"]))
+    baseline = f"{strings.piece(ids[0])!r}, then {strings.piece(pad)!r} (the padding token) in every other place"
+    note = ""
+    if integrated is not None:
+        note = (f"Integrated gradients over {steps} steps from the baseline {baseline}, so the first token's score is "
+                f"0. Their sum misses the change in log-probability by {error:.2g}"
+                + (f" ({error / max(abs(raw['logprob'] - raw['logprob_baseline']), 1e-9):.0%} of it): more steps "
+                   "bring it closer." if error > COMPLETE_ENOUGH else "."))
+    dtype = next(loaded.model.parameters()).dtype
+    if dtype != torch.float32:
+        note += f" Computed in {str(dtype).removeprefix('torch.')}, the model's precision: gradients are rough."
+    return Attribution(
+        tokens=[token_ref(strings, ids, i) for i in range(len(ids))],
+        target=Target(index=len(ids), id=tid, piece=strings.piece(tid), text=strings.text(tid), logprob=raw["logprob"],
+                      prob=math.exp(raw["logprob"]), rank=raw["rank"]),
+        method=method, grad_x_input=raw["grad_x_input"], integrated_gradients=integrated,
+        steps=None if integrated is None else steps, completeness_error=error, logprob_input=raw["logprob"],
+        logprob_baseline=raw["logprob_baseline"], baseline=baseline if integrated is not None else None,
+        prompt_tokens=len(ids), note=note.strip())
+
+
+def attribution_of_ids(engine: Engine, ids: Any, position: Any, method: Any = "both", steps: Any = DEFAULT_STEPS,
+                       progress: Progress | None = None) -> Attribution:
+    """The token at `position` of the sequence `ids` (a chat's prompt and answer so far), attributed over every token
+    before it."""
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InvalidInputError("The token ids must be a list of whole numbers.")
+    ids = [int(i) for i in ids]
+    if len(ids) < 2:
+        raise InvalidInputError("Attribution needs a target token and at least one token before it.")
+    position = checks.integer(position, "position", 1, len(ids) - 1)
+    strings = token_strings(engine.loaded.tokenizer)
+    bad = next((i for i in ids if not strings.is_token(i)), None)
+    if bad is not None:
+        raise InvalidInputError(f"Token id {bad} is not in the vocabulary (ids 0 to {strings.size - 1:,}).")
+    return _attribute(engine, ids[:position], ids[position], method, steps, progress)
+
+
+def attribution(engine: Engine, text: Any, target: Any = None, method: Any = "both", steps: Any = DEFAULT_STEPS,
+                progress: Progress | None = None) -> Attribution:
+    """The tokens of `text` scored by how much each raises the log-probability of `target` (None: the model's most
+    likely next token; a token id; or a string that is one token) as the next token."""
+    ids = text_ids(engine.loaded, text)
+    return _attribute(engine, ids, target_id(engine.loaded, target), method, steps, progress)
