@@ -32,15 +32,19 @@ class TokenLogprob(TypedDict):
     top_logprobs: list[TopLogprob]
 
 
+def listed_positions(ids: Sequence[int], tokenizer: Any) -> list[int]:
+    """The positions of an answer's tokens that `openai_logprobs` lists: special tokens are left out, as in the text."""
+    skip = special_ids(tokenizer)
+    return [i for i, token in enumerate(ids) if token not in skip]
+
+
 def openai_logprobs(records: Sequence[StepLogprobs], tokenizer: Any) -> list[TokenLogprob]:
     """OpenAI's `logprobs.content` for an answer's records, in order."""
     strings = token_strings(tokenizer)
-    skip = special_ids(tokenizer)
     texts = stream_texts(tokenizer, [r.token for r in records])
     out: list[TokenLogprob] = []
-    for record, (text, _owner) in zip(records, texts, strict=True):
-        if record.token in skip:
-            continue
+    for at in listed_positions([r.token for r in records], tokenizer):
+        record, (text, _owner) = records[at], texts[at]
         own = strings.bytes(record.token) if strings.is_partial(record.token) else text.encode("utf-8")
         out.append(TokenLogprob(token=text, logprob=record.logprob, bytes=list(own), top_logprobs=[
             TopLogprob(token=strings.text(i), logprob=lp, bytes=list(strings.bytes(i)))

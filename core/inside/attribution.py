@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 from collections.abc import Generator, Iterator
 from typing import Any, TypedDict
@@ -59,6 +60,7 @@ MAX_STEPS = 64
 DEFAULT_STEPS = 16
 COMPLETE_ENOUGH = 0.05  # a completeness error (in nats) the note does not call out
 DENSE_BYTES = 1 << 30  # dense weight copies one attribution on the CPU may keep (SmolLM2-135M's: about 0.5 GB)
+ID_WRITTEN = re.compile(r"#[0-9]{1,9}")  # ASCII digits only
 METHODS = ("both", "grad_x_input", "integrated_gradients")
 _ALIASES = {"gradient": "grad_x_input", "gradient x input": "grad_x_input", "ig": "integrated_gradients"}
 
@@ -206,11 +208,14 @@ def baseline_id(tokenizer: Any) -> int:
 
 
 def target_id(loaded: LoadedModel, target: Any) -> int | None:
-    """None (the most likely next token), a token id, or a string that is one token: its piece as the vocabulary
-    writes it (`ĠParis`, `▁Paris`) or a text that encodes to exactly one token (` Paris`)."""
+    """None (the most likely next token), a token id (or `#1234`, as the Embeddings tab writes ids), or a string that
+    is one token: its piece as the vocabulary writes it (`ĠParis`, `▁Paris`) or a text that encodes to exactly one
+    token (` Paris`)."""
     if target is None:
         return None
     strings = token_strings(loaded.tokenizer)
+    if isinstance(target, str) and ID_WRITTEN.fullmatch(target.strip()):
+        target = int(target.strip()[1:])
     if isinstance(target, int) and not isinstance(target, bool):
         if not strings.is_token(target):
             raise InvalidInputError(f"Token id {target} is not in the vocabulary (ids 0 to {strings.size - 1:,}).")
