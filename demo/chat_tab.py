@@ -16,6 +16,7 @@ import gradio as gr
 from anyio import to_thread
 
 from core.chat.conversation import REPETITION_PENALTY, STATS_TITLE, TEMPERATURE, TOP_K, TOP_P, new_id
+from core.engine.logprobs import listed_positions
 from core.engine.stream import ChatStats, ChatStream
 from core.host import ModelHost
 from core.text.messages import newest_within
@@ -28,6 +29,7 @@ from demo.answer_probs import (
     probability_view,
     visible,
 )
+from demo.attribution_view import build_why_this_token, why_state
 from demo.chat_api import TOP_LOGPROBS, generation_settings, register_chat_api
 from demo.chat_markdown import safe_chatbot
 from demo.conversations import ChatView, conversation_sidebar, wire_conversations
@@ -104,19 +106,23 @@ def build_chat_tab(host: ModelHost) -> None:
         if prompt.dropped_turns:
             gr.Info(f"Dropped the {prompt.dropped_turns} oldest messages so the conversation fits the context.")
         stream = parts.engine.submit(prompt, settings)
-        later = [gr.skip()] * 6  # the probability view is drawn once the answer is complete, then it is kept
+        later = [gr.skip()] * 7  # the probability view is drawn once the answer is complete, then it is kept
         async for text in stream:
             yield [{"role": "assistant", "content": text}, _stats_message(stream)], inspector, *later
-        entries = visible(await to_thread.run_sync(lambda: stream.answer_logprobs() or []))
+        listed = await to_thread.run_sync(lambda: stream.answer_logprobs() or [])
+        positions = listed_positions(stream.token_ids, parts.loaded.tokenizer)
+        why = why_state(prompt.ids, stream.token_ids, listed, positions)
         yield ([{"role": "assistant", "content": stream.text}, _stats_message(stream)], inspector,
-               *probability_outputs(entries, stream.logprobs_note), new_id())
+               *probability_outputs(visible(listed), stream.logprobs_note), new_id(), why)
         if not stream.text.strip():
             gr.Warning(f"The model returned an empty answer (stop: {stream.stop_reason}).")
 
-    def show_alternatives(shown_entries: list[dict], evt: gr.SelectData) -> list[list[Any]]:
-        """The alternatives of the token clicked in the probability view."""
+    def show_alternatives(shown_entries: list[dict], evt: gr.SelectData) -> tuple[list[list[Any]], int | None]:
+        """The alternatives of the token clicked in the probability view, and which token it is."""
         index = evt.index if isinstance(evt.index, int) else -1
-        return alternative_rows(shown_entries[index]) if 0 <= index < len(shown_entries or []) else []
+        if 0 <= index < len(shown_entries or []):
+            return alternative_rows(shown_entries[index]), index
+        return [], None
 
     with gr.Tab("Chat", id="chat"):
         gr.Markdown(INTRO)
@@ -152,6 +158,8 @@ def build_chat_tab(host: ModelHost) -> None:
                 probs_note = gr.Textbox(show_label=False, interactive=False, visible=False, container=False,
                                         render=False, elem_id="answer-probs-note")
                 entries = gr.State([])
+                picked_at = gr.State(None)  # the index of the token clicked in the probability view
+                why = gr.State(None)  # the last answer's token ids, for "why this token" (why_state)
                 answered = gr.State(None)  # a fresh id once an answer is complete: the conversation is then kept
                 textbox = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1,
                                      max_lines=8, submit_btn=True, stop_btn=True, elem_id="chat-input", render=False)
@@ -159,7 +167,8 @@ def build_chat_tab(host: ModelHost) -> None:
                     respond, chatbot=chatbot, textbox=textbox, editable=True, autofocus=False,
                     additional_inputs=[system_prompt, temperature, top_p, top_k, repetition_penalty, max_new_tokens,
                                        seed],
-                    additional_outputs=[inspector, probs_view, probs_table, picked, entries, probs_note, answered],
+                    additional_outputs=[inspector, probs_view, probs_table, picked, entries, probs_note, answered,
+                                        why],
                     examples=[[e] for e in EXAMPLES], api_name="chat_ui", api_visibility="undocumented",
                     concurrency_limit=None, fill_height=False,  # the engine's bounded queue decides: "busy" beyond it
                 )
@@ -170,6 +179,7 @@ def build_chat_tab(host: ModelHost) -> None:
                     with gr.Row(equal_height=False):
                         picked.render()
                         probs_table.render()
+                    build_why_this_token(host, entries, picked_at, why)
                 with gr.Accordion("What the model receives", open=False):
                     inspector.render()
                     preview = gr.Button("Preview the prompt for the text in the box", size="sm")
@@ -182,5 +192,5 @@ def build_chat_tab(host: ModelHost) -> None:
             inspect=prompt_tokens, max_new_tokens_limit=limits.max_new_tokens))
         preview.click(ui_errors(prompt_tokens), [interface.textbox, chatbot, system_prompt, max_new_tokens],
                       inspector, api_visibility="private")
-        probs_view.select(show_alternatives, entries, picked, queue=False, api_visibility="private")
+        probs_view.select(show_alternatives, entries, [picked, picked_at], queue=False, api_visibility="private")
         register_chat_api(host)

@@ -1,6 +1,7 @@
 """Inside tab: the model's next-token probabilities and what sampling keeps of them, a word's hidden state through
-every layer in two sentences, and the logit lens; plus the typed API endpoints /next_tokens, /contextual and
-/logit_lens. The computing lives in core.inside; this file draws it.
+every layer in two sentences, the logit lens, attention (demo/attention_view.py) and attribution
+(demo/attribution_view.py); plus the typed API endpoints /next_tokens, /contextual, /logit_lens, /attention and
+/attribution. The computing lives in core.inside; this file draws it.
 
 Tokens only ever reach the page as data (chart data, table cells, text boxes), never as HTML or Markdown.
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
@@ -18,6 +19,8 @@ from core.host import ModelHost
 from core.inside.contextual import Contextual, Neighbour, Occurrence, contextual
 from core.inside.logit_lens import MAX_LENS_TOKENS, LogitLens, default_positions, logit_lens
 from core.inside.next_tokens import MAX_K, NextTokens, next_tokens
+from demo.attention_view import attention_api, build_attention_tab
+from demo.attribution_view import attribution_api, build_attribution_tab
 from demo.cancellation import cancellable
 from demo.errors import api_errors, ui_errors
 from demo.progress_bar import shown_on
@@ -228,9 +231,13 @@ def build_inside_tab(host: ModelHost) -> None:
         """
         return logit_lens(parts().engine, text, max_tokens=max_tokens)
 
+    # always_last: a click that lands while the same view is still finishing runs after it instead of being dropped
+    common: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": API_CONCURRENCY,
+                              "concurrency_id": "inside", "trigger_mode": "always_last"}
     with gr.Tab("Inside", id="inside"):
         for fn, name in ((predict_next_tokens, "next_tokens"), (contextual_embeddings, "contextual"),
-                         (logit_lens_grid, "logit_lens")):  # inside the Tab: gr.Tabs holds only tabs
+                         (logit_lens_grid, "logit_lens"), (attention_api(host), "attention"),
+                         (attribution_api(host), "attribution")):  # inside the Tab: gr.Tabs holds only tabs
             gr.api(fn, api_name=name, concurrency_limit=API_CONCURRENCY, concurrency_id="inside")
         gr.Markdown(INTRO)
         with gr.Tabs():
@@ -289,9 +296,9 @@ def build_inside_tab(host: ModelHost) -> None:
                 lens_grid = gr.Dataframe(interactive=False, label="Layers × positions", elem_id="lens-table",
                                          max_height=640, line_breaks=False, wrap=False)
 
-    # always_last: a click that lands while the same view is still finishing runs after it instead of being dropped
-    common: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": API_CONCURRENCY,
-                              "concurrency_id": "inside", "trigger_mode": "always_last"}
+            build_attention_tab(host, common, _device(host))
+            build_attribution_tab(host, common)
+
     next_inputs = [text, chat, k, temperature, top_k, top_p]
     next_outputs = [next_summary, next_plot, next_table, read]
     gr.on([run_next.click, text.submit], show_next_tokens, next_inputs, next_outputs, **common)

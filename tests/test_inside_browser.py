@@ -1,5 +1,5 @@
-"""The Inside tab's three views and Chat's answer probabilities in a real browser (Debian's Chromium through
-Playwright), on the bundled model."""
+"""The Inside tab's views and Chat's answer probabilities (and "why this token") in a real browser (Debian's Chromium
+through Playwright), on the bundled model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import pytest
 
 import demo.inside_tab
+from demo.attention_view import CELL, GAP, MARGIN
 from tests.holds import HOLD_S
 
 pytestmark = pytest.mark.browser
@@ -150,4 +151,68 @@ def test_chat_answer_coloured_by_probability_with_alternatives(browser_page):
     alternatives = rows_of(page, "#answer-alternatives")
     assert len(alternatives) == 5 and any("␣Tokyo" in row[1] and "chosen" in row[1] for row in alternatives)
     assert len(rows_of(page, "#answer-probs-table")) == len(page.locator("#answer-probs .token").all())
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+HOSTILE = "<b>x</b><img src=x onerror=alert(1)> The cat sat on the mat."
+
+
+def test_attention_overview_click_opens_a_head_and_markup_stays_text(browser_page):
+    page = browser_page.page
+    open_inside(browser_page, "Attention")
+    page.locator("#attn-text textarea").fill(HOSTILE)
+    page.locator("#attn-run").click()
+    wait_for_text(page, "#attn-summary", "30 layers × 9 heads (3 key/value heads)")
+    page.wait_for_function("() => (document.querySelector('#attn-map canvas')?.width || 0) > 200", timeout=WAIT_MS)
+    roles = rows_of(page, "#attn-roles")
+    assert roles and all(row[2] in ("first token", "previous token", "same token") for row in roles)
+    overview = page.locator("#attn-overview img")
+    natural = overview.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
+    scale = natural[1] / natural[0]  # the picture as drawn on the page
+    layer, head = int(roles[0][0]), int(roles[0][1])
+    overview.click(position={"x": (MARGIN + head * (CELL + GAP) + CELL / 2) * scale,
+                             "y": (MARGIN + layer * (CELL + GAP) + CELL / 2) * scale})
+    wait_for_text(page, "#attn-summary", f"Layer {layer}, head {head}: ")
+    assert f"a {roles[0][2]} head" in page.locator("#attn-summary textarea").input_value()
+    assert page.locator("#inside-attention img[src=x], #inside-attention b").count() == 0
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_attribution_scores_every_token_and_markup_stays_text(browser_page):
+    page = browser_page.page
+    open_inside(browser_page, "Attribution")
+    page.locator("#attr-text textarea").fill(HOSTILE)
+    page.locator("#attr-target input, #attr-target textarea").first.fill(" mat")
+    page.locator("#attr-steps input[type=number]").fill("8")
+    page.locator("#attr-steps input[type=number]").press("Enter")
+    page.locator("#attr-run").click()
+    wait_for_text(page, "#attr-summary", "Target ␣mat")
+    assert "Integrated gradients, 8 steps" in page.locator("#attr-summary textarea").input_value()
+    rows = rows_of(page, "#attr-table")
+    assert [row[1] for row in rows[:3]] == ["<", "b", ">"] and rows[0][2] == "0"
+    page.wait_for_function("() => (document.querySelector('#attr-plot canvas')?.width || 0) > 200", timeout=WAIT_MS)
+    assert page.locator("#inside-attribution img[src=x], #inside-attribution b").count() == 0
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_why_this_token_attributes_a_chat_answer_token(browser_page):
+    page = browser_page.page
+    browser_page.open_tab("Chat")
+    browser_page.open_accordion("Generation settings")
+    set_temperature(browser_page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
+    page.locator("#chat-input textarea").fill("What is the capital of Japan?")
+    page.locator("#chat-input textarea").press("Enter")
+    wait_for_text(page, "#chatbot", "stop: end of turn")
+    browser_page.open_accordion("Answer tokens by probability")
+    page.locator("#answer-why").click()
+    page.wait_for_function("() => /Click a token of the answer first/.test(document.body.innerText)",
+                           timeout=WAIT_MS)
+    page.locator("#answer-probs .token").filter(has_text="Tokyo").first.click()
+    wait_for_text(page, "#answer-alternatives", "← chosen")
+    page.locator("#answer-why").click()
+    wait_for_text(page, "#answer-why-summary", "Target ␣Tokyo")
+    summary = page.locator("#answer-why-summary textarea").input_value()
+    assert "rank 1" in summary and "Integrated gradients, 32 steps" in summary
+    page.wait_for_function("() => (document.querySelector('#answer-why-plot canvas')?.width || 0) > 200",
+                           timeout=WAIT_MS)
     assert not browser_page.dialogs and not browser_page.page_errors
