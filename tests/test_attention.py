@@ -279,29 +279,30 @@ def test_the_model_keeps_sdpa_and_the_chat_still_works(bundled, parts):
 
 
 def test_decoding_steps_between_the_view_s_steps_run_sdpa(phi3_tiny, phi3_engine):
-    """The chat decodes between two steps of the view on the same worker: eager is the view's only, step by step."""
-    seen: list[tuple[str, int]] = []
-    me = phi3_engine._worker.ident
+    """The chat decodes on the worker between two steps of the view, whose passes run in a thread of their own that
+    stops at every layer (core/inside/stepping.py): eager is that thread's only, step by step."""
+    seen: list[tuple[str, str, int]] = []  # (thread, implementation, width) of each forward call, in order
+    worker = phi3_engine._worker.ident
 
     def record(_module, _args, kwargs) -> None:
-        if threading.get_ident() == me:
-            ids = kwargs.get("input_ids")
-            seen.append((phi3_tiny.model.config._attn_implementation, ids.shape[-1] if ids is not None else -1))
+        ids = kwargs.get("input_ids")
+        who = "worker" if threading.get_ident() == worker else threading.current_thread().name
+        seen.append((who, phi3_tiny.model.config._attn_implementation, ids.shape[-1] if ids is not None else -1))
 
     alone = collect(phi3_engine.chat("Tell me a story.", [], "", GenerationSettings(temperature=0.0,
                                                                                      max_new_tokens=48)))
     hook = phi3_tiny.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         stream = phi3_engine.chat("Tell me a story.", [], "", GenerationSettings(temperature=0.0, max_new_tokens=48))
-        attention(phi3_engine, STORY * 8, max_tokens=MAX_ATTENTION_TOKENS - 1, layer=1)  # 8 steps, last one 31 wide
+        attention(phi3_engine, STORY * 8, max_tokens=MAX_ATTENTION_TOKENS - 1, layer=1)  # 8 calls, last one 31 wide
         during = collect(stream)
     finally:
         hook.remove()
-    eager = [i for i, (how, _) in enumerate(seen) if how == "eager"]
-    assert len(eager) == -(-(MAX_ATTENTION_TOKENS - 1) // CHUNK_TOKENS)
-    assert all(width > 1 for how, width in seen if how == "eager")  # the view's chunks
-    assert all(how == "sdpa" for how, width in seen if width == 1)  # every decoding step
-    assert any(width == 1 for _, width in seen[eager[0]:eager[-1]])  # the chat did decode in between
+    view = [i for i, (who, _, _) in enumerate(seen) if who == "token-lab-view-pass"]
+    assert len(view) == -(-(MAX_ATTENTION_TOKENS - 1) // CHUNK_TOKENS)
+    assert all(seen[i][1] == "eager" and seen[i][2] > 1 for i in view)  # the view's chunks
+    assert all(how == "sdpa" for who, how, _ in seen if who == "worker")  # every chat step
+    assert any(who == "worker" and width == 1 for who, _, width in seen[view[0]:view[-1]])  # the chat decoded between
     assert during == alone
     assert implementations(phi3_tiny.model) == {"sdpa"}
 

@@ -3,9 +3,10 @@ mostly look at the first token, the previous token or the token itself.
 
 The weights are the model's own: softmax(QKᵀ/√d + causal mask) exactly as transformers' eager attention computes them
 (what `output_attentions=True` returns), one map per query head, the grouped key/value heads repeated as the model
-repeats them. The chat runs SDPA, which never forms the weights, so during each forward call of this view (never
-across a pause, and in its own thread only: `eager_attention`) the model's configs say "eager", and forward hooks on
-the modules transformers itself records as `attentions` (the model class's `_can_record_outputs`) keep their weights.
+repeats them. The chat runs SDPA, which never forms the weights, so during each forward call of this view (in its
+own thread only: `eager_attention`) the model's configs say "eager", and forward hooks on the modules transformers
+itself records as `attentions` (the model class's `_can_record_outputs`) keep their weights. The passes run in a
+thread of their own that stops before every decoder layer (core/inside/stepping.py), so a chat waits for one layer.
 The lean step (core/engine/lean_step.py) computes no weights either, so this view runs the transformers forward.
 
 Attention is causal: what the first n tokens do among themselves does not depend on what follows, so the view covers
@@ -39,6 +40,7 @@ from core.inside.anatomy import anatomy
 from core.inside.contextual import TokenRef, token_ref
 from core.inside.forward import Step
 from core.inside.next_tokens import read_ids
+from core.inside.stepping import stepped
 from core.model.loading import LoadedModel
 from core.text.token_strings import token_strings
 from core.work.progress import Progress
@@ -48,7 +50,7 @@ MAX_ATTENTION_TOKENS = 256
 # layer's maps are a few hundred thousand weights; a GPU affords twice the text.
 CPU_TOKENS, GPU_TOKENS = 64, 128
 MAX_SENT_WEIGHTS = 1_000_000  # weights in one answer's maps (about 8 MB of JSON): every layer's maps cover fewer tokens
-CHUNK_TOKENS = 32  # queries per forward call: a chat waits for one such call at most
+CHUNK_TOKENS = 32  # queries per forward call, each continuing from the keys and values of the ones before
 DECIMALS = 4
 # A head's role is the one of its three shares (first, previous, same token) that holds the majority of its attention,
 # a mean share of at least ROLE_SHARE over the queries that have an earlier token; "" when none does. At query 1 the
@@ -151,8 +153,8 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
 
     The model's configs are shared: each is given, for the block, a subclass whose `_attn_implementation` reads
     "eager" in this thread alone (a thread that decodes a chat meanwhile, as the ZeroGPU engine's helpers do, must
-    neither compute differently nor build its mask for one implementation and attend with another). Hold it for
-    one forward call within one step of a view, never across a pause."""
+    neither compute differently nor build its mask for one implementation and attend with another), which is also
+    what lets a view's forward call stop between layers while the worker decodes chats."""
     configs = {id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PretrainedConfig)}
     with _SWAP_LOCK:
         for key, config in configs.items():
@@ -266,7 +268,7 @@ def attention_weights(model: nn.Module, ids: list[int], keep: Sequence[int] | No
 
 def _compute(loaded: LoadedModel, ids: list[int], keep: list[int]) -> Generator[Step, None, dict[str, Any]]:
     """On the model's side: the kept layers' maps and every head's shares, as plain arrays."""
-    weights, marks = yield from attention_weights(loaded.model, ids, keep)
+    weights, marks = yield from stepped(loaded.model, attention_weights(loaded.model, ids, keep))
     return {"weights": weights.cpu().numpy(), "shares": _mean_shares(marks).cpu().numpy()}
 
 

@@ -1,0 +1,111 @@
+"""A view's passes in steps of one decoder layer (core/inside/stepping.py), on the bundled model: the same result
+as the pass in one go, a stop before every layer (and, backward, at every layer's output), nothing computed while
+the caller holds the step, and a closed generator that ends its pass thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from core.inside.stepping import in_layer_steps, layer_stops, stepped
+
+
+def drive(steps) -> tuple[int, object]:
+    """Run a step generator to its end: how many steps it yielded, and what it returned."""
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return count, end.value
+        count += 1
+
+
+@pytest.fixture(scope="module")
+def small_llama():
+    """A random three-layer Llama with plain linear layers (the loaded CPU model's are packed and have no backward
+    of their own; core/inside/attribution.py carries gradients through them)."""
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_a_forward_pass_stops_before_each_layer_and_gives_the_same_logits(bundled):
+    model, ids = bundled.model, torch.tensor([[1, 504, 3575, 282, 4649, 314]])
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits
+
+    def work(stop):
+        with torch.inference_mode(), layer_stops(model, stop):
+            return model(input_ids=ids).logits
+
+    count, logits = drive(in_layer_steps(work, (0, 1, "reading")))
+    assert count == model.config.num_hidden_layers
+    assert torch.equal(logits, expected)
+
+
+def test_a_backward_pass_stops_at_every_layer_and_gives_the_same_gradient(small_llama):
+    model = small_llama
+    rows = model.get_input_embeddings()(torch.tensor([1, 50, 35, 28])).detach()
+
+    def gradient() -> torch.Tensor:
+        x = rows.clone().unsqueeze(0).requires_grad_()
+        logits = model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1]
+        return torch.autograd.grad(torch.log_softmax(logits, -1)[0], [x])[0]
+
+    with torch.enable_grad():
+        expected = gradient()
+
+    def work(stop):
+        with torch.enable_grad(), layer_stops(model, stop):
+            return gradient()
+
+    count, grad = drive(in_layer_steps(work, (0, 1, "gradients")))
+    assert count == 2 * model.config.num_hidden_layers  # before each layer, then at each layer's output gradient
+    assert torch.equal(grad, expected)
+
+
+def test_nothing_runs_while_the_caller_holds_its_step(bundled):
+    model, ids = bundled.model, torch.tensor([[1, 504, 3575, 282]])
+    layers_run: list[int] = []
+    hooks = [layer.register_forward_hook(lambda *_a, i=i: layers_run.append(i))
+             for i, layer in enumerate(model.model.layers)]
+
+    def passes():
+        model(input_ids=ids)
+        yield 1, 1, "read"
+        return "done"
+
+    try:
+        gen = stepped(model, passes())
+        next(gen)
+        seen = len(layers_run)
+        threading.Event().wait(0.2)  # the pass thread is stopped: no layer runs meanwhile
+        assert len(layers_run) == seen
+        count, value = drive(gen)
+        assert len(layers_run) == model.config.num_hidden_layers and value == "done" and count > 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_closing_the_generator_ends_the_pass_thread(bundled):
+    model, ids = bundled.model, torch.tensor([[1, 504, 3575, 282]])
+
+    def passes():
+        model(input_ids=ids)
+        yield 1, 1, "read"
+
+    before = {t.name for t in threading.enumerate()}
+    gen = stepped(model, passes())
+    next(gen)
+    next(gen)
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name == "token-lab-view-pass" and t.name not in before]
+    with torch.inference_mode():
+        assert model(input_ids=ids).logits.shape[1] == 4  # no hook left behind
+    assert all(not layer._forward_pre_hooks for layer in model.model.layers)
