@@ -109,3 +109,16 @@ def test_closing_the_generator_ends_the_pass_thread(bundled):
     with torch.inference_mode():
         assert model(input_ids=ids).logits.shape[1] == 4  # no hook left behind
     assert all(not layer._forward_pre_hooks for layer in model.model.layers)
+
+
+def test_an_attribution_reaches_the_worker_one_layer_at_a_time(bundled_host):
+    """Through the engine as the app runs it: one gradient × input is a forward and a backward pass, so the worker
+    runs it in at least two steps per layer (the fair share counts every step it lets run)."""
+    from core.inside.attribution import attribution
+
+    engine, share = bundled_host.require().engine, bundled_host.work.share
+    before = share.stats()["heavy_steps"]
+    result = attribution(engine, "The capital of France is", method="grad_x_input")
+    layers = bundled_host.require().loaded.model.config.num_hidden_layers
+    assert result["target"]["text"] == " Paris"
+    assert share.stats()["heavy_steps"] - before >= 2 * layers

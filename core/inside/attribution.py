@@ -50,6 +50,7 @@ from core.inside.anatomy import require_weights
 from core.inside.contextual import TokenRef, token_ref
 from core.inside.forward import Step
 from core.inside.next_tokens import text_ids
+from core.inside.stepping import stepped
 from core.model.loading import LoadedModel
 from core.model.packed_linear import PackedLinear
 from core.text.token_strings import token_strings
@@ -207,6 +208,12 @@ def baseline_id(tokenizer: Any) -> int:
     return int(pad)
 
 
+def _in_layer_steps(loaded: LoadedModel, *args: Any) -> Generator[Step, None, dict[str, Any]]:
+    """`_compute`'s passes, stopping before every decoder layer and at every layer's gradient (a chat waits for one
+    layer's forward or backward at most)."""
+    return (yield from stepped(loaded.model, _compute(loaded, *args)))
+
+
 def target_id(loaded: LoadedModel, target: Any) -> int | None:
     """None (the most likely next token), a token id (or `#1234`, as the Embeddings tab writes ids), or a string that
     is one token: its piece as the vocabulary writes it (`ĠParis`, `▁Paris`) or a text that encodes to exactly one
@@ -244,7 +251,7 @@ def _attribute(engine: Engine, ids: list[int], target: int | None, method: Any, 
         raise InvalidInputError(f"Attribution reads at most {MAX_ATTRIBUTION_TOKENS} tokens before the target; there "
                                 f"are {len(ids):,}. Shorten the text.")
     pad = baseline_id(loaded.tokenizer)
-    raw = engine.inspect(_compute, ids, target, method, steps, pad, progress=progress)
+    raw = engine.inspect(_in_layer_steps, ids, target, method, steps, pad, progress=progress)
     strings = token_strings(loaded.tokenizer)
     tid = raw["target"]
     integrated = raw["integrated_gradients"]
