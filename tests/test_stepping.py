@@ -44,7 +44,7 @@ def test_a_forward_pass_stops_before_each_layer_and_gives_the_same_logits(bundle
             return model(input_ids=ids).logits
 
     count, logits = drive(in_layer_steps(work, (0, 1, "reading")))
-    assert count == model.config.num_hidden_layers
+    assert count == model.config.num_hidden_layers + 1  # before each layer and the LM head
     assert torch.equal(logits, expected)
 
 
@@ -65,7 +65,7 @@ def test_a_backward_pass_stops_at_every_layer_and_gives_the_same_gradient(small_
             return gradient()
 
     count, grad = drive(in_layer_steps(work, (0, 1, "gradients")))
-    assert count == 2 * model.config.num_hidden_layers  # before each layer, then at each layer's output gradient
+    assert count == 2 * (model.config.num_hidden_layers + 1)  # forward, then at each one's output gradient
     assert torch.equal(grad, expected)
 
 

@@ -100,9 +100,15 @@ class DenseWeights:
     Unpacking is slow per call (oneDNN reorders many small layers one by one) and fast per byte, so a run keeps
     what it can."""
 
-    def __init__(self, budget: int = DENSE_BYTES) -> None:
+    def __init__(self, budget: int = DENSE_BYTES, model: nn.Module | None = None) -> None:
         self.kept: dict[nn.Module, torch.Tensor] = {}
         self.left = budget
+        if model is not None:  # a tied output layer's dense weight is the input embedding's: nothing to unpack
+            head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+            tied = getattr(model.config, "tie_word_embeddings", False) and embed is not None
+            if tied and isinstance(head, PackedLinear) and \
+                    (head.out_features, head.in_features) == tuple(embed.weight.shape):
+                self.kept[head] = embed.weight
 
     def __call__(self, layer: PackedLinear) -> torch.Tensor:
         weight = self.kept.get(layer)
@@ -174,7 +180,7 @@ def _compute(loaded: LoadedModel, ids: list[int], target: int | None, method: st
         rows = embed(torch.tensor(ids, device=model.device)).detach()
         baseline = embed(torch.tensor(ids[:1] + [pad] * (len(ids) - 1), device=model.device)).detach()
     integrated = method != "grad_x_input"
-    dense = DenseWeights()
+    dense = DenseWeights(model=model)
     total = 1 + (steps + 1 if integrated else 0)
     logprobs, grad = _gradients(model, rows, target, method != "integrated_gradients", dense)
     target = int(logprobs.argmax()) if target is None else target

@@ -77,11 +77,11 @@ def in_layer_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -
 
 @contextlib.contextmanager
 def layer_stops(model: nn.Module, stop: Stop) -> Iterator[None]:
-    """Inside the block, this thread's forward calls stop before each decoder layer, and a backward pass through
-    them stops before each layer's gradient is computed. Hooks belong to the module: each one keeps its own
+    """Inside the block, this thread's forward calls stop before each decoder layer and the LM head, and a backward
+    pass through them stops before each one's gradient is computed. Hooks belong to the module: each one keeps its own
     thread's calls only."""
     me = threading.get_ident()
-    layers = anatomy(model).layers
+    parts = anatomy(model)
 
     def before(_module: nn.Module, _args: Any) -> None:
         if threading.get_ident() == me:
@@ -92,8 +92,9 @@ def layer_stops(model: nn.Module, stop: Stop) -> Iterator[None]:
         if threading.get_ident() == me and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
             hidden.register_hook(lambda grad: stop())
 
-    hooks = [hook for layer in layers for hook in (layer.register_forward_pre_hook(before),
-                                                   layer.register_forward_hook(after))]
+    # the LM head too: a vocabulary-wide layer, whose forward and backward are each a stretch of their own
+    hooks = [hook for layer in [*parts.layers, parts.lm_head] for hook in (layer.register_forward_pre_hook(before),
+                                                                            layer.register_forward_hook(after))]
     try:
         yield
     finally:
