@@ -23,11 +23,11 @@ from demo.token_view import piece_shown
 
 INTRO = ("How much each token of the text contributes to the log-probability of one target token (by default the "
          "model's most likely next token). Gradient × input multiplies each token's input embedding by the gradient "
-         "of that log-probability: a fast first-order estimate. Integrated gradients average the gradient along a "
-         "straight path from a baseline (the first token, then the padding token in every other place) to the real "
-         "text; their scores add up to the change in log-probability along that path, and the completeness error "
-         "says how close this many steps come (more steps, closer). The first token's integrated-gradients score is "
-         "0: the baseline keeps it.")
+         "of that log-probability: a fast first-order estimate. Integrated gradients integrate the gradient along a "
+         "straight path from a baseline (the text with every ordinary word replaced by \"the\"; the first token and "
+         "the chat template's markers kept) to the real text; their scores add up to the change in log-probability "
+         "along that path, and the completeness error says how close this many steps come (more steps, closer). "
+         "Tokens the baseline keeps score 0 by integrated gradients.")
 TABLE_HEADERS = ["#", "token", "integrated gradients", "gradient × input"]
 LINE_CHARS = 90  # characters per line of the coloured text, before it wraps
 LINE_PX = 30  # the height of a line of tokens

@@ -2,18 +2,23 @@
 target token at the end of the text, by gradient × input and by integrated gradients.
 
 Gradient × input scores token i as ⟨∂ log p(target) / ∂ eᵢ, eᵢ⟩ over its input embedding row eᵢ: a first-order
-estimate of what removing the row would cost. Integrated gradients (Sundararajan et al., 2017) average the gradient
-along the straight path from a baseline b to the input, IGᵢ = ⟨eᵢ − bᵢ, mean over α of ∇ at b + α(e − b)⟩ (midpoint
-rule over `steps` values of α), and their sum approaches log p(target | e) − log p(target | b) as the steps grow
-(completeness): `completeness_error` says how far this many steps are from it.
+estimate of what removing the row would cost. Integrated gradients (Sundararajan et al., 2017) integrate the gradient
+along the straight path from a baseline b to the input, IGᵢ = ⟨eᵢ − bᵢ, ∫₀¹ ∇ at b + α(e − b) dα⟩, and their sum is
+log p(target | e) − log p(target | b) (completeness): `completeness_error` says how far this many steps are from it.
 
-The baseline is the text with every token after the first replaced by the tokenizer's padding token (the usual
-reference for text, as in Captum's tutorials, which keep the framing tokens and pad the rest). Not the all-zero
-embedding: each layer's RMS norm blows a near-zero row up to full size, so along the path from zero the prediction
-swings wildly for small α and the midpoint sum does not settle even at 64 steps. The first token stays because the
-model parks much of its attention on it (the Attention view's "first token" heads): changing it moves every layer's
-activations abruptly, with the same effect. Its integrated-gradients score is therefore 0; gradient × input still
-scores it.
+The baseline is the text with every ordinary token replaced by the word " the" (`baseline_ids`); the first token and
+the special tokens (a chat template's markers) stay. A baseline of ordinary words keeps the path among inputs the
+model knows: from the padding token in every place (a chat model's end-of-turn marker, repeated) or from all-zero rows
+(each RMS norm blows a near-zero row up to full size) the prediction jumps back and forth along the path, too sharply
+for any affordable number of steps. The first token stays because the model parks much of its attention on it (the
+Attention view's "first token" heads), and the markers because a chat without them is another kind of input. A token
+the baseline keeps, a " the" of the text included, scores 0 by integrated gradients; gradient × input still scores it.
+
+The integral is the trapezoid rule over the gradients at both ends of the path (the passes that read the input and the
+baseline) and at `steps` points between: half of them evenly spread, then each one in the middle of the interval
+whose trapezoid misses the change in log p(target) across it (each pass gives it exactly) by the most. Even on an
+ordinary baseline's path the prediction can turn within a hundredth of α; evenly spread points (the midpoint rule,
+Gauss–Legendre nodes) step over such turns, the halving finds them.
 
 The rows are the input embedding's own (`get_input_embeddings()`), read through the real transformers forward with
 `inputs_embeds`, in the model's dtype with float32 log-probabilities. Each forward and backward pass is one step with a
@@ -25,7 +30,7 @@ gives each packed layer's input its gradient through the layer's dense weight.
 
     r = attribution(engine, "The capital of France is")
     r["target"]["text"], [(t["text"], round(s, 1)) for t, s in zip(r["tokens"], r["integrated_gradients"])]
-    # (' Paris', [('The', 0.0), (' capital', 8.0), (' of', 10.0), (' France', 3.6), (' is', 2.2)])
+    # (' Paris', [('The', 0.0), (' capital', 2.7), (' of', 0.6), (' France', 6.5), (' is', 0.3)])
 
     # the 7th token of a chat (prompt and answer so far), attributed over the 6 before it
     r = attribution_of_ids(engine, ids, 6)
@@ -34,6 +39,7 @@ gives each packed layer's input its gradient through the layer's dense weight.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import re
 import threading
@@ -54,6 +60,7 @@ from core.inside.stepping import stepped
 from core.model.loading import LoadedModel
 from core.model.packed_linear import PackedLinear
 from core.text.token_strings import token_strings
+from core.text.tokens import special_ids
 from core.work.progress import Progress
 
 MAX_ATTRIBUTION_TOKENS = 256  # tokens attributed over: each step is a forward and a backward pass over all of them
@@ -152,14 +159,10 @@ def _packed_gradients(model: nn.Module, dense: DenseWeights) -> Iterator[None]:
             hook.remove()
 
 
-def _gradients(model: nn.Module, rows: torch.Tensor, target: int | None, backward: bool,
-               dense: DenseWeights) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The float32 log-probabilities [vocab] after input embedding rows [tokens, hidden], and with `backward` the
-    gradient of log p(target) (None: the most likely token) with respect to the rows."""
-    if not backward:
-        with torch.inference_mode():
-            logits = model(inputs_embeds=rows.unsqueeze(0), use_cache=False, logits_to_keep=1).logits[0, -1]
-            return torch.log_softmax(logits.float(), dim=-1), None
+def _gradients(model: nn.Module, rows: torch.Tensor, target: int | None,
+               dense: DenseWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 log-probabilities [vocab] after input embedding rows [tokens, hidden], and the gradient of
+    log p(target) (None: the most likely token) with respect to the rows."""
     with torch.inference_mode(False), torch.enable_grad(), _packed_gradients(model, dense):
         x = rows.clone().unsqueeze(0).requires_grad_()  # a normal tensor, even from an inference one
         logits = model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1]
@@ -169,49 +172,75 @@ def _gradients(model: nn.Module, rows: torch.Tensor, target: int | None, backwar
         return logprobs.detach(), grad[0]
 
 
+def _next_alpha(points: dict[float, tuple[float, torch.Tensor]]) -> float:
+    """The middle of the interval between two points of the path whose trapezoid misses the change in log p(target)
+    across it by the most; `points` maps α to (log p(target), each token's ⟨∇, e − b⟩) there."""
+    def miss(a: float, b: float) -> float:
+        (fa, ga), (fb, gb) = points[a], points[b]
+        return abs(fb - fa - (b - a) * float(ga.sum() + gb.sum()) / 2)
+
+    a, b = max(itertools.pairwise(sorted(points)), key=lambda ab: miss(*ab))
+    return (a + b) / 2
+
+
 def _compute(loaded: LoadedModel, ids: list[int], target: int | None, method: str, steps: int,
-             pad: int) -> Generator[Step, None, dict[str, Any]]:
+             base_ids: list[int]) -> Generator[Step, None, dict[str, Any]]:
     """On the model's side: the target's log-probability after `ids` and each token's scores, as plain numbers;
-    `pad` is the baseline's token after the first."""
+    `base_ids` are the baseline's tokens."""
     model = loaded.model
     require_weights(model)
     embed = model.get_input_embeddings()
     with torch.inference_mode(False):
         rows = embed(torch.tensor(ids, device=model.device)).detach()
-        baseline = embed(torch.tensor(ids[:1] + [pad] * (len(ids) - 1), device=model.device)).detach()
+        baseline = embed(torch.tensor(base_ids, device=model.device)).detach()
     integrated = method != "grad_x_input"
     dense = DenseWeights(model=model)
     total = 1 + (steps + 1 if integrated else 0)
-    logprobs, grad = _gradients(model, rows, target, method != "integrated_gradients", dense)
+    logprobs, grad = _gradients(model, rows, target, dense)  # integrated gradients use the gradient too: the path's end
     target = int(logprobs.argmax()) if target is None else target
     result: dict[str, Any] = {
         "target": target, "logprob": float(logprobs[target]), "rank": int((logprobs > logprobs[target]).sum()) + 1,
-        "grad_x_input": None if grad is None else (grad.float() * rows.float()).sum(-1).tolist(),
+        "grad_x_input": None if method == "integrated_gradients" else (grad.float() * rows.float()).sum(-1).tolist(),
         "integrated_gradients": None, "logprob_baseline": None}
     yield 1, total, "gradient × input"
     if not integrated:
         return result
-    base_logprobs, _ = _gradients(model, baseline, target, False, dense)
-    result["logprob_baseline"] = float(base_logprobs[target])
+    diff = (rows - baseline).float()
+    points = {1.0: (result["logprob"], (grad.float() * diff).sum(-1))}  # α: (log p(target), each token's ⟨∇, e − b⟩)
+    logprobs, grad = _gradients(model, baseline, target, dense)
+    points[0.0] = (float(logprobs[target]), (grad.float() * diff).sum(-1))
+    result["logprob_baseline"] = points[0.0][0]
     yield 2, total, "integrated gradients: the baseline"
-    path = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
+    even = steps // 2 + 1  # the even part's intervals
     for k in range(steps):
-        alpha = (k + 0.5) / steps
-        _, grad = _gradients(model, baseline + alpha * (rows - baseline), target, True, dense)
-        path += grad.float()
+        alpha = (k + 1) / even if k + 1 < even else _next_alpha(points)
+        logprobs, grad = _gradients(model, baseline + alpha * (rows - baseline), target, dense)
+        points[alpha] = (float(logprobs[target]), (grad.float() * diff).sum(-1))
         yield k + 3, total, f"integrated gradients: step {k + 1} of {steps}"
-    result["integrated_gradients"] = ((rows - baseline).float() * path / steps).sum(-1).tolist()
+    scores = sum((b - a) / 2 * (points[a][1] + points[b][1]) for a, b in itertools.pairwise(sorted(points)))
+    result["integrated_gradients"] = scores.tolist()
     return result
 
 
 # -- in the caller's thread ------------------------------------------------------------------------------------
 def baseline_id(tokenizer: Any) -> int:
-    """The token the baseline puts after the first: the padding token (the end-of-text one where there is none)."""
+    """The token the baseline puts in place of ordinary tokens: the word " the" after another word (`Ġthe`,
+    `▁the`); the padding token (or the end-of-text one) in a vocabulary without it."""
+    *_, the = tokenizer.encode("the the", add_special_tokens=False)
+    if tokenizer.decode([the]).strip() == "the":
+        return int(the)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise UnavailableError("This tokenizer has neither a padding nor an end-of-text token to build the "
-                               "integrated-gradients baseline from.")
+        raise UnavailableError("This tokenizer has neither the word 'the', nor a padding or end-of-text token, to "
+                               "build the integrated-gradients baseline from.")
     return int(pad)
+
+
+def baseline_ids(tokenizer: Any, ids: list[int]) -> list[int]:
+    """Integrated gradients' baseline for `ids`: the first token and the special tokens as they are, `baseline_id`
+    in place of every other token."""
+    keep, word = special_ids(tokenizer), baseline_id(tokenizer)
+    return [t if i == 0 or t in keep else word for i, t in enumerate(ids)]
 
 
 def _in_layer_steps(loaded: LoadedModel, *args: Any) -> Generator[Step, None, dict[str, Any]]:
@@ -256,17 +285,27 @@ def _attribute(engine: Engine, ids: list[int], target: int | None, method: Any, 
     if len(ids) > MAX_ATTRIBUTION_TOKENS:
         raise InvalidInputError(f"Attribution reads at most {MAX_ATTRIBUTION_TOKENS} tokens before the target; there "
                                 f"are {len(ids):,}. Shorten the text.")
-    pad = baseline_id(loaded.tokenizer)
-    raw = engine.inspect(_in_layer_steps, ids, target, method, steps, pad, progress=progress)
+    base_ids = baseline_ids(loaded.tokenizer, ids)
+    raw = engine.inspect(_in_layer_steps, ids, target, method, steps, base_ids, progress=progress)
     strings = token_strings(loaded.tokenizer)
     tid = raw["target"]
     integrated = raw["integrated_gradients"]
     error = None if integrated is None else abs(sum(integrated) - (raw["logprob"] - raw["logprob_baseline"]))
-    baseline = f"{strings.piece(ids[0])!r}, then {strings.piece(pad)!r} (the padding token) in every other place"
+    word = baseline_id(loaded.tokenizer)
+    baseline = (f"the text with {strings.piece(word)!r} in place of every ordinary token, its first token and "
+                "special tokens kept")
     note = ""
     if integrated is not None:
-        note = (f"Integrated gradients over {steps} steps from the baseline {baseline}, so the first token's score is "
-                f"0. Their sum misses the change in log-probability by {error:.2g}"
+        kept = ["the first token"]
+        specials = sum(base_ids[i] == ids[i] != word for i in range(1, len(ids)))
+        words = ids[1:].count(word)
+        if specials:
+            kept.append(f"{specials} special token{'s' if specials > 1 else ''}")
+        if words:
+            kept.append(f"{words} × {strings.piece(word)!r}")
+        kept_text = kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + " and " + kept[-1]
+        note = (f"Integrated gradients over {steps} steps from the baseline: {baseline}. Scores 0 where the baseline "
+                f"keeps the token: {kept_text}. Their sum misses the change in log-probability by {error:.2g}"
                 + (f" ({error / max(abs(raw['logprob'] - raw['logprob_baseline']), 1e-9):.0%} of it): more steps "
                    "bring it closer." if error > COMPLETE_ENOUGH else "."))
     dtype = next(loaded.model.parameters()).dtype
