@@ -64,7 +64,7 @@ def tokens_plot(result: Attribution) -> PlotData:
     position = {"x": {"field": "x", "type": "quantitative", "axis": None, "scale": {"domain": [0, LINE_CHARS]}},
                 "y": {"field": "line", "type": "ordinal", "axis": None, "scale": {"paddingInner": 0.15}}}
     spec = {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json", "height": LINE_PX * (line + 1) + 60,
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json", "height": LINE_PX * (line + 1) + 16,
         "padding": {"top": 30, "left": 5, "right": 5, "bottom": 5},  # below the plot's floating label
         "data": {"values": cells},
         "encoding": {**position, "tooltip": tooltip},
@@ -73,7 +73,7 @@ def tokens_plot(result: Attribution) -> PlotData:
              "encoding": {"x2": {"field": "x2"},
                           "color": {"field": "score", "type": "quantitative", "title": name,
                                     "scale": {"scheme": "redblue", "reverse": True, "domain": [-reach, reach]},
-                                    "legend": {"orient": "bottom", "direction": "horizontal"}}}},
+                                    "legend": None}}},  # the plot's label names the colours; hover gives scores
             {"mark": {"type": "text", "align": "left", "dx": 3, "fontSize": 13, "font": "monospace", "stroke": None},
              "encoding": {"text": {"field": "token"},  # white on the darkest cells, dark on the rest
                           "color": {"condition": {"test": f"abs(datum.score) > {0.6 * reach}", "value": "white"},

@@ -1,5 +1,6 @@
-"""Screenshots of the Inside tab's views and Chat's answer probabilities, for the docs: the app on the embedded model,
-driven by Debian's Chromium through Playwright, each view cropped and saved as a small palette PNG under docs/.
+"""Screenshots of the Inside tab's views and Chat's answer probabilities (with "why this token"), for docs/inside.md:
+the app on the embedded model, driven by Debian's Chromium through Playwright, each view cropped and saved as a small
+palette PNG under docs/.
 
     .venv/bin/python -m docs.screenshots
 """
@@ -40,6 +41,7 @@ def main() -> None:
     from core.config import AppConfig, default_cache_dir
     from core.host import ModelHost
     from core.model.loading import load_model
+    from demo.attention_view import CELL, GAP, MARGIN
     from tests.browser import CHROMIUM, CHROMIUM_ARGS
     from tests.servers import launched
 
@@ -69,19 +71,42 @@ def main() -> None:
         wait_for(page, "#lens-table", "Paris")
         save(page, "#inside-lens", "inside-logit-lens.png")
 
+        page.get_by_role("tab", name="Attention", exact=True).click()
+        page.locator("#attn-run").click()
+        wait_for(page, "#attn-summary", "heads named")
+        layer, head = 1, 2  # a previous-token head of the bundled model, opened by a click on the overview
+        overview = page.locator("#attn-overview img")
+        natural, shown = overview.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
+        overview.click(position={"x": (MARGIN + head * (CELL + GAP) + CELL / 2) * shown / natural,
+                                 "y": (MARGIN + layer * (CELL + GAP) + CELL / 2) * shown / natural})
+        wait_for(page, "#attn-summary", f"Layer {layer}, head {head}")
+        page.wait_for_timeout(500)
+        save(page, "#inside-attention", "inside-attention.png")
+
+        page.get_by_role("tab", name="Attribution", exact=True).click()
+        page.locator("#attr-run").click()
+        wait_for(page, "#attr-summary", "Target")
+        page.wait_for_function("() => (document.querySelector('#attr-plot canvas')?.width || 0) > 300")
+        page.wait_for_timeout(500)
+        save(page, "#inside-attribution", "inside-attribution.png")
+
         page.get_by_role("tab", name="Chat", exact=True).click()
         page.get_by_text("Generation settings").click()
         temperature = page.locator("#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]").get_by_label(
             "number input for Temperature (0 = greedy)")
         temperature.fill("0")
         temperature.press("Enter")
-        page.locator("#chat-input textarea").fill("What is the capital of France?")
+        page.locator("#chat-input textarea").fill("What is the capital of Japan?")  # not a near tie: see tests
         page.locator("#chat-input textarea").press("Enter")
         wait_for(page, "#chatbot", "stop: end of turn")
         page.get_by_text("Answer tokens by probability").first.click()
-        wait_for(page, "#answer-probs", "Paris")
-        page.locator("#answer-probs .token").filter(has_text="Paris").first.click()
+        wait_for(page, "#answer-probs", "Tokyo")
+        page.locator("#answer-probs .token").filter(has_text="Tokyo").first.click()
         wait_for(page, "#answer-alternatives", "chosen")
+        page.locator("#answer-why").click()
+        wait_for(page, "#answer-why-summary", "Target")
+        page.wait_for_function("() => (document.querySelector('#answer-why-plot canvas')?.width || 0) > 300")
+        page.wait_for_timeout(500)
         save(page, "#answer-probs-accordion", "chat-answer-probabilities.png")
         browser.close()
     host.close()
