@@ -118,3 +118,27 @@ def client(app_url: str):
     from gradio_client import Client
 
     return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def parts(bundled_host):
+    """The bundled host's loaded model, engine and index."""
+    return bundled_host.require()
+
+
+@pytest.fixture(scope="module")
+def phi3_engine(phi3_tiny):
+    """A chat engine on the Phi-3 fixture."""
+    from core.engine.local import ChatEngine
+
+    engine = ChatEngine(phi3_tiny, max_batch=2)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(params=["bundled", "phi3_tiny"])
+def case(request):
+    """(the loaded model, an engine on it), for the bundled model and the Phi-3 fixture."""
+    if request.param == "bundled":
+        return request.getfixturevalue("bundled"), request.getfixturevalue("parts").engine
+    return request.getfixturevalue("phi3_tiny"), request.getfixturevalue("phi3_engine")

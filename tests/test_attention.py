@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
 
 import pytest
 import torch
 from transformers import Phi3Config
 
 from core.engine.lean_step import shared_step
-from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
 from core.engine.zerogpu_engine import ZeroGPUChatEngine
 from core.errors import InvalidInputError
@@ -28,43 +26,13 @@ from core.inside.attention import (
     role,
     shares,
 )
+from tests.inside_cases import run
 from tests.streams import collect
 
 CAPITAL = "The capital of France is"
 STORY = ("Once upon a time, in a village by the sea, there lived an old fisherman and his wife. Every morning he "
          "rowed out past the rocks, and every evening he came back with a basket of fish. ")
 GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=12)
-
-
-@pytest.fixture(scope="module")
-def parts(bundled_host):
-    return bundled_host.require()
-
-
-@pytest.fixture(scope="module")
-def phi3_engine(phi3_tiny) -> Iterator[ChatEngine]:
-    engine = ChatEngine(phi3_tiny, max_batch=2)
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(params=["bundled", "phi3_tiny"])
-def case(request):
-    """(the loaded model, an engine on it)."""
-    if request.param == "bundled":
-        return request.getfixturevalue("bundled"), request.getfixturevalue("parts").engine
-    return request.getfixturevalue("phi3_tiny"), request.getfixturevalue("phi3_engine")
-
-
-def run(fn, *args, **kwargs):
-    """Drive a model-side generator to its end, as the engine's worker does."""
-    steps = fn(*args, **kwargs)
-    with torch.inference_mode():
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
 
 
 def eager_attentions(model, ids: list[int]) -> torch.Tensor:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
 from bench.bench_inside import text_of
-from core.engine.local import ChatEngine
 from core.engine.settings import GenerationSettings
 from core.engine.zerogpu_engine import ZeroGPUChatEngine
 from core.errors import InvalidInputError
@@ -26,26 +24,6 @@ from tests.streams import collect
 CAPITAL = "The capital of France is"
 BANK = "I opened a bank account and deposited my"
 GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=12)
-
-
-@pytest.fixture(scope="module")
-def parts(bundled_host):
-    return bundled_host.require()
-
-
-@pytest.fixture(scope="module")
-def phi3_engine(phi3_tiny) -> Iterator[ChatEngine]:
-    engine = ChatEngine(phi3_tiny, max_batch=2)
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(params=["bundled", "phi3_tiny"])
-def case(request):
-    """(the loaded model, an engine on it)."""
-    if request.param == "bundled":
-        return request.getfixturevalue("bundled"), request.getfixturevalue("parts").engine
-    return request.getfixturevalue("phi3_tiny"), request.getfixturevalue("phi3_engine")
 
 
 _PLAIN: dict[int, nn.Module] = {}

@@ -24,6 +24,7 @@ from core.inside.forward import last_logits, residual_stream
 from core.inside.logit_lens import CPU_POSITIONS, MAX_BLOCK, MAX_LENS_TOKENS, logit_lens, row_max
 from core.inside.next_tokens import MAX_K, next_tokens
 from core.model.embeddings_only import EmbeddingsOnly
+from tests.inside_cases import run
 from tests.streams import collect
 
 # The views read the float32 weights and the app's chat runs int8 on ONNX Runtime: their first tokens agree where
@@ -36,26 +37,10 @@ CAPITAL = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def parts(bundled_host):
-    return bundled_host.require()
-
-
-@pytest.fixture(scope="module")
 def phi3(phi3_tiny) -> Iterator[tuple[ChatEngine, VocabIndex]]:
     engine = ChatEngine(phi3_tiny, max_batch=2)
     yield engine, VocabIndex.from_model(phi3_tiny.model, phi3_tiny.tokenizer, use_gpu=False)
     engine.close()
-
-
-def run(fn, *args):
-    """Drive a model-side generator to its end, as the engine's worker does."""
-    steps = fn(*args)
-    with torch.inference_mode():
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
 
 
 # -- next tokens ---------------------------------------------------------------------------------------------------

@@ -45,6 +45,18 @@ def set_temperature(browser_page, scope: str, value: str) -> None:
     raise AssertionError(f"the temperature slider shows {slider.input_value()} after typing {value} three times")
 
 
+def greedy_answer_with_probabilities(browser_page, question: str) -> None:
+    """Ask `question` in the Chat tab at temperature 0 and open the answer's probabilities once it is complete."""
+    page = browser_page.page
+    browser_page.open_tab("Chat")
+    browser_page.open_accordion("Generation settings")
+    set_temperature(browser_page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
+    page.locator("#chat-input textarea").fill(question)
+    page.locator("#chat-input textarea").press("Enter")
+    wait_for_text(page, "#chatbot", "stop: end of turn")
+    browser_page.open_accordion("Answer tokens by probability")
+
+
 def open_inside(browser_page, view: str) -> None:
     browser_page.open_tab("Inside")
     browser_page.open_tab(view)
@@ -133,13 +145,7 @@ def test_logit_lens_grid_shows_markup_as_text(browser_page):
 
 def test_chat_answer_coloured_by_probability_with_alternatives(browser_page):
     page = browser_page.page
-    browser_page.open_tab("Chat")
-    browser_page.open_accordion("Generation settings")
-    set_temperature(browser_page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
-    page.locator("#chat-input textarea").fill("What is the capital of Japan?")
-    page.locator("#chat-input textarea").press("Enter")
-    wait_for_text(page, "#chatbot", "stop: end of turn")
-    browser_page.open_accordion("Answer tokens by probability")
+    greedy_answer_with_probabilities(browser_page, "What is the capital of Japan?")
     wait_for_text(page, "#answer-probs", "␣Tokyo")
     legend = page.locator("#answer-probs [data-testid='highlighted-text:category-legend']").inner_text()
     assert "≥ 90%" in legend and "< 10%" in legend
@@ -197,13 +203,7 @@ def test_attribution_scores_every_token_and_markup_stays_text(browser_page):
 
 def test_why_this_token_attributes_a_chat_answer_token(browser_page):
     page = browser_page.page
-    browser_page.open_tab("Chat")
-    browser_page.open_accordion("Generation settings")
-    set_temperature(browser_page, "#chatbot >> xpath=ancestor::*[@role='tabpanel'][1]", "0")
-    page.locator("#chat-input textarea").fill("What is the capital of Japan?")
-    page.locator("#chat-input textarea").press("Enter")
-    wait_for_text(page, "#chatbot", "stop: end of turn")
-    browser_page.open_accordion("Answer tokens by probability")
+    greedy_answer_with_probabilities(browser_page, "What is the capital of Japan?")
     page.locator("#answer-why").click()
     page.wait_for_function("() => /Click a token of the answer first/.test(document.body.innerText)",
                            timeout=WAIT_MS)
