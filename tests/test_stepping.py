@@ -1,6 +1,7 @@
-"""A view's passes in steps of one decoder layer (core/inside/stepping.py), on the bundled model: the same result
-as the pass in one go, a stop before every layer (and, backward, at every layer's output), nothing computed while
-the caller holds the step, and a closed generator that ends its pass thread."""
+"""A view's passes in short stretches (core/inside/stepping.py), on the bundled model: the same result as the pass
+in one go, a stop before every sublayer (and, backward, at every sublayer's output gradient) when stretches are
+shortest and none within a pass when they are endless, nothing computed while the caller holds the step, and a closed
+generator that ends its pass thread."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from core.inside.stepping import in_layer_steps, layer_stops, stepped
+from core.inside import stepping
+from core.inside.stepping import in_steps, stepped, sublayer_stops, sublayers
 
 
 def drive(steps) -> tuple[int, object]:
@@ -34,21 +36,39 @@ def small_llama():
     return LlamaForCausalLM(config).eval()
 
 
-def test_a_forward_pass_stops_before_each_layer_and_gives_the_same_logits(bundled):
+def counted_calls(model) -> tuple[list[int], list]:
+    """A count of the sublayers' forward calls, by hooks of the test's own, and the hooks (to remove)."""
+    calls = [0]
+
+    def count(*_args) -> None:
+        calls[0] += 1
+
+    return calls, [m.register_forward_pre_hook(count) for m in sublayers(model)]
+
+
+@pytest.mark.parametrize("stretch_s", [0.0, float("inf")])
+def test_a_forward_pass_stops_before_each_sublayer_when_due_and_gives_the_same_logits(bundled, stretch_s):
     model, ids = bundled.model, torch.tensor([[1, 504, 3575, 282, 4649, 314]])
     with torch.inference_mode():
         expected = model(input_ids=ids).logits
 
     def work(stop):
-        with torch.inference_mode(), layer_stops(model, stop):
+        with torch.inference_mode(), sublayer_stops(model, stop, stretch_s):
             return model(input_ids=ids).logits
 
-    count, logits = drive(in_layer_steps(work, (0, 1, "reading")))
-    assert count == model.config.num_hidden_layers + 1  # before each layer and the LM head
+    calls, hooks = counted_calls(model)
+    try:
+        count, logits = drive(in_steps(work, (0, 1, "reading")))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # every layer's projections, norms and activation, and the LM head
+    assert calls[0] >= 7 * model.config.num_hidden_layers + 1
+    assert count == (calls[0] if stretch_s == 0 else 0)
     assert torch.equal(logits, expected)
 
 
-def test_a_backward_pass_stops_at_every_layer_and_gives_the_same_gradient(small_llama):
+def test_a_backward_pass_stops_at_every_sublayer_and_gives_the_same_gradient(small_llama):
     model = small_llama
     rows = model.get_input_embeddings()(torch.tensor([1, 50, 35, 28])).detach()
 
@@ -61,11 +81,16 @@ def test_a_backward_pass_stops_at_every_layer_and_gives_the_same_gradient(small_
         expected = gradient()
 
     def work(stop):
-        with torch.enable_grad(), layer_stops(model, stop):
+        with torch.enable_grad(), sublayer_stops(model, stop, 0.0):
             return gradient()
 
-    count, grad = drive(in_layer_steps(work, (0, 1, "gradients")))
-    assert count == 2 * (model.config.num_hidden_layers + 1)  # forward, then at each one's output gradient
+    calls, hooks = counted_calls(model)
+    try:
+        count, grad = drive(in_steps(work, (0, 1, "gradients")))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert count == 2 * calls[0]  # forward before each, then at each one's output gradient
     assert torch.equal(grad, expected)
 
 
@@ -111,14 +136,15 @@ def test_closing_the_generator_ends_the_pass_thread(bundled):
     assert all(not layer._forward_pre_hooks for layer in model.model.layers)
 
 
-def test_an_attribution_reaches_the_worker_one_layer_at_a_time(bundled_host):
-    """Through the engine as the app runs it: one gradient × input is a forward and a backward pass, so the worker
-    runs it in at least two steps per layer (the fair share counts every step it lets run)."""
+def test_an_attribution_reaches_the_worker_in_short_stretches(bundled_host, monkeypatch):
+    """Through the engine as the app runs it: with the shortest stretches, one gradient × input (a forward and a
+    backward pass) reaches the worker in at least two steps per sublayer (the fair share counts every step it lets
+    run)."""
     from core.inside.attribution import attribution
 
+    monkeypatch.setattr(stepping, "STRETCH_S", 0.0)
     engine, share = bundled_host.require().engine, bundled_host.work.share
     before = share.stats()["heavy_steps"]
     result = attribution(engine, "The capital of France is", method="grad_x_input")
-    layers = bundled_host.require().loaded.model.config.num_hidden_layers
     assert result["target"]["text"] == " Paris"
-    assert share.stats()["heavy_steps"] - before >= 2 * layers
+    assert share.stats()["heavy_steps"] - before >= 2 * len(sublayers(bundled_host.require().loaded.model))

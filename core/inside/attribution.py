@@ -21,9 +21,9 @@ ordinary baseline's path the prediction can turn within a hundredth of α; evenl
 Gauss–Legendre nodes) step over such turns, the halving finds them.
 
 The rows are the input embedding's own (`get_input_embeddings()`), read through the real transformers forward with
-`inputs_embeds`, in the model's dtype with float32 log-probabilities. Each forward and backward pass is one step with a
-pause after it, so a chat sharing the model waits for one at most. The worker runs the views under
-`torch.inference_mode`; each step leaves it for its own pass (`_gradients`), on fresh copies of the rows, and asks
+`inputs_embeds`, in the model's dtype with float32 log-probabilities. The passes run in stretches of a few
+milliseconds (core/inside/stepping.py), so a chat sharing the model waits that long at most. The worker runs the
+views under `torch.inference_mode`; each pass leaves it (`_gradients`), on fresh copies of the rows, and asks
 autograd for the rows' gradient alone, so the model's parameters keep no `.grad`. The CPU model's linear layers are
 oneDNN-packed (core/model/packed_linear.py) and the packed op has no backward: for the duration of the pass, a hook
 gives each packed layer's input its gradient through the layer's dense weight.
@@ -143,7 +143,8 @@ class _ThroughPacked(torch.autograd.Function):
 @contextlib.contextmanager
 def _packed_gradients(model: nn.Module, dense: DenseWeights) -> Iterator[None]:
     """Inside the block, this thread's passes through the model's packed linear layers carry gradients to their
-    inputs (the hook sees every thread's calls: it keeps its own)."""
+    inputs (the hook sees every thread's calls: it keeps its own). The hook goes first, so that other forward hooks
+    (core/inside/stepping.py's) see the output gradients reach."""
     me = threading.get_ident()
 
     def bridge(layer: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
@@ -151,7 +152,7 @@ def _packed_gradients(model: nn.Module, dense: DenseWeights) -> Iterator[None]:
             return None
         return _ThroughPacked.apply(args[0], out.detach(), layer, dense)
 
-    hooks = [m.register_forward_hook(bridge) for m in model.modules() if isinstance(m, PackedLinear)]
+    hooks = [m.register_forward_hook(bridge, prepend=True) for m in model.modules() if isinstance(m, PackedLinear)]
     try:
         yield
     finally:
@@ -243,9 +244,9 @@ def baseline_ids(tokenizer: Any, ids: list[int]) -> list[int]:
     return [t if i == 0 or t in keep else word for i, t in enumerate(ids)]
 
 
-def _in_layer_steps(loaded: LoadedModel, *args: Any) -> Generator[Step, None, dict[str, Any]]:
-    """`_compute`'s passes, stopping before every decoder layer and at every layer's gradient (a chat waits for one
-    layer's forward or backward at most)."""
+def _in_steps(loaded: LoadedModel, *args: Any) -> Generator[Step, None, dict[str, Any]]:
+    """`_compute`'s passes in short stretches, forward and backward (core/inside/stepping.py): a chat waits for one
+    stretch at most."""
     return (yield from stepped(loaded.model, _compute(loaded, *args)))
 
 
@@ -286,7 +287,7 @@ def _attribute(engine: Engine, ids: list[int], target: int | None, method: Any, 
         raise InvalidInputError(f"Attribution reads at most {MAX_ATTRIBUTION_TOKENS} tokens before the target; there "
                                 f"are {len(ids):,}. Shorten the text.")
     base_ids = baseline_ids(loaded.tokenizer, ids)
-    raw = engine.inspect(_in_layer_steps, ids, target, method, steps, base_ids, progress=progress)
+    raw = engine.inspect(_in_steps, ids, target, method, steps, base_ids, progress=progress)
     strings = token_strings(loaded.tokenizer)
     tid = raw["target"]
     integrated = raw["integrated_gradients"]

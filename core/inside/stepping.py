@@ -1,19 +1,22 @@
-"""A view's passes in steps of one decoder layer, so that a chat sharing the model waits for one layer at most.
+"""A view's passes in short stretches, so that a chat sharing the model waits for a few milliseconds at most.
 
 The engine's worker runs an inspection one step at a time between two decoding steps (core/engine/jobs.py), and a
 step of a generator can only end where the generator yields: between whole forward (and backward) calls. Here the
-calls run in a thread of their own that stops at every layer boundary, forward and backward alike (a hook before
-each decoder layer, a gradient hook on each layer's output), and each step of the generator lets it run to its next
-stop. The two threads never compute at the same time: the worker waits while the pass thread runs, and the pass
-thread waits while the worker decodes. Closing the generator (a cancelled view) ends the pass at its next stop.
+calls run in a thread of their own that may stop before every sublayer of the decoder layers and the LM head (each
+leaf module: a projection, a norm, an activation) and, backward, at each one's output gradient; it stops at the first
+of those once its stretch has run `STRETCH_S`, so a stretch lasts that long plus one sublayer at most, however long
+the text and whatever the layer sizes. Each step of the generator lets the thread run one stretch. The two threads
+never compute at the same time: the worker waits while the pass thread runs, and the pass thread waits while the
+worker decodes. Closing the generator (a cancelled view) ends the pass at its next stop.
 
-    weights = yield from stepped(model, attention_weights(model, ids))    # a view's passes, stopping at each layer
+    weights = yield from stepped(model, attention_weights(model, ids))    # a view's passes, in short stretches
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
@@ -25,13 +28,16 @@ from core.inside.forward import Step
 
 T = TypeVar("T")
 Stop = Callable[[], None]  # called in the pass thread where it may stop
+# A stretch's length before the pass thread takes its next stop: a small share of a decoding step, so that a decoding
+# step plus one stretch stays within twice a decoding step even where a sublayer takes as long as the stretch.
+STRETCH_S = 0.002
 
 
 class _Closed(Exception):
     """Raised in the pass thread at its next stop once the generator is closed."""
 
 
-def in_layer_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -> Generator[Step, None, T]:
+def in_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -> Generator[Step, None, T]:
     """Run `work(stop)` in a thread of its own, one stretch between two `stop()` calls per step of this generator,
     which yields `step` (or what it returns: the progress so far) after each stretch and returns `work`'s result."""
     go, stopped = threading.Semaphore(0), threading.Semaphore(0)
@@ -75,48 +81,63 @@ def in_layer_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -
     return outcome["value"]
 
 
-@contextlib.contextmanager
-def layer_stops(model: nn.Module, stop: Stop) -> Iterator[None]:
-    """Inside the block, this thread's forward calls stop before each decoder layer and the LM head, and a backward
-    pass through them stops before each one's gradient is computed. Hooks belong to the module: each one keeps its own
-    thread's calls only."""
-    me = threading.get_ident()
+def sublayers(model: nn.Module) -> list[nn.Module]:
+    """The leaf modules of the decoder layers and the LM head: where a pass may stop."""
     parts = anatomy(model)
+    return [m for part in [*parts.layers, parts.lm_head] for m in part.modules() if not any(m.children())]
+
+
+@contextlib.contextmanager
+def sublayer_stops(model: nn.Module, stop: Stop, stretch_s: float | None = None) -> Iterator[Stop]:
+    """Inside the block, this thread's forward calls stop before a sublayer (`sublayers`) and a backward pass through
+    them at a sublayer's output gradient, once `stretch_s` seconds have passed since the thread last resumed (None:
+    STRETCH_S; 0: at every one). Gives the stop to call for a pause of the caller's own, which starts a new stretch
+    too. Hooks belong to the module: each one keeps its own thread's calls only."""
+    me = threading.get_ident()
+    stretch_s = STRETCH_S if stretch_s is None else stretch_s
+    resumed = [time.perf_counter()]
+
+    def stop_now() -> None:
+        stop()
+        resumed[0] = time.perf_counter()
+
+    def due() -> None:
+        if time.perf_counter() - resumed[0] >= stretch_s:
+            stop_now()
 
     def before(_module: nn.Module, _args: Any) -> None:
         if threading.get_ident() == me:
-            stop()
+            due()
 
     def after(_module: nn.Module, _args: Any, out: Any) -> None:
         hidden = out[0] if isinstance(out, tuple) else out
         if threading.get_ident() == me and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
-            hidden.register_hook(lambda grad: stop())
+            hidden.register_hook(lambda grad: due())
 
-    # the LM head too: a vocabulary-wide layer, whose forward and backward are each a stretch of their own
-    hooks = [hook for layer in [*parts.layers, parts.lm_head] for hook in (layer.register_forward_pre_hook(before),
-                                                                            layer.register_forward_hook(after))]
+    hooks = [hook for m in sublayers(model) for hook in (m.register_forward_pre_hook(before),
+                                                         m.register_forward_hook(after))]
     try:
-        yield
+        yield stop_now
     finally:
         for hook in hooks:
             hook.remove()
 
 
 def stepped(model: nn.Module, passes: Generator[Step, None, T]) -> Generator[Step, None, T]:
-    """A view's generator of whole passes (`passes`) driven in a pass thread that also stops at every layer, under
+    """A view's generator of whole passes (`passes`) driven in a pass thread that also stops within them, under
     inference mode as the worker runs views (a pass that needs gradients turns it off for itself)."""
     progress: list[Step] = [(0, 1, "starting")]
 
     def work(stop: Stop) -> T:
-        with torch.inference_mode(), layer_stops(model, stop):
+        with torch.inference_mode(), sublayer_stops(model, stop) as pause:
             while True:
                 try:
                     progress[0] = next(passes)
                 except StopIteration as end:
                     return end.value
-                stop()  # the view's own pauses stay pauses
+                pause()  # the view's own pauses stay pauses
 
     try:
-        return (yield from in_layer_steps(work, lambda: progress[0]))
+        return (yield from in_steps(work, lambda: progress[0]))
     finally:
         passes.close()
