@@ -6,7 +6,7 @@ The weights are the model's own: softmax(QKᵀ/√d + causal mask) exactly as tr
 repeats them. The chat runs SDPA, which never forms the weights, so during each forward call of this view (in its
 own thread only: `eager_attention`) the model's configs say "eager", and forward hooks on the modules transformers
 itself records as `attentions` (the model class's `_can_record_outputs`) keep their weights. The passes run in a
-thread of their own that stops before every decoder layer (core/inside/stepping.py), so a chat waits for one layer.
+thread of their own that stops every few milliseconds (core/inside/stepping.py), so a chat waits that long at most.
 The lean step (core/engine/lean_step.py) computes no weights either, so this view runs the transformers forward.
 
 Attention is causal: what the first n tokens do among themselves does not depend on what follows, so the view covers
@@ -23,6 +23,7 @@ q + 1 causal entries are sent.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any, TypedDict
@@ -273,6 +274,26 @@ def _compute(loaded: LoadedModel, ids: list[int], keep: list[int]) -> Generator[
 
 
 # -- in the caller's thread ------------------------------------------------------------------------------------
+def causal_rows(weights: np.ndarray) -> list[list[list[list[float]]]]:
+    """Maps [..., tokens, tokens] as nested lists of their causal rows, rounded to DECIMALS: row q keeps keys 0..q.
+    The lower triangle is gathered and rounded in one array operation, and only its values become Python floats.
+
+        >>> causal_rows(np.array([[[1.0, 0.0], [0.123456, 0.876544]]]))
+        [[[1.0], [0.1235, 0.8765]]]
+    """
+    tokens = weights.shape[-1]
+    rows, keys = np.tril_indices(tokens)
+    flat = np.round(weights[..., rows, keys].astype(np.float64), DECIMALS).tolist()  # [..., tokens·(tokens+1)/2]
+    starts = [q * (q + 1) // 2 for q in range(tokens + 1)]
+
+    def split(values: list) -> list:
+        if values and isinstance(values[0], list):
+            return [split(v) for v in values]
+        return [values[a:b] for a, b in itertools.pairwise(starts)]
+
+    return split(flat)
+
+
 def _sent_weights(maps: int, tokens: int) -> int:
     return maps * tokens * (tokens + 1) // 2
 
@@ -315,10 +336,9 @@ def attention(engine: Engine, text: Any, max_tokens: Any = None, layer: Any = No
     covered = ids[:shown]
     keep = list(range(layers)) if layer is None else [layer]
     raw = engine.inspect(_compute, covered, keep, progress=progress)
-    weights = np.round(raw["weights"].astype(np.float64), DECIMALS)
     maps: list[list[list[list[float]]] | None] = [None] * layers
-    for slot, index in enumerate(keep):
-        maps[index] = [[row[:q + 1] for q, row in enumerate(head.tolist())] for head in weights[slot]]
+    for index, heads_maps in zip(keep, causal_rows(raw["weights"]), strict=True):
+        maps[index] = heads_maps
     group = max(1, heads // kv_heads)
     summary = [[HeadSummary(layer=i, head=h, kv_head=h // group, first=None, previous=None, same=None, role="")
                 for h in range(heads)] for i in range(layers)]
