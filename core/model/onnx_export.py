@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 PRECISION = "int8"  # fidelity and speed measured against float32 and llama.cpp in bench/bench_fidelity.py
 # Only the last position's logits: a prompt's other positions never need the LM head, a large share of a small
-# model's work per token.
-EXTRA_OPTIONS = ("prune_lm_head=true",)
+# model's work per token. A scale per 16 weights rather than the builder's 32 keeps the next-token distribution
+# closer to float32's for a little more reading per token; the formats tried and their figures are in
+# docs/performance.md.
+EXTRA_OPTIONS = ("prune_lm_head=true", "block_size=16")
 BUILDER = "onnxruntime_genai.models.builder"
 # The architectures converted and run here and tested (tests/test_onnx_engine.py): the builder converts more, but
 # an untested one keeps the torch engine.
