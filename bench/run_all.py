@@ -8,7 +8,8 @@ import sys
 BENCHMARKS = ["bench.bench_startup", "bench.bench_kernels", "bench.bench_decoder", "bench.bench_chat",
               "bench.bench_index", "bench.bench_load", "bench.bench_prefill", "bench.bench_prompt",
               "bench.bench_tokenizers", "bench.bench_evaluation", "bench.bench_llamacpp", "bench.gpu_check",
-              "bench.bench_inside", "bench.bench_fidelity", "bench.bench_fair_share", "bench.bench_attribution"]
+              "bench.bench_inside", "bench.bench_fidelity", "bench.bench_fair_share", "bench.bench_attribution",
+              "bench.bench_vocab_map"]
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 PHI3_MODEL_ID = "microsoft/Phi-3-mini-4k-instruct"
 BUNDLED = "bundled"
 ENGINES = ("auto", "onnx", "torch")
+MAP_PROJECTIONS = ("umap", "pca")
 
 
 def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -75,6 +76,7 @@ class AppConfig:
     mcp: bool = False  # also serve the API endpoints as MCP tools, under their API names
     pack_linears: bool = True  # on the CPU, linear layers on weights packed for oneDNN (core/model/packed_linear.py)
     heavy_share: float = 0.3  # while chats run, the most of the wall-clock time heavy steps take (core/work/)
+    map_projection: str = "umap"  # what the vocabulary map shows first: umap starts its background computation
 
     @property
     def model_explicit(self) -> bool:
@@ -157,9 +159,16 @@ class AppConfig:
         p.add_argument("--heavy-share", type=float, default=float(env.get("TOKEN_LAB_HEAVY_SHARE", base.heavy_share)),
                        help="while chats are being generated, the most of the time the Inside views and evaluations "
                             "may take, between 0 and 1; they rest the remainder (env TOKEN_LAB_HEAVY_SHARE)")
+        p.add_argument("--map-projection", choices=MAP_PROJECTIONS,
+                       default=env.get("TOKEN_LAB_MAP_PROJECTION", base.map_projection),
+                       help="what the Embeddings tab's vocabulary map shows when opened: umap (computed once in a "
+                            "low-priority background process, about a minute, then cached; PCA until then) or pca "
+                            "(env TOKEN_LAB_MAP_PROJECTION)")
         args, _unknown = p.parse_known_args(argv)
         if not 0 < args.heavy_share <= 1:
             p.error(f"--heavy-share must be more than 0 and at most 1, not {args.heavy_share}")
+        if args.map_projection not in MAP_PROJECTIONS:  # argparse checks a flag's value, not an environment default
+            p.error(f"--map-projection must be one of {', '.join(MAP_PROJECTIONS)}, not {args.map_projection!r}")
         return cls(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
                    share=args.share, cache_dir=args.cache_dir, max_queue=args.max_queue,
                    max_history_messages=args.max_history_messages, max_history_chars=args.max_history_chars,
@@ -168,7 +177,7 @@ class AppConfig:
                    engine_url=args.engine_url, engine_model=args.engine_model,
                    engine_timeout=args.engine_timeout, engine_api_key=env.get("ENGINE_API_KEY") or None,
                    mcp=args.mcp, pack_linears=args.pack_linears,
-                   heavy_share=args.heavy_share)
+                   heavy_share=args.heavy_share, map_projection=args.map_projection)
 
 
 DEFAULTS = AppConfig()  # each setting's default, for code that takes one as a parameter (the one definition is above)

@@ -28,6 +28,7 @@ from core.work.workload import Workload
 
 if TYPE_CHECKING:
     from core.embeddings.index import VocabIndex
+    from core.embeddings.vocabulary_map import VocabularyMap
     from core.engine.base import Engine
     from core.model.loading import LoadedModel
 
@@ -63,6 +64,8 @@ class ModelHost:
         self._parts: ModelParts | None = None
         self._ready = threading.Event()
         self._imported = threading.Event()
+        self._map: VocabularyMap | None = None
+        self._map_lock = threading.Lock()
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, config: AppConfig | None = None) -> ModelHost:
@@ -89,6 +92,8 @@ class ModelHost:
         """Stop the chat engine (its worker thread, its connections); the host serves no more chats after this."""
         if self._parts is not None:
             self._parts.engine.close()
+        if self._map is not None:
+            self._map.close()
 
     def _progress(self, message: str) -> None:
         self.status = message
@@ -195,6 +200,17 @@ class ModelHost:
                        f"index: {index.describe()}.{note}")
         self._progress(self.status)
         self._ready.set()
+
+    def vocabulary_map(self) -> VocabularyMap:
+        """The loaded model's map of its whole vocabulary, made at its first use (categorising every token takes a
+        moment, and its UMAP projection starts only when someone asks for it)."""
+        parts = self.require()
+        with self._map_lock:
+            if self._map is None:
+                from core.embeddings.vocabulary_map import VocabularyMap
+
+                self._map = VocabularyMap(parts.index, self.config.cache_dir)
+            return self._map
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading ends (ready or failed); True when it ended."""

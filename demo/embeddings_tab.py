@@ -1,5 +1,6 @@
-"""Embeddings tab: nearest tokens, analogies, similarity, odd one out, a token's vector and a 2D map, plus the typed
-API endpoints /neighbors, /analogy, /similarity and /doesnt_match. All the maths lives in core.embeddings.index.
+"""Embeddings tab: nearest tokens, analogies, similarity, odd one out, a token's vector and a 2D map, the map of the
+whole vocabulary (demo/vocabulary_map_view.py), plus the typed API endpoints /neighbors, /analogy, /similarity,
+/doesnt_match and /vocabulary_map. All the maths lives in core.embeddings.index.
 
 Vocabulary pieces only ever reach the page as data (table cells, text boxes, chart data), never as HTML.
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
@@ -291,6 +292,10 @@ def build_embeddings_tab(host: ModelHost) -> None:
                 odd_button = gr.Button("Find the odd one out")
                 odd_out = gr.Textbox(label="Result", interactive=False, elem_id="emb-odd")
                 odd_table = gr.Dataframe(headers=["word", "tokens", "cosine to the mean"], interactive=False)
+        # imported here: the map's module uses this one's formatting helpers
+        from demo.vocabulary_map_view import build_vocabulary_map
+
+        build_vocabulary_map(host, k, positive, negative)
 
     n_inputs = [query, k, metric, exact, group, hide]
     n_outputs = [resolved, table, vec_info, vec_plot, nmap]

@@ -17,7 +17,8 @@ from demo.blocks import build_demo, header_markdown, launch_options
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-ENDPOINTS = {"/chat", "/prompt", "/tokenize", "/detokenize", "/neighbors", "/analogy", "/similarity"}
+ENDPOINTS = {"/chat", "/prompt", "/tokenize", "/detokenize", "/neighbors", "/analogy", "/similarity",
+             "/vocabulary_map"}
 
 
 @pytest.mark.slow

@@ -173,6 +173,13 @@ CASES = [
     ("doesnt_match", ["king, queen"], "at least three"),
     ("doesnt_match", [123], "words must be comma-separated words"),
     ("doesnt_match", [HUGE], "Each word in words has at most 100 characters"),
+    # vocabulary_map
+    ("vocabulary_map", [None, 10, 2], "projection must be one of pca, umap; got null"),
+    ("vocabulary_map", ["<img src=x onerror=alert(1)>", 10, 2], "projection must be one of pca, umap; got '<img"),
+    ("vocabulary_map", ["pca", True, 2], "limit must be a whole number from 1 to 49,152; got true"),
+    ("vocabulary_map", ["pca", 1e30, 2], "limit must be a whole number from 1 to 49,152; got the number 1"),
+    ("vocabulary_map", ["pca", 49_153, 2], "limit must be a whole number from 1 to 49,152; got the number 49153"),
+    ("vocabulary_map", ["pca", 10, "3"], "dims must be a whole number from 2 to 3; got '3'"),
     # tokenizers, and the packaged tokenizers' keys in the other Tokens endpoints
     ("tokenizers", [], None),
     ("tokenizers", [None], None),

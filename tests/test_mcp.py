@@ -29,7 +29,7 @@ slow = pytest.mark.slow  # starts `python app.py --mcp`
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("tokenize", "detokenize", "compare_tokenizers", "tokenizers", "neighbors", "analogy", "similarity",
          "next_tokens", "logit_lens", "contextual", "attention", "attribution", "chat", "evaluate",
-         "engine_stats")  # what agents are promised
+         "engine_stats", "vocabulary_map")  # what agents are promised
 START_TIMEOUT = 120
 LIVENESS = 120  # seconds a cancelled evaluation may take to be seen stopped before the test gives up
 LONG_EVALUATION = {"benchmark": "google_analogy", "method": "3cosmul", "limit": 5000}

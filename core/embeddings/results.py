@@ -136,3 +136,17 @@ class PcaMap:
     points: list[MapPoint]
     explained_variance: tuple[float, float]  # share of the selection's variance on each axis
     metric: str
+
+
+class VocabularyMapDict(TypedDict):
+    """The API's answer for /vocabulary_map: column lists, one entry per token, ids 0 … limit−1."""
+
+    projection: str  # what the coordinates come from: "pca" until a requested "umap" is ready
+    requested: str
+    ready: bool  # the coordinates are the requested projection's
+    note: str
+    tokens: int  # tokens in the whole map
+    ids: list[int]
+    pieces: list[str]
+    categories: list[str]
+    coordinates: list[list[float]]  # [x, y] or [x, y, z] per token

@@ -1,0 +1,228 @@
+"""The map of the whole vocabulary (core/embeddings/vocabulary_map.py, demo/vocabulary_map_view.py) on the bundled
+model's 49,152 × 576 embedding matrix, on this machine's cores:
+
+1. The first projection's time per method: PCA (2D and 3D); UMAP as the app runs it (a background process at lower
+   priority, on half the cores, seeded so the map is reproducible); UMAP on every core without a seed (umap-learn's
+   fastest); openTSNE, the lighter alternative, when it is importable (`--alternatives DIR` adds a folder holding it
+   to sys.path; it is not a dependency).
+2. A chat's tokens/s (ONNX engine, two chats together, greedy) while the app's UMAP process runs ÷ alone.
+3. The figure's payload (JSON, and gzipped as the server may send it), and the time from opening the map until the
+   browser has drawn it with UMAP cached (Debian's Chromium, software WebGL), first and median of the next ones.
+4. Memory: the app process's allocations for the map (tracemalloc) and the UMAP process's peak RSS; the install size
+   of the packages UMAP brings.
+
+    python -m bench.bench_vocab_map [--tokens 96] [--views 4] [--alternatives /tmp/alt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+import torch
+
+from bench.bench_fair_share import chat_rate  # two chats together, greedy: mean tokens/s
+from bench.results_io import write_results
+from core.config import AppConfig, default_cache_dir
+from core.embeddings.index import VocabIndex
+from core.embeddings.projection import UmapSettings, pca
+from core.embeddings.vocabulary_map import PROJECTION_THREADS, VocabularyMap
+from core.engine.local import ChatEngine
+from core.engine.onnx_model import load_onnx_model
+from core.model.loading import load_model
+
+UMAP_PACKAGES = ("umap-learn", "pynndescent", "numba", "llvmlite", "scikit-learn", "joblib", "threadpoolctl",
+                 "narwhals", "cloudpickle")
+TIMEOUT_S = 1800
+
+
+def installed_mib(names: tuple[str, ...]) -> dict[str, float]:
+    sizes = {}
+    for name in names:
+        dist = metadata.distribution(name)
+        total = sum(Path(dist.locate_file(f)).stat().st_size for f in dist.files or []
+                    if Path(dist.locate_file(f)).is_file())
+        sizes[name] = round(total / 2**20, 1)
+    return sizes
+
+
+def timed_umap(vmap: VocabularyMap) -> tuple[float, float]:
+    """Seconds until the map's UMAP process has written its result, and that process's peak RSS in MiB."""
+    start = time.perf_counter()
+    vmap.umap_state(2)
+    job = vmap._jobs[2]
+    peak = [0]
+
+    def watch() -> None:
+        try:
+            proc = psutil.Process(job.process.pid)
+            while job.process.poll() is None:
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.5)
+        except psutil.NoSuchProcess:
+            pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    state = vmap.wait(2, TIMEOUT_S)
+    watcher.join()
+    if state != "ready":
+        raise RuntimeError(f"UMAP: {state}")
+    return time.perf_counter() - start, peak[0] / 2**20
+
+
+def browser_times(host, views: int) -> list[float]:
+    """Seconds from a click on the map's accordion (UMAP selected, already cached) until the browser has drawn the
+    map with its legend, once per fresh page."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.servers import launched
+
+    times = []
+    with launched(host) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        for _ in range(views):
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.get_by_role("tab", name="Embeddings", exact=True).click()
+            header = page.locator("#vmap").get_by_text("The whole vocabulary on one map")
+            header.wait_for()
+            page.wait_for_timeout(500)
+            start = time.perf_counter()
+            header.click()
+            page.wait_for_function(
+                "() => /word-initial \\(/.test(document.querySelector('#vmap-plot .legend')?.textContent || '') "
+                "&& (document.querySelector('#vmap-plot canvas')?.width || 0) > 300 && "
+                "/UMAP of/.test(document.querySelector('#vmap-note textarea')?.value || '')")
+            page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+            times.append(time.perf_counter() - start)
+            page.close()
+        browser.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--alternatives", type=Path, default=None, help="a folder holding openTSNE (pip --target)")
+    args = parser.parse_args()
+    cache = default_cache_dir()
+    loaded = load_model("bundled", device="cpu", cache_dir=cache)
+    index = VocabIndex.from_model(loaded.model, loaded.tokenizer, use_gpu=False, cache_dir=cache)
+    rows = index.unit_vectors
+    first: dict[str, float] = {}
+    for dims in (2, 3):
+        start = time.perf_counter()
+        pca(rows, dims)
+        first[f"PCA {dims}D"] = time.perf_counter() - start
+
+    scratch = tempfile.TemporaryDirectory(prefix="bench-vocab-map-")  # nothing cached from an earlier run
+    folder = Path(scratch.name)
+    tracemalloc.start()
+    vmap = VocabularyMap(index, folder)
+    vmap.layout("pca", 2)
+    vmap.layout("pca", 3)
+    held_mib = tracemalloc.get_traced_memory()[0] / 2**20
+    tracemalloc.stop()
+
+    onnx, note = load_onnx_model(loaded.weights_dir, cache, torch.get_num_threads())
+    engine = ChatEngine(loaded, max_batch=2, prefix_cache_mb=0, onnx=onnx, onnx_note=note)
+    try:
+        chat_rate(engine, 16)  # warm
+        alone = [chat_rate(engine, args.tokens) for _ in range(2)]
+        umap_start = time.perf_counter()
+        box: dict[str, tuple[float, float]] = {}
+        runner = threading.Thread(target=lambda: box.setdefault("umap", timed_umap(vmap)))
+        runner.start()
+        time.sleep(5)  # past the process's start-up and imports, into the projection itself
+        during = []
+        while vmap.umap_state(2, start=False) == "running" and len(during) < 3:
+            during.append(chat_rate(engine, args.tokens))
+        runner.join()
+        alone.append(chat_rate(engine, args.tokens))
+    finally:
+        engine.close()
+    umap_s, umap_peak_mib = box["umap"]
+    first[f"UMAP as the app runs it (background process, {PROJECTION_THREADS} thread(s), nice 10, seeded)"] = umap_s
+    print(f"UMAP (app) {umap_s:.1f} s, chats alone {alone}, during {during}", flush=True)
+
+    fast = VocabularyMap(index, folder / "unseeded", settings=UmapSettings(seed=None),
+                         threads=len(psutil.Process().cpu_affinity()))
+    first[f"UMAP on {fast.threads} threads, no seed (umap-learn's fastest)"] = timed_umap(fast)[0]
+    fast.close()
+    if args.alternatives is not None:
+        sys.path.insert(0, str(args.alternatives))
+    try:
+        import openTSNE
+
+        start = time.perf_counter()
+        openTSNE.TSNE(n_components=2, metric="cosine", n_jobs=len(psutil.Process().cpu_affinity()),
+                      random_state=42).fit(rows)
+        first[f"openTSNE {openTSNE.__version__} (cosine, perplexity 30, every core)"] = time.perf_counter() - start
+        alternative_mib = round(sum(f.stat().st_size for f in Path(openTSNE.__file__).parent.rglob("*")
+                                    if f.is_file()) / 2**20, 1)
+    except ImportError:
+        alternative_mib = None
+
+    from demo.vocabulary_map_view import map_figure
+
+    payload = {}
+    for method, dims in (("umap", 2), ("pca", 2), ("pca", 3)):
+        start = time.perf_counter()
+        body = map_figure(vmap, vmap.layout(method, dims)).plot.encode()
+        payload[f"{method} {dims}D"] = {"bytes": len(body), "gzip_bytes": len(gzip.compress(body, 6)),
+                                        "build_s": time.perf_counter() - start}
+
+    from core.host import ModelHost
+
+    host = ModelHost.from_loaded(loaded, AppConfig(model="bundled", cache_dir=folder))
+    try:
+        views = browser_times(host, args.views)
+    finally:
+        host.close()
+    vmap.close()
+    scratch.cleanup()
+    sizes = installed_mib(UMAP_PACKAGES)
+    later = statistics.median(views[1:]) if len(views) > 1 else views[0]
+    table = [(f"first projection, {name}, 49,152 × 576", f"{seconds:.1f} s") for name, seconds in first.items()]
+    table += [
+        ("chat tokens/s alone (2 chats, greedy), each run", ", ".join(f"{r:.1f}" for r in alone)),
+        ("chat tokens/s while the app's UMAP runs, each run", ", ".join(f"{r:.1f}" for r in during)),
+        ("chat while UMAP runs ÷ alone (medians)", f"{statistics.median(during) / statistics.median(alone):.2f}"
+         if during else "n/a"),
+    ]
+    table += [(f"payload, {name}: JSON / gzip", f"{p['bytes'] / 2**20:.2f} MiB / {p['gzip_bytes'] / 2**20:.2f} MiB "
+               f"(built in {p['build_s']:.2f} s)") for name, p in payload.items()]
+    table += [
+        ("map drawn in Chromium after a click, UMAP cached: first / median of the next (target ≤ 2 s)",
+         f"{views[0]:.2f} s / {later:.2f} s"),
+        ("memory the app holds for the map (categories, PCA 2D+3D; tracemalloc)", f"{held_mib:.0f} MiB"),
+        ("UMAP process's peak RSS", f"{umap_peak_mib:.0f} MiB"),
+        ("install size UMAP adds (" + ", ".join(f"{k} {v}" for k, v in sizes.items()) + " MiB)",
+         f"{sum(sizes.values()):.0f} MiB"),
+    ]
+    if alternative_mib is not None:
+        table.append(("install size of openTSNE (not a dependency; its needs scikit-learn and scipy too)",
+                      f"{alternative_mib:.0f} MiB"))
+    write_results("vocab_map", {"first_projection_s": first, "chat_alone_tokens_per_s": alone,
+                                "chat_during_umap_tokens_per_s": during, "umap_wall_s_with_chats": umap_s,
+                                "payload": payload, "browser_views_s": views, "map_memory_mib": held_mib,
+                                "umap_peak_rss_mib": umap_peak_mib, "install_mib": sizes,
+                                "projection_threads": PROJECTION_THREADS, "runner": note,
+                                "opentsne_install_mib": alternative_mib, "umap_started_at": umap_start}, table)
+
+
+if __name__ == "__main__":
+    main()

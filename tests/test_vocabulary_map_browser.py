@@ -1,0 +1,73 @@
+"""The map of the whole vocabulary in a real browser (Debian's Chromium through Playwright), on the bundled model:
+drawn with WebGL, searched, clicked, and given a hostile query that must stay text. The session's app opens it on
+PCA, so no test run starts the whole vocabulary's UMAP (bench/bench_vocab_map.py times that)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_embeddings_browser import wait_for_text
+
+pytestmark = pytest.mark.browser
+HOSTILE = "<img src=x onerror=alert(1)>"
+POINT_XY = """([name, label]) => {
+  const gd = document.querySelector('#vmap-plot .js-plotly-plot');
+  const trace = gd._fullData.findIndex(t => t.name === name);
+  const data = gd.data[trace], box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+  const j = data.text.indexOf(label), L = gd._fullLayout;
+  return [box.left + L.xaxis.l2p(data.x[j]), box.top + L.yaxis.l2p(data.y[j]), data.customdata[j]];
+}"""
+
+
+def open_map(browser_page) -> None:
+    page = browser_page.page
+    browser_page.open_tab("Embeddings")
+    page.locator("#vmap").get_by_text("The whole vocabulary on one map").click()
+    assert page.locator("#vmap").get_by_label("PCA").is_checked()  # the session's app: --map-projection pca
+    wait_for_text(page, "#vmap-note", "PCA of 49,152 unit embedding rows")
+    page.wait_for_function("() => (document.querySelector('#vmap-plot canvas')?.width || 0) > 300")
+    page.wait_for_function("() => /word-initial \\(/.test(document.querySelector('#vmap-plot .legend')"
+                           "?.textContent || '')")
+
+
+def lit_labels(page) -> list[str]:
+    """The labels of the lit points (SVG text, which has no innerText)."""
+    return page.evaluate("() => [...document.querySelectorAll('#vmap-plot .textpoint text')].map(t => t.textContent)")
+
+
+def test_map_draws_searches_and_clicks(browser_page):
+    page = browser_page.page
+    open_map(browser_page)
+    page.locator("#vmap-query textarea, #vmap-query input").first.fill("king")
+    page.locator("#vmap-find").click()
+    wait_for_text(page, "#vmap-neighbors", "␣queen")
+    page.wait_for_function("() => [...document.querySelectorAll('#vmap-plot .textpoint text')]"
+                           ".some(t => t.textContent === '␣queen')")
+    assert "␣king" in lit_labels(page)
+
+    # a click on the ␣queen point searches it: its id in the box, its own neighbours in the table
+    page.evaluate("() => document.querySelector('#vmap-plot').scrollIntoView({block: 'center'})")
+    x, y, queen = page.evaluate(POINT_XY, ["neighbour", "␣queen"])
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    page.wait_for_function("id => (document.querySelector('#vmap-query textarea, #vmap-query input')?.value) === "
+                           "'#' + id", arg=queen)
+    wait_for_text(page, "#vmap-resolved", f"(id {queen}, token id)")
+    page.wait_for_function("() => [...document.querySelectorAll('#vmap-plot .textpoint text')]"
+                           ".some(t => t.textContent === '␣king')")  # the query ␣queen's neighbour now
+    assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_hostile_query_stays_text(browser_page):
+    page = browser_page.page
+    open_map(browser_page)
+    page.locator("#vmap-query textarea, #vmap-query input").first.fill(HOSTILE)
+    page.locator("#vmap-find").click()
+    wait_for_text(page, "#vmap-resolved", HOSTILE)
+    page.wait_for_function("() => [...document.querySelectorAll('#vmap-plot .textpoint text')]"
+                           ".some(t => t.textContent.includes('<'))")  # the `<` piece's label, as a character
+    labels = "".join(lit_labels(page))
+    assert "img" in labels and "<" in labels
+    assert page.locator("img[src='x']").count() == 0
+    page.wait_for_timeout(300)  # an onerror handler would have run by now
+    assert not browser_page.dialogs and not browser_page.page_errors
