@@ -24,6 +24,7 @@ from core.inside.attention import (
     attention,
     attention_weights,
     role,
+    sent,
     shares,
 )
 from tests.inside_cases import run
@@ -67,7 +68,7 @@ def test_weights_are_transformers_eager_attentions(case):
 def test_the_view_sends_causal_rows_that_sum_to_one(case):
     loaded, engine = case
     ids = loaded.tokenizer(STORY)["input_ids"]
-    result = attention(engine, STORY, max_tokens=len(ids))
+    result = sent(attention(engine, STORY, max_tokens=len(ids)))
     expected = eager_attentions(loaded.model, ids)
     config = loaded.model.config
     assert (result["layers"], result["heads"]) == (config.num_hidden_layers, config.num_attention_heads)
@@ -158,7 +159,7 @@ def test_shares_and_roles_on_a_hand_checked_case():
 
 
 def test_the_summary_is_the_maps_shares(parts):
-    result = attention(parts.engine, STORY, max_tokens=40, layer=5)
+    result = sent(attention(parts.engine, STORY, max_tokens=40, layer=5))
     maps = result["maps"][5]
     for head, summary in enumerate(result["summary"][5]):
         rows = maps[head]
@@ -176,7 +177,7 @@ def test_the_summary_is_the_maps_shares(parts):
 
 
 def test_a_one_token_text_has_no_shares(parts):
-    result = attention(parts.engine, "Hello", layer=0)
+    result = sent(attention(parts.engine, "Hello", layer=0))
     assert result["maps"][0][0] == [[1.0]]
     assert result["summary"][0][0] == {"layer": 0, "head": 0, "kv_head": 0, "first": None, "previous": None,
                                        "same": None, "role": ""}
@@ -191,20 +192,20 @@ def test_a_long_text_covers_its_first_tokens_and_says_so(parts, bundled):
     assert [t["id"] for t in result["tokens"]] == ids[:CPU_TOKENS]
     assert result["note"] == f"Covering the first {CPU_TOKENS} of {len(ids)} tokens: later tokens do not change " \
                              "their attention."
-    widest = attention(parts.engine, text, max_tokens=MAX_ATTENTION_TOKENS, layer=29)
+    widest = sent(attention(parts.engine, text, max_tokens=MAX_ATTENTION_TOKENS, layer=29))
     assert len(widest["maps"][29][0]) == MAX_ATTENTION_TOKENS > CHUNK_TOKENS
 
 
 def test_every_layer_s_maps_stay_within_the_payload_limit(parts, bundled):
     config = bundled.model.config
     maps = config.num_hidden_layers * config.num_attention_heads
-    result = attention(parts.engine, STORY * 2, max_tokens=60)  # every layer: 270 maps of 60 rows
+    result = sent(attention(parts.engine, STORY * 2, max_tokens=60))  # every layer: 270 maps of 60 rows
     assert sum(len(row) for layer in result["maps"] for head in layer for row in head) == maps * 60 * 61 // 2
     fit = max(n for n in range(1, 257) if maps * n * (n + 1) // 2 <= MAX_SENT_WEIGHTS)
     with pytest.raises(InvalidInputError, match=rf"All 30 layers' maps over 200 tokens would be 5,427,000 weights; "
                                                 rf"the limit is 1,000,000\. Pick one layer, or at most {fit} tokens\."):
         attention(parts.engine, STORY * 6, max_tokens=200)
-    assert len(attention(parts.engine, STORY * 6, max_tokens=200, layer=0)["maps"][0][0]) == 200
+    assert len(sent(attention(parts.engine, STORY * 6, max_tokens=200, layer=0))["maps"][0][0]) == 200
 
 
 def test_chat_reads_the_prompt_the_chat_builds(parts):
@@ -248,7 +249,7 @@ def test_the_model_keeps_sdpa_and_the_chat_still_works(bundled, parts):
 
 def test_decoding_steps_between_the_view_s_steps_run_sdpa(phi3_tiny, phi3_engine):
     """The chat decodes on the worker between two steps of the view, whose passes run in a thread of their own that
-    stops at every layer (core/inside/stepping.py): eager is that thread's only, step by step."""
+    stops within them (core/inside/stepping.py): eager is that thread's only, step by step."""
     seen: list[tuple[str, str, int]] = []  # (thread, implementation, width) of each forward call, in order
     worker = phi3_engine._worker.ident
 
@@ -259,7 +260,8 @@ def test_decoding_steps_between_the_view_s_steps_run_sdpa(phi3_tiny, phi3_engine
 
     alone = collect(phi3_engine.chat("Tell me a story.", [], "", GenerationSettings(temperature=0.0,
                                                                                      max_new_tokens=48)))
-    hook = phi3_tiny.model.register_forward_pre_hook(record, with_kwargs=True)
+    # the decoder: the chat's steps run it inside the whole model, the view's passes run it alone
+    hook = phi3_tiny.model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
     try:
         stream = phi3_engine.chat("Tell me a story.", [], "", GenerationSettings(temperature=0.0, max_new_tokens=48))
         attention(phi3_engine, STORY * 8, max_tokens=MAX_ATTENTION_TOKENS - 1, layer=1)  # 8 calls, last one 31 wide
@@ -279,7 +281,7 @@ def test_zerogpu_engine_runs_the_view_in_its_gpu_call(bundled, parts):
     """Off ZeroGPU the GPU call is a plain call, in the request's thread: the local engine's result."""
     engine = ZeroGPUChatEngine(bundled)
     try:
-        assert attention(engine, CAPITAL) == attention(parts.engine, CAPITAL)
+        assert sent(attention(engine, CAPITAL)) == sent(attention(parts.engine, CAPITAL))
     finally:
         engine.close()
 

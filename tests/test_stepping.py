@@ -36,14 +36,21 @@ def small_llama():
     return LlamaForCausalLM(config).eval()
 
 
-def counted_calls(model) -> tuple[list[int], list]:
-    """A count of the sublayers' forward calls, by hooks of the test's own, and the hooks (to remove)."""
+def drive_counting_calls(model, work) -> tuple[int, object, int]:
+    """`drive` over `work`'s steps: how many steps, what it returned, and how many forward calls the model's
+    sublayers took meanwhile (counted by hooks of the test's own)."""
     calls = [0]
 
     def count(*_args) -> None:
         calls[0] += 1
 
-    return calls, [m.register_forward_pre_hook(count) for m in sublayers(model)]
+    hooks = [m.register_forward_pre_hook(count) for m in sublayers(model)]
+    try:
+        count_, value = drive(in_steps(work, (0, 1, "working")))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return count_, value, calls[0]
 
 
 @pytest.mark.parametrize("stretch_s", [0.0, float("inf")])
@@ -56,15 +63,9 @@ def test_a_forward_pass_stops_before_each_sublayer_when_due_and_gives_the_same_l
         with torch.inference_mode(), sublayer_stops(model, stop, stretch_s):
             return model(input_ids=ids).logits
 
-    calls, hooks = counted_calls(model)
-    try:
-        count, logits = drive(in_steps(work, (0, 1, "reading")))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    # every layer's projections, norms and activation, and the LM head
-    assert calls[0] >= 7 * model.config.num_hidden_layers + 1
-    assert count == (calls[0] if stretch_s == 0 else 0)
+    count, logits, calls = drive_counting_calls(model, work)
+    assert calls >= 7 * model.config.num_hidden_layers + 1  # every layer's projections, norms, activation; the head
+    assert count == (calls if stretch_s == 0 else 0)
     assert torch.equal(logits, expected)
 
 
@@ -84,13 +85,8 @@ def test_a_backward_pass_stops_at_every_sublayer_and_gives_the_same_gradient(sma
         with torch.enable_grad(), sublayer_stops(model, stop, 0.0):
             return gradient()
 
-    calls, hooks = counted_calls(model)
-    try:
-        count, grad = drive(in_steps(work, (0, 1, "gradients")))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert count == 2 * calls[0]  # forward before each, then at each one's output gradient
+    count, grad, calls = drive_counting_calls(model, work)
+    assert count == 2 * calls  # forward before each, then at each one's output gradient
     assert torch.equal(grad, expected)
 
 
@@ -142,7 +138,11 @@ def test_an_attribution_reaches_the_worker_in_short_stretches(bundled_host, monk
     run)."""
     from core.inside.attribution import attribution
 
-    monkeypatch.setattr(stepping, "STRETCH_S", 0.0)
+    from core.work import fair_share
+
+    for name in ("CHAT_STRETCH_S", "IDLE_STRETCH_S"):  # what the worker sends with each step
+        monkeypatch.setattr(fair_share, name, 0.0)
+    monkeypatch.setattr(stepping, "STRETCH_S", 0.0)  # the first stretch's
     engine, share = bundled_host.require().engine, bundled_host.work.share
     before = share.stats()["heavy_steps"]
     result = attribution(engine, "The capital of France is", method="grad_x_input")

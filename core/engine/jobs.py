@@ -144,8 +144,9 @@ class InspectionJobs:
             job.future.set_exception(Cancelled())
         self.cancelled += 1
 
-    def step(self) -> None:
-        """Run one step of the inspection in progress, or start the next waiting one."""
+    def step(self, stretch_s: float | None = None) -> None:
+        """Run one step of the inspection in progress, or start the next waiting one; `stretch_s` is sent to a
+        stepped view's generator: how long its pass may run before it stops (core/inside/stepping.py)."""
         self.drop_cancelled()
         while self._current is None:
             with self._lock:
@@ -154,12 +155,12 @@ class InspectionJobs:
                 job = self._waiting.popleft()
             if job.future.set_running_or_notify_cancel():  # False: its caller gave up waiting
                 self._current = job
-        if self._advance(self._current):
+        if self._advance(self._current, stretch_s):
             self._current = None
             self.finished += 1
 
     @staticmethod
-    def _advance(job: _Job) -> bool:
+    def _advance(job: _Job, stretch_s: float | None) -> bool:
         """One step of `job`; True when it has finished (with a result or an exception)."""
         try:
             with torch.inference_mode():
@@ -169,7 +170,9 @@ class InspectionJobs:
                         job.future.set_result(result)
                         return True
                     job.steps = result
-                reached = next(job.steps)
+                    reached = next(job.steps)
+                else:
+                    reached = job.steps.send(stretch_s)
             if isinstance(reached, tuple):
                 job.reached = reached
             return False

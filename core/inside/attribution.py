@@ -56,7 +56,7 @@ from core.inside.anatomy import require_weights
 from core.inside.contextual import TokenRef, token_ref
 from core.inside.forward import Step
 from core.inside.next_tokens import text_ids
-from core.inside.stepping import stepped
+from core.inside.stepping import pause_point, stepped
 from core.model.loading import LoadedModel
 from core.model.packed_linear import PackedLinear
 from core.text.token_strings import token_strings
@@ -68,6 +68,10 @@ MAX_STEPS = 64
 DEFAULT_STEPS = 16
 COMPLETE_ENOUGH = 0.05  # a completeness error (in nats) the note does not call out
 DENSE_BYTES = 1 << 30  # dense weight copies one attribution on the CPU may keep: a small model's all, a big one's part
+HEAD_PART_BYTES = 16 << 20  # the LM head's weight read per part: a fraction of a decoding step's time
+# model families whose logits are exactly their LM head's linear map of the decoder's last hidden state (no scaling,
+# no soft-capping): the ones whose head runs in parts
+PLAIN_HEADS = frozenset({"llama", "phi3"})
 ID_WRITTEN = re.compile(r"#[0-9]{1,9}")  # ASCII digits only
 METHODS = ("both", "grad_x_input", "integrated_gradients")
 _ALIASES = {"gradient": "grad_x_input", "gradient x input": "grad_x_input", "ig": "integrated_gradients"}
@@ -160,13 +164,56 @@ def _packed_gradients(model: nn.Module, dense: DenseWeights) -> Iterator[None]:
             hook.remove()
 
 
+class _HeadInParts(torch.autograd.Function):
+    """logits = W h for one hidden state h [hidden] and an LM head's dense weight W [vocab, hidden], a block of
+    HEAD_PART_BYTES of W at a time with a pause point between blocks, forward and backward: the vocabulary-wide
+    matmul is otherwise the longest single op of a pass in either direction."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        out = hidden.new_empty(weight.shape[0])
+        for rows in _head_parts(weight):
+            pause_point()
+            out[rows] = weight[rows] @ hidden
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (weight,) = ctx.saved_tensors
+        total = None
+        for rows in _head_parts(weight):
+            pause_point()
+            part = grad[rows] @ weight[rows]
+            total = part if total is None else total + part
+        return total, None
+
+
+def _head_parts(weight: torch.Tensor) -> list[slice]:
+    step = max(1, HEAD_PART_BYTES // (weight.shape[1] * weight.element_size()))
+    return [slice(start, start + step) for start in range(0, weight.shape[0], step)]
+
+
+def _last_logits(model: nn.Module, x: torch.Tensor, dense: DenseWeights) -> torch.Tensor:
+    """The logits [vocab] after input rows x [1, tokens, hidden]. Where the model's logits are its LM head's linear
+    map of the decoder's last hidden state (the families in PLAIN_HEADS), the head runs in parts (`_HeadInParts`);
+    any other model runs its own forward whole."""
+    head = model.get_output_embeddings()
+    plain = getattr(model.config, "model_type", "") in PLAIN_HEADS and getattr(head, "bias", None) is None
+    if not plain or not isinstance(head, (nn.Linear, PackedLinear)):
+        return model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1]
+    hidden = model.get_decoder()(inputs_embeds=x, use_cache=False).last_hidden_state[0, -1]
+    weight = dense(head) if isinstance(head, PackedLinear) else head.weight
+    return _HeadInParts.apply(hidden, weight.detach().to(hidden.dtype))
+
+
 def _gradients(model: nn.Module, rows: torch.Tensor, target: int | None,
                dense: DenseWeights) -> tuple[torch.Tensor, torch.Tensor]:
     """The float32 log-probabilities [vocab] after input embedding rows [tokens, hidden], and the gradient of
     log p(target) (None: the most likely token) with respect to the rows."""
     with torch.inference_mode(False), torch.enable_grad(), _packed_gradients(model, dense):
         x = rows.clone().unsqueeze(0).requires_grad_()  # a normal tensor, even from an inference one
-        logits = model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[0, -1]
+        logits = _last_logits(model, x, dense)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         chosen = int(logprobs.argmax()) if target is None else target
         [grad] = torch.autograd.grad(logprobs[chosen], [x])

@@ -25,30 +25,33 @@ from torch import nn
 
 from core.inside.anatomy import anatomy
 from core.inside.forward import Step
+from core.work.fair_share import CHAT_STRETCH_S
 
 T = TypeVar("T")
-Stop = Callable[[], None]  # called in the pass thread where it may stop
-# A stretch's length before the pass thread takes its next stop: a small share of a decoding step, so that a decoding
-# step plus one stretch stays within twice a decoding step even where a sublayer takes as long as the stretch.
-STRETCH_S = 0.002
+Stop = Callable[[], float]  # called in the pass thread where it stops; returns the seconds the next stretch may run
+STRETCH_S = CHAT_STRETCH_S  # a stretch's length until the worker says otherwise (it sends one with every step)
+_HERE = threading.local()  # in a pass thread inside `sublayer_stops`: its `due` (see `pause_point`)
 
 
 class _Closed(Exception):
     """Raised in the pass thread at its next stop once the generator is closed."""
 
 
-def in_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -> Generator[Step, None, T]:
+def in_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -> Generator[Step, float | None, T]:
     """Run `work(stop)` in a thread of its own, one stretch between two `stop()` calls per step of this generator,
-    which yields `step` (or what it returns: the progress so far) after each stretch and returns `work`'s result."""
+    which yields `step` (or what it returns: the progress so far) after each stretch and returns `work`'s result.
+    A number sent to the generator is how long the next stretches may run (`stop()` returns it)."""
     go, stopped = threading.Semaphore(0), threading.Semaphore(0)
     outcome: dict[str, Any] = {}
     closed = threading.Event()
+    stretch = [STRETCH_S]
 
-    def stop() -> None:
+    def stop() -> float:
         stopped.release()
         go.acquire()
         if closed.is_set():
             raise _Closed
+        return stretch[0]
 
     def run() -> None:
         go.acquire()
@@ -69,7 +72,9 @@ def in_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -> Gene
             stopped.acquire()
             if outcome.get("done"):
                 break
-            yield step() if callable(step) else step
+            sent = yield step() if callable(step) else step
+            if sent is not None:
+                stretch[0] = sent
     finally:
         if not outcome.get("done"):
             closed.set()
@@ -90,19 +95,23 @@ def sublayers(model: nn.Module) -> list[nn.Module]:
 @contextlib.contextmanager
 def sublayer_stops(model: nn.Module, stop: Stop, stretch_s: float | None = None) -> Iterator[Stop]:
     """Inside the block, this thread's forward calls stop before a sublayer (`sublayers`) and a backward pass through
-    them at a sublayer's output gradient, once `stretch_s` seconds have passed since the thread last resumed (None:
-    STRETCH_S; 0: at every one). Gives the stop to call for a pause of the caller's own, which starts a new stretch
-    too. Hooks belong to the module: each one keeps its own thread's calls only."""
+    them at a sublayer's output gradient, once the stretch since the thread last resumed has run its length: what
+    `stop()` returned (STRETCH_S at first), or `stretch_s` seconds where given (0: at every one). Code within a
+    sublayer stops likewise at its `pause_point()` calls. Gives the stop to call for a pause of the caller's own,
+    which starts a new stretch too. Hooks belong to the module: each one keeps its own thread's calls only."""
     me = threading.get_ident()
-    stretch_s = STRETCH_S if stretch_s is None else stretch_s
+    length = [STRETCH_S if stretch_s is None else stretch_s]
     resumed = [time.perf_counter()]
 
-    def stop_now() -> None:
-        stop()
+    def stop_now() -> float:
+        granted = stop()
+        if stretch_s is None:
+            length[0] = granted
         resumed[0] = time.perf_counter()
+        return granted
 
     def due() -> None:
-        if time.perf_counter() - resumed[0] >= stretch_s:
+        if time.perf_counter() - resumed[0] >= length[0]:
             stop_now()
 
     def before(_module: nn.Module, _args: Any) -> None:
@@ -116,11 +125,21 @@ def sublayer_stops(model: nn.Module, stop: Stop, stretch_s: float | None = None)
 
     hooks = [hook for m in sublayers(model) for hook in (m.register_forward_pre_hook(before),
                                                          m.register_forward_hook(after))]
+    _HERE.due = due
     try:
         yield stop_now
     finally:
+        _HERE.due = None
         for hook in hooks:
             hook.remove()
+
+
+def pause_point() -> None:
+    """Where a long computation of a view's pass may stop (between the parts of a vocabulary-wide matmul): the pass
+    thread stops here once its stretch has run its length; anywhere else (no stepped pass) it does nothing."""
+    due = getattr(_HERE, "due", None)
+    if due is not None:
+        due()
 
 
 def stepped(model: nn.Module, passes: Generator[Step, None, T]) -> Generator[Step, None, T]:

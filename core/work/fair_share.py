@@ -30,6 +30,10 @@ from core.config import DEFAULTS
 from core.work.cancel import CancelToken
 
 POLL_S = 0.05  # how often a waiting step looks at its caller's cancel token
+# How long a view's pass runs between two of its stops (core/inside/stepping.py): while chats run, a small share of
+# a decoding step, so that a decoding step plus one stretch stays within twice a decoding step; with none running,
+# long enough that stopping costs little, short enough that a chat arriving meanwhile starts at once.
+CHAT_STRETCH_S, IDLE_STRETCH_S = 0.001, 0.02
 
 
 class FairShare:
@@ -49,6 +53,10 @@ class FairShare:
         self.step_seconds = 0.0
         self.rests = 0  # steps of request threads that waited for the chats
         self.deferred = 0  # times the worker put off a step for the chats
+
+    def stretch_s(self) -> float:
+        """How long the next stretch of a view's pass may run before it stops (see CHAT_STRETCH_S)."""
+        return CHAT_STRETCH_S if self._chatting else IDLE_STRETCH_S
 
     def set_chatting(self, chatting: bool) -> None:
         """Whether chats are being generated now (their prompts read or their tokens decoded)."""
