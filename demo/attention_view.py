@@ -17,7 +17,16 @@ from gradio.components.plot import AltairPlotData, PlotData
 from PIL import Image, ImageDraw
 
 from core.host import ModelHost
-from core.inside.attention import MAX_ATTENTION_TOKENS, ROLES, Attention, attention, default_tokens, fits_all_layers
+from core.inside.attention import (
+    MAX_ATTENTION_TOKENS,
+    ROLES,
+    Attention,
+    SentAttention,
+    attention,
+    default_tokens,
+    fits_all_layers,
+    sent,
+)
 from demo.cancellation import cancellable
 from demo.errors import api_errors, ui_errors
 from demo.progress_bar import shown_on
@@ -34,21 +43,6 @@ CELL, GAP, MARGIN = 40, 4, 36  # overview: pixels per head map, between maps, fo
 ROLE_HEADERS = ["layer", "head", "role", "on the first token", "on the previous token", "on the same token"]
 
 
-def dense(rows: list[list[float]]) -> np.ndarray:
-    """A map sent as causal rows (row q holds keys 0..q) as a square array, zeros above the diagonal."""
-    n = len(rows)
-    out = np.zeros((n, n), dtype=np.float32)
-    for q, row in enumerate(rows):
-        out[q, :len(row)] = row
-    return out
-
-
-def layer_maps(result: Attention, layer: int) -> np.ndarray | None:
-    """[heads, tokens, tokens] of one layer, or None when the answer does not carry that layer's maps."""
-    heads = result["maps"][layer]
-    return None if heads is None else np.stack([dense(rows) for rows in heads])
-
-
 def overview_image(result: Attention) -> Image.Image | None:
     """Layers (rows, layer 0 at the top) × heads (columns) of small maps, each scaled to CELL pixels, brightness
     √weight so that small weights stay visible, framed in its role's colour. Only numbers are drawn."""
@@ -63,7 +57,7 @@ def overview_image(result: Attention) -> Image.Image | None:
     for layer in range(layers):
         top = MARGIN + layer * (CELL + GAP)
         draw.text((4, top + CELL // 2 - 6), str(layer), fill=(80, 80, 80))
-        maps = layer_maps(result, layer)
+        maps = result["maps"][layer]
         for h in range(heads):
             left = MARGIN + h * (CELL + GAP)
             pixels = (255 - np.sqrt(np.clip(maps[h], 0, 1)) * 255).astype(np.uint8)
@@ -90,7 +84,7 @@ def labels(result: Attention) -> list[str]:
 
 def head_plot(result: Attention, layer: int, head: int | None) -> PlotData | None:
     """The map of one head (or the mean of the layer's heads) as a heatmap: rows are queries, columns keys."""
-    maps = layer_maps(result, layer)
+    maps = result["maps"][layer]
     if maps is None:
         return None
     weights = maps.mean(axis=0) if head is None else maps[head]
@@ -167,7 +161,7 @@ def attention_api(host: ModelHost) -> Any:
     @cancellable
     @api_errors
     def attention_maps(text: str, max_tokens: int | None = None, layer: int | None = None,
-                       chat: bool = False) -> Attention:
+                       chat: bool = False) -> SentAttention:
         """Every layer's and head's attention weights over the first tokens of a text, and each head's role.
 
         Args:
@@ -183,7 +177,7 @@ def attention_api(host: ModelHost) -> Any:
             [layer][head] = {"layer", "head", "kv_head", "first", "previous", "same", "role"}, "prompt_tokens",
             "prompt", "note"}; shares are mean weights over queries 1.., a role names a share of at least 0.5.
         """
-        return attention(host.require().engine, text, max_tokens=max_tokens, layer=layer, chat=chat)
+        return sent(attention(host.require().engine, text, max_tokens=max_tokens, layer=layer, chat=chat))
 
     return attention_maps
 

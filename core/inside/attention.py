@@ -14,7 +14,7 @@ the first `max_tokens` tokens of the text and every row of a map sums to 1. Each
 q + 1 causal entries are sent.
 
     r = attention(engine, "The capital of France is", layer=0)
-    r["maps"][0][0][2]              # layer 0, head 0, query 2 (" of"): its weights on "The", " capital", " of"
+    sent(r)["maps"][0][0][2]        # layer 0, head 0, query 2 (" of"): its weights on "The", " capital", " of"
     # [0.5898, 0.3821, 0.0281]
     r["summary"][2][1]["role"]      # "first token", "previous token", "same token" or ""
     # 'previous token'
@@ -71,19 +71,29 @@ class HeadSummary(TypedDict):
     role: str  # the ROLES entry holding at least ROLE_SHARE of the attention, or ""
 
 
-class Attention(TypedDict):
-    """The answer of /attention."""
-
+class _AttentionFields(TypedDict):
     tokens: list[TokenRef]  # the tokens covered, in order (keys and queries alike)
     layers: int
     heads: int  # query heads: one map each
     kv_heads: int  # key/value heads (fewer than `heads` under grouped-query attention)
-    layer: int | None  # the one layer whose maps are sent, or None for all
-    maps: list[list[list[list[float]]] | None]  # maps[layer][head][query][key], key <= query; None: layer not sent
+    layer: int | None  # the one layer whose maps are computed, or None for all
     summary: list[list[HeadSummary]]  # summary[layer][head], every layer's whatever `layer` is
     prompt_tokens: int  # tokens in the text (or the chat prompt); `tokens` covers the first of them
     prompt: str  # the text the model read (the rendered chat prompt with `chat`)
     note: str
+
+
+class Attention(_AttentionFields):
+    """What `attention` computes: each layer's maps as one array, for the page to draw."""
+
+    maps: list[np.ndarray | None]  # maps[layer]: float32 [heads, queries, keys], zeros above the diagonal; None: not
+    # computed
+
+
+class SentAttention(_AttentionFields):
+    """The answer of /attention (`sent`): each map as its causal rows."""
+
+    maps: list[list[list[list[float]]] | None]  # maps[layer][head][query][key], key <= query; None: layer not sent
 
 
 def default_tokens(device: str) -> int:
@@ -243,6 +253,7 @@ def attention_weights(model: nn.Module, ids: list[int], keep: Sequence[int] | No
     The text goes through `chunk` queries at a time, each call continuing from the keys and values of the ones before
     (the same attention rows: a query's weights on the earlier tokens are computed alike), with a pause after each."""
     modules = attention_modules(model)
+    decoder = model.get_decoder()  # the layers alone: no LM head, which attention does not need
     count = len(modules)
     keep = list(range(count)) if keep is None else list(keep)
     batch = torch.tensor([ids], dtype=torch.long, device=model.device)
@@ -252,8 +263,7 @@ def attention_weights(model: nn.Module, ids: list[int], keep: Sequence[int] | No
     marks: list[torch.Tensor] = []
     for start in range(0, width, chunk):
         with eager_attention(model), captured_weights(modules) as got:
-            model(input_ids=batch[:, start:start + chunk], past_key_values=cache, use_cache=cache is not None,
-                  logits_to_keep=1)
+            decoder(input_ids=batch[:, start:start + chunk], past_key_values=cache, use_cache=cache is not None)
         stop = min(start + chunk, width)
         if len(got) != count or any(w is None or w.shape[-2:] != (stop - start, stop) for w in got):
             raise UnavailableError("The model's attention modules did not return their weights as transformers' "
@@ -274,6 +284,11 @@ def _compute(loaded: LoadedModel, ids: list[int], keep: list[int]) -> Generator[
 
 
 # -- in the caller's thread ------------------------------------------------------------------------------------
+def sent(result: Attention) -> SentAttention:
+    """`result` as /attention sends it: each map's causal rows (`causal_rows`)."""
+    return SentAttention(**{**result, "maps": [None if m is None else causal_rows(m) for m in result["maps"]]})
+
+
 def causal_rows(weights: np.ndarray) -> list[list[list[list[float]]]]:
     """Maps [..., tokens, tokens] as nested lists of their causal rows, rounded to DECIMALS: row q keeps keys 0..q.
     The lower triangle is gathered and rounded in one array operation, and only its values become Python floats.
@@ -336,9 +351,9 @@ def attention(engine: Engine, text: Any, max_tokens: Any = None, layer: Any = No
     covered = ids[:shown]
     keep = list(range(layers)) if layer is None else [layer]
     raw = engine.inspect(_compute, covered, keep, progress=progress)
-    maps: list[list[list[list[float]]] | None] = [None] * layers
-    for index, heads_maps in zip(keep, causal_rows(raw["weights"]), strict=True):
-        maps[index] = heads_maps
+    maps: list[np.ndarray | None] = [None] * layers
+    for slot, index in enumerate(keep):
+        maps[index] = raw["weights"][slot]
     group = max(1, heads // kv_heads)
     summary = [[HeadSummary(layer=i, head=h, kv_head=h // group, first=None, previous=None, same=None, role="")
                 for h in range(heads)] for i in range(layers)]
