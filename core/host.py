@@ -13,6 +13,7 @@ app.py can start loading first and import gradio and build the UI meanwhile (sta
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import logging
 import threading
@@ -199,6 +200,9 @@ class ModelHost:
                        f"{' (cached weights)' if loaded.from_cache else ''}; {engine.describe()}; "
                        f"index: {index.describe()}.{note}")
         self._progress(self.status)
+        # The model, tokenizer and index are hundreds of thousands of objects that live as long as the process: out
+        # of the collector's sight, a full collection no longer walks them all while a chat streams.
+        gc.freeze()
         self._ready.set()
 
     def vocabulary_map(self) -> VocabularyMap:
