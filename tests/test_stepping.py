@@ -137,7 +137,6 @@ def test_an_attribution_reaches_the_worker_in_short_stretches(bundled_host, monk
     backward pass) reaches the worker in at least two steps per sublayer (the fair share counts every step it lets
     run)."""
     from core.inside.attribution import attribution
-
     from core.work import fair_share
 
     for name in ("CHAT_STRETCH_S", "IDLE_STRETCH_S"):  # what the worker sends with each step
