@@ -18,6 +18,7 @@ from demo.security import ContentSecurityPolicy
 from demo.tokens_tab import build_tokens_tab
 
 TITLE = "Token Lab"
+QUEUE_POLL_S = 0.01  # how often gradio's idle queue looks for a new event (see build_demo)
 INTRO = ("Chat with a language model and look inside it: how your text becomes tokens, and where those tokens sit "
          "in the model's own embedding space.")
 
@@ -76,4 +77,9 @@ def build_demo(host: ModelHost, config: AppConfig | None = None) -> gr.Blocks:
             build_inside_tab(host)
     # Bounded waiting line: beyond it gradio answers "queue full" instead of letting requests wait forever.
     demo.queue(max_size=config.max_queue * 4, default_concurrency_limit=1)
+    # gradio's queue looks for a new event every millisecond while it has none (`sleep_when_free`); on a 2-core Space
+    # those wake-ups take CPU from the chat being decoded. A new event waits at most QUEUE_POLL_S instead.
+    queue = getattr(demo, "_queue", None)
+    if hasattr(queue, "sleep_when_free"):
+        queue.sleep_when_free = QUEUE_POLL_S
     return demo
