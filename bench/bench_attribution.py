@@ -7,8 +7,8 @@ engine, the app's fair share); the views run on the float32 torch model through 
    that pass runs on the lean step, the transformers forward (the pass both views are built on: eager attention
    needs it, and so do gradients) is measured too, and each view ÷ it reported beside.
 2. `attribution` by gradient × input on the same text ÷ that forward. Target ≤ 4. The first call is reported apart
-   from the median of later ones, and the dense copies of the oneDNN-packed weights (which each attribution makes
-   for its backward passes and keeps for its own duration: every call pays them) are timed alone.
+   from the median of later ones, and the dense copies of the oneDNN-packed weights (which the first attribution
+   makes for its backward passes and the model keeps for every later one) are timed alone.
 3. Integrated gradients with 16 steps: seconds, ÷ that forward, and the completeness error (|Σ IG − Δ log p|); 32 and
    64 steps once each, for the error's fall with the steps.
 4. A greedy 128-token chat's longest pause while 4 attribution views (both methods, 16 steps, the 64-token text)
@@ -285,8 +285,8 @@ def table_of(lat: dict, steps: dict[int, dict], runs: list[dict]) -> list[tuple[
                   for name in targets]
     dense = lat["dense copies"]
     table += [(f"{name}: first call, ms (wall / CPU)", _ms(lat[name]["first"])) for name in (GRAD, IG)]
-    table += [(f"dense copies of the packed weights ({dense['bytes'] / 2**20:,.0f} MB), made by every attribution "
-               "call: ms (wall / CPU)", _ms(dense))]
+    table += [(f"dense copies of the packed weights ({dense['bytes'] / 2**20:,.0f} MB), made once by the first "
+               "attribution: ms (wall / CPU)", _ms(dense))]
     rows = [(16, lat[IG]), *steps.items()]
     table += [(f"integrated gradients, {n} steps: completeness error / the change it should sum to (nats); s; "
                "÷ forward", f"{row['completeness_error']:.3g} / {row['logprob_change']:.3g}; {row['wall_s']:.2f}; "

@@ -67,7 +67,7 @@ MAX_ATTRIBUTION_TOKENS = 256  # tokens attributed over: each step is a forward a
 MAX_STEPS = 64
 DEFAULT_STEPS = 16
 COMPLETE_ENOUGH = 0.05  # a completeness error (in nats) the note does not call out
-DENSE_BYTES = 1 << 30  # dense weight copies one attribution on the CPU may keep: a small model's all, a big one's part
+DENSE_BYTES = 1 << 30  # dense weight copies kept for attributions on the CPU: a small model's all, a big one's part
 HEAD_PART_BYTES = 16 << 20  # the LM head's weight read per part: a fraction of a decoding step's time
 # model families whose logits are exactly their LM head's linear map of the decoder's last hidden state (no scaling,
 # no soft-capping): the ones whose head runs in parts
@@ -106,10 +106,10 @@ class Attribution(TypedDict):
 
 # -- on the model's side ---------------------------------------------------------------------------------------
 class DenseWeights:
-    """Dense copies of packed linear layers' weights for their backward passes, kept for one attribution (its steps
-    differentiate through the same layers) up to `budget` bytes; past it a layer's weight is unpacked at each use.
-    Unpacking is slow per call (oneDNN reorders many small layers one by one) and fast per byte, so a run keeps
-    what it can."""
+    """Dense copies of packed linear layers' weights for their backward passes, up to `budget` bytes; past it a
+    layer's weight is unpacked at each use. Unpacking is slow per call (oneDNN reorders many small layers one by
+    one) and fast per byte, so the copies are kept: one set per loaded model (`for_model`), made as the first
+    attribution's backward passes reach each layer and reused by every later one."""
 
     def __init__(self, budget: int = DENSE_BYTES, model: nn.Module | None = None) -> None:
         self.kept: dict[nn.Module, torch.Tensor] = {}
@@ -120,6 +120,13 @@ class DenseWeights:
             if tied and isinstance(head, PackedLinear) and \
                     (head.out_features, head.in_features) == tuple(embed.weight.shape):
                 self.kept[head] = embed.weight
+
+    @classmethod
+    def for_model(cls, loaded: LoadedModel) -> DenseWeights:
+        """The loaded model's set, made at its first use (only the engine's worker runs attributions)."""
+        if loaded.gradient_weights is None:
+            loaded.gradient_weights = cls(model=loaded.model)
+        return loaded.gradient_weights
 
     def __call__(self, layer: PackedLinear) -> torch.Tensor:
         weight = self.kept.get(layer)
@@ -212,11 +219,13 @@ def _gradients(model: nn.Module, rows: torch.Tensor, target: int | None,
     """The float32 log-probabilities [vocab] after input embedding rows [tokens, hidden], and the gradient of
     log p(target) (None: the most likely token) with respect to the rows."""
     with torch.inference_mode(False), torch.enable_grad(), _packed_gradients(model, dense):
+        pause_point()  # the pass's set-up, and its start before the first sublayer, are stretches of their own
         x = rows.clone().unsqueeze(0).requires_grad_()  # a normal tensor, even from an inference one
         logits = _last_logits(model, x, dense)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         chosen = int(logprobs.argmax()) if target is None else target
         [grad] = torch.autograd.grad(logprobs[chosen], [x])
+        pause_point()  # and so are the backward's end and the pass's tear-down
         return logprobs.detach(), grad[0]
 
 
@@ -242,7 +251,7 @@ def _compute(loaded: LoadedModel, ids: list[int], target: int | None, method: st
         rows = embed(torch.tensor(ids, device=model.device)).detach()
         baseline = embed(torch.tensor(base_ids, device=model.device)).detach()
     integrated = method != "grad_x_input"
-    dense = DenseWeights(model=model)
+    dense = DenseWeights.for_model(loaded)
     total = 1 + (steps + 1 if integrated else 0)
     logprobs, grad = _gradients(model, rows, target, dense)  # integrated gradients use the gradient too: the path's end
     target = int(logprobs.argmax()) if target is None else target

@@ -14,8 +14,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -48,6 +49,9 @@ class LoadedModel:
     note: str = ""  # e.g. why the default model was replaced by the bundled one
     packed_layers: int = 0  # linear layers running on oneDNN-packed weights (core/model/packed_linear.py)
     weights_dir: Path | None = None  # the checkpoint folder the weights came from (ONNX conversion reads it)
+    # dense copies of the packed weights for attribution's backward passes, made at its first use and kept
+    # (core/inside/attribution.py's DenseWeights)
+    gradient_weights: Any = field(default=None, repr=False, compare=False)
 
     @property
     def context_length(self) -> int:
