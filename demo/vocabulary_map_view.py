@@ -11,6 +11,7 @@ No `from __future__ import annotations` here: gr.api reads the return annotation
 
 import base64
 import functools
+import html
 import json
 
 import gradio as gr
@@ -60,7 +61,7 @@ POLL_S = 2.0  # how often the page asks whether a background projection is ready
 def plotly_text(text: str) -> str:
     """Text for plotly's hover and labels, shown as typed: plotly reads `<b>`, `<br>`, `<a href>` and entities in
     them, so `&`, `<` and `>` become entities, which it shows as the characters."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(text, quote=False)
 
 
 def typed(values: np.ndarray, dtype: str) -> dict:

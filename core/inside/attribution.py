@@ -293,10 +293,11 @@ def baseline_id(tokenizer: Any) -> int:
     return int(pad)
 
 
-def baseline_ids(tokenizer: Any, ids: list[int]) -> list[int]:
-    """Integrated gradients' baseline for `ids`: the first token and the special tokens as they are, `baseline_id`
-    in place of every other token."""
-    keep, word = special_ids(tokenizer), baseline_id(tokenizer)
+def baseline_ids(tokenizer: Any, ids: list[int], word: int | None = None) -> list[int]:
+    """Integrated gradients' baseline for `ids`: the first token and the special tokens as they are, `word` (None:
+    `baseline_id`) in place of every other token."""
+    keep = special_ids(tokenizer)
+    word = baseline_id(tokenizer) if word is None else word
     return [t if i == 0 or t in keep else word for i, t in enumerate(ids)]
 
 
@@ -342,13 +343,13 @@ def _attribute(engine: Engine, ids: list[int], target: int | None, method: Any, 
     if len(ids) > MAX_ATTRIBUTION_TOKENS:
         raise InvalidInputError(f"Attribution reads at most {MAX_ATTRIBUTION_TOKENS} tokens before the target; there "
                                 f"are {len(ids):,}. Shorten the text.")
-    base_ids = baseline_ids(loaded.tokenizer, ids)
+    word = baseline_id(loaded.tokenizer)
+    base_ids = baseline_ids(loaded.tokenizer, ids, word)
     raw = engine.inspect(_in_steps, ids, target, method, steps, base_ids, progress=progress)
     strings = token_strings(loaded.tokenizer)
     tid = raw["target"]
     integrated = raw["integrated_gradients"]
     error = None if integrated is None else abs(sum(integrated) - (raw["logprob"] - raw["logprob_baseline"]))
-    word = baseline_id(loaded.tokenizer)
     baseline = (f"the text with {strings.piece(word)!r} in place of every ordinary token, its first token and "
                 "special tokens kept")
     note = ""

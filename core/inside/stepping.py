@@ -4,8 +4,9 @@ The engine's worker runs an inspection one step at a time between two decoding s
 step of a generator can only end where the generator yields: between whole forward (and backward) calls. Here the
 calls run in a thread of their own that may stop before every sublayer of the decoder layers and the LM head (each
 leaf module: a projection, a norm, an activation) and, backward, at each one's output gradient; it stops at the first
-of those once its stretch has run `STRETCH_S`, so a stretch lasts that long plus one sublayer at most, however long
-the text and whatever the layer sizes. Each step of the generator lets the thread run one stretch. The two threads
+of those once its stretch has run its length (the worker sends one with every step: core/work/fair_share.py's
+`stretch_s`), so a stretch lasts that long plus one sublayer at most, however long the text and whatever the layer
+sizes. Each step of the generator lets the thread run one stretch. The two threads
 never compute at the same time: the worker waits while the pass thread runs, and the pass thread waits while the
 worker decodes. Closing the generator (a cancelled view) ends the pass at its next stop.
 
