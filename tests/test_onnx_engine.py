@@ -11,10 +11,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from core.config import AppConfig, RequestLimits
+from core.engine.heap import HeapTrimmer
 from core.engine.local import ChatEngine
 from core.engine.onnx_model import load_onnx_model
 from core.engine.settings import GenerationSettings
@@ -118,6 +120,28 @@ def test_answers_stay_close_to_the_float32_model(bundled, engine):
     assert total > 60
     assert agree / total >= 0.9, (agree, total)
     assert sum(gaps) / len(gaps) <= 0.1
+
+
+def test_a_new_cache_is_zeros_and_touches_no_memory_until_written(bundled_onnx):
+    """A chat's cache is laid out between two of its tokens: as pages mapped for it, zero until written, never as
+    memory written zero byte by byte (after a heap trim, every page of it faulted back in, on the chat's clock)."""
+    resource = pytest.importorskip("resource")
+    model, _ = bundled_onnx
+    # the heap as a server's is after a while: a large block freed (glibc then serves blocks up to its size from the
+    # heap, not from fresh mappings), a cache's memory freed in the middle of the heap, its pages given back by a trim
+    np.empty(4 << 20, np.uint8)
+    first = model.cache(1, 256)
+    kept = np.ones(1 << 16, np.uint8)  # after it: the freed cache is not the heap's top
+    del first
+    HeapTrimmer(interval=0).maybe_trim()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cache = model.cache(1, 256)  # a one-row cache, as a chat's first token lays out
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    arrays = cache.keys + cache.values
+    pages = sum(a.nbytes for a in arrays) // 4096
+    assert faults < pages // 20, f"{faults} page faults laying out {pages} pages"
+    assert all(a.flags.c_contiguous and a.flags.writeable and not a.any() for a in arrays)
+    assert kept.all()
 
 
 def test_rows_of_different_lengths_answer_as_alone_and_a_late_one_joins(engine, monkeypatch):

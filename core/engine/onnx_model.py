@@ -15,12 +15,21 @@ copies no cache at all. `KVCache` is such a set of buffers with a fixed capacity
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from core.errors import ModelLoadError
+
+
+def zeroed(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of zeros in pages fresh from the kernel, which are zero until written: laying out a cache
+    then touches no memory (np.zeros may take recycled heap pages and write every byte of them, faulting each page
+    back in after the heap was trimmed). The pages go back to the system when the array is freed."""
+    size = int(np.prod(shape)) * 4
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), np.float32, count=size // 4).reshape(shape)
 
 
 class KVCache:
@@ -30,8 +39,8 @@ class KVCache:
     def __init__(self, model: OnnxModel, rows: int, capacity: int) -> None:
         shape = (rows, model.kv_heads, capacity, model.head_dim)
         self.capacity = capacity
-        self.keys = [np.zeros(shape, np.float32) for _ in range(model.layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(model.layers)]
+        keys, values = zeroed((2, model.layers, *shape))
+        self.keys, self.values = list(keys), list(values)
         self.binding = model.session.io_binding()
         for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             for array, past, present in ((k, *model.key_names[layer]), (v, *model.value_names[layer])):
