@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from core.inside import stepping
 from core.inside.stepping import in_steps, stepped, sublayer_stops, sublayers
+from core.work.fair_share import CHAT_STRETCH, IDLE_STRETCH
 
 
 def drive(steps) -> tuple[int, object]:
@@ -132,6 +133,31 @@ def test_closing_the_generator_ends_the_pass_thread(bundled):
     assert all(not layer._forward_pre_hooks for layer in model.model.layers)
 
 
+def test_each_stretch_computes_on_the_threads_the_worker_gives_it():
+    """While chats run a pass computes on one torch thread (a second spins on after the stretch, on the core the
+    next decoding step needs); with none it uses torch's default; the caller's own count never changes."""
+    default = torch.get_num_threads()
+    if default < 2:
+        pytest.skip("torch runs on one thread here: nothing to tell apart")
+    seen = []
+
+    def work(stop) -> str:
+        for _ in range(2):
+            seen.append(torch.get_num_threads())
+            stop()
+        seen.append(torch.get_num_threads())
+        return "done"
+
+    steps = in_steps(work, (0, 1, "working"))
+    next(steps)  # the first stretch runs as a chat's until the worker says otherwise
+    steps.send(IDLE_STRETCH)
+    with pytest.raises(StopIteration) as end:
+        steps.send(CHAT_STRETCH)
+    assert end.value.value == "done"
+    assert seen == [1, default, 1]
+    assert torch.get_num_threads() == default
+
+
 def test_an_attribution_reaches_the_worker_in_short_stretches(bundled_host, monkeypatch):
     """Through the engine as the app runs it: with the shortest stretches, one gradient × input (a forward and a
     backward pass) reaches the worker in at least two steps per sublayer (the fair share counts every step it lets
@@ -139,9 +165,9 @@ def test_an_attribution_reaches_the_worker_in_short_stretches(bundled_host, monk
     from core.inside.attribution import attribution
     from core.work import fair_share
 
-    for name in ("CHAT_STRETCH_S", "IDLE_STRETCH_S"):  # what the worker sends with each step
-        monkeypatch.setattr(fair_share, name, 0.0)
-    monkeypatch.setattr(stepping, "STRETCH_S", 0.0)  # the first stretch's
+    for name in ("CHAT_STRETCH", "IDLE_STRETCH"):  # what the worker sends with each step
+        monkeypatch.setattr(fair_share, name, fair_share.Stretch(0.0))
+    monkeypatch.setattr(stepping, "STRETCH", fair_share.Stretch(0.0))  # the first stretch's
     engine, share = bundled_host.require().engine, bundled_host.work.share
     before = share.stats()["heavy_steps"]
     result = attribution(engine, "The capital of France is", method="grad_x_input")

@@ -28,6 +28,7 @@ import torch
 from core.errors import BusyError, ModelNotReadyError
 from core.work import cancel
 from core.work.cancel import Cancelled, CancelToken
+from core.work.fair_share import Stretch
 from core.work.progress import Progress
 
 T = TypeVar("T")
@@ -144,9 +145,9 @@ class InspectionJobs:
             job.future.set_exception(Cancelled())
         self.cancelled += 1
 
-    def step(self, stretch_s: float | None = None) -> None:
-        """Run one step of the inspection in progress, or start the next waiting one; `stretch_s` is sent to a
-        stepped view's generator: how long its pass may run before it stops (core/inside/stepping.py)."""
+    def step(self, stretch: Stretch | None = None) -> None:
+        """Run one step of the inspection in progress, or start the next waiting one; `stretch` is sent to a
+        stepped view's generator: how its pass runs until it stops (core/inside/stepping.py)."""
         self.drop_cancelled()
         while self._current is None:
             with self._lock:
@@ -155,12 +156,12 @@ class InspectionJobs:
                 job = self._waiting.popleft()
             if job.future.set_running_or_notify_cancel():  # False: its caller gave up waiting
                 self._current = job
-        if self._advance(self._current, stretch_s):
+        if self._advance(self._current, stretch):
             self._current = None
             self.finished += 1
 
     @staticmethod
-    def _advance(job: _Job, stretch_s: float | None) -> bool:
+    def _advance(job: _Job, stretch: Stretch | None) -> bool:
         """One step of `job`; True when it has finished (with a result or an exception)."""
         try:
             with torch.inference_mode():
@@ -172,7 +173,7 @@ class InspectionJobs:
                     job.steps = result
                     reached = next(job.steps)
                 else:
-                    reached = job.steps.send(stretch_s)
+                    reached = job.steps.send(stretch)
             if isinstance(reached, tuple):
                 job.reached = reached
             return False

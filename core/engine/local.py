@@ -231,7 +231,7 @@ class ChatEngine(Engine):
         if not self._jobs.busy or not self.share.try_begin():
             return False
         try:
-            self._jobs.step(self.share.stretch_s())
+            self._jobs.step(self.share.stretch())
         finally:
             self.share.end()
         return True

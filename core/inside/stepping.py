@@ -5,10 +5,10 @@ step of a generator can only end where the generator yields: between whole forwa
 calls run in a thread of their own that may stop before every sublayer of the decoder layers and the LM head (each
 leaf module: a projection, a norm, an activation) and, backward, at each one's output gradient; it stops at the first
 of those once its stretch has run its length (the worker sends one with every step: core/work/fair_share.py's
-`stretch_s`), so a stretch lasts that long plus one sublayer at most, however long the text and whatever the layer
-sizes. Each step of the generator lets the thread run one stretch. The two threads
-never compute at the same time: the worker waits while the pass thread runs, and the pass thread waits while the
-worker decodes. Closing the generator (a cancelled view) ends the pass at its next stop.
+`Stretch`), so a stretch lasts that long plus one sublayer at most, however long the text and whatever the layer
+sizes, on as many of torch's threads as the worker says (one while chats run). Each step of the generator lets the
+thread run one stretch. The two threads never compute at the same time: the worker waits while the pass thread runs,
+and the pass thread waits while the worker decodes. Closing the generator (a cancelled view) ends the pass at its next stop.
 
     weights = yield from stepped(model, attention_weights(model, ids))    # a view's passes, in short stretches
 """
@@ -26,11 +26,11 @@ from torch import nn
 
 from core.inside.anatomy import anatomy
 from core.inside.forward import Step
-from core.work.fair_share import CHAT_STRETCH_S
+from core.work.fair_share import CHAT_STRETCH, Stretch
 
 T = TypeVar("T")
 Stop = Callable[[], float]  # called in the pass thread where it stops; returns the seconds the next stretch may run
-STRETCH_S = CHAT_STRETCH_S  # a stretch's length until the worker says otherwise (it sends one with every step)
+STRETCH = CHAT_STRETCH  # how a stretch runs until the worker says otherwise (it sends one with every step)
 _HERE = threading.local()  # in a pass thread inside `sublayer_stops`: its `due` (see `pause_point`)
 
 
@@ -38,26 +38,36 @@ class _Closed(Exception):
     """Raised in the pass thread at its next stop once the generator is closed."""
 
 
-def in_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -> Generator[Step, float | None, T]:
+def in_steps(work: Callable[[Stop], T], step: Step | Callable[[], Step]) -> Generator[Step, Stretch | None, T]:
     """Run `work(stop)` in a thread of its own, one stretch between two `stop()` calls per step of this generator,
     which yields `step` (or what it returns: the progress so far) after each stretch and returns `work`'s result.
-    A number sent to the generator is how long the next stretches may run (`stop()` returns it)."""
+    A `Stretch` sent to the generator is how the next stretches run: `stop()` returns its seconds, and the thread
+    computes on its number of torch threads."""
     go, stopped = threading.Semaphore(0), threading.Semaphore(0)
     outcome: dict[str, Any] = {}
     closed = threading.Event()
-    stretch = [STRETCH_S]
+    stretch = [STRETCH]
+    default_threads = torch.get_num_threads()
+
+    def resume() -> float:
+        """In the pass thread, as a stretch begins (torch's thread count is the calling thread's own)."""
+        threads = stretch[0].threads or default_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return stretch[0].seconds
 
     def stop() -> float:
         stopped.release()
         go.acquire()
         if closed.is_set():
             raise _Closed
-        return stretch[0]
+        return resume()
 
     def run() -> None:
         go.acquire()
         try:
             if not closed.is_set():
+                resume()
                 outcome["value"] = work(stop)
         except BaseException as exc:  # handed to the generator's caller
             outcome["error"] = exc
@@ -97,11 +107,12 @@ def sublayers(model: nn.Module) -> list[nn.Module]:
 def sublayer_stops(model: nn.Module, stop: Stop, stretch_s: float | None = None) -> Iterator[Stop]:
     """Inside the block, this thread's forward calls stop before a sublayer (`sublayers`) and a backward pass through
     them at a sublayer's output gradient, once the stretch since the thread last resumed has run its length: what
-    `stop()` returned (STRETCH_S at first), or `stretch_s` seconds where given (0: at every one). Code within a
-    sublayer stops likewise at its `pause_point()` calls. Gives the stop to call for a pause of the caller's own,
-    which starts a new stretch too. Hooks belong to the module: each one keeps its own thread's calls only."""
+    `stop()` returned (STRETCH's seconds at first), or `stretch_s` seconds where given (0: at every one). Code
+    within a sublayer stops likewise at its `pause_point()` calls. Gives the stop to call for a pause of the
+    caller's own, which starts a new stretch too. Hooks belong to the module: each one keeps its own thread's calls
+    only."""
     me = threading.get_ident()
-    length = [STRETCH_S if stretch_s is None else stretch_s]
+    length = [STRETCH.seconds if stretch_s is None else stretch_s]
     resumed = [time.perf_counter()]
 
     def stop_now() -> float:

@@ -24,16 +24,29 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from core.config import DEFAULTS
 from core.work.cancel import CancelToken
 
 POLL_S = 0.05  # how often a waiting step looks at its caller's cancel token
-# How long a view's pass runs between two of its stops (core/inside/stepping.py): while chats run, a small share of
-# a decoding step, so that a decoding step plus one stretch stays within twice a decoding step; with none running,
-# long enough that stopping costs little, short enough that a chat arriving meanwhile starts at once.
-CHAT_STRETCH_S, IDLE_STRETCH_S = 0.001, 0.02
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """How a view's pass runs between two of its stops (core/inside/stepping.py): for how long, and on how many of
+    torch's threads (None: torch's default)."""
+
+    seconds: float
+    threads: int | None = None
+
+
+# While chats run: a small share of a decoding step, so that a decoding step plus one stretch stays within twice a
+# decoding step, and on one thread: a second torch thread spins on after the stretch, on the core the next decoding
+# step needs. With none running: long enough that stopping costs little, short enough that a chat arriving
+# meanwhile starts at once, on every thread.
+CHAT_STRETCH, IDLE_STRETCH = Stretch(0.001, threads=1), Stretch(0.02)
 
 
 class FairShare:
@@ -54,9 +67,9 @@ class FairShare:
         self.rests = 0  # steps of request threads that waited for the chats
         self.deferred = 0  # times the worker put off a step for the chats
 
-    def stretch_s(self) -> float:
-        """How long the next stretch of a view's pass may run before it stops (see CHAT_STRETCH_S)."""
-        return CHAT_STRETCH_S if self._chatting else IDLE_STRETCH_S
+    def stretch(self) -> Stretch:
+        """How the next stretch of a view's pass runs (see CHAT_STRETCH)."""
+        return CHAT_STRETCH if self._chatting else IDLE_STRETCH
 
     def set_chatting(self, chatting: bool) -> None:
         """Whether chats are being generated now (their prompts read or their tokens decoded)."""
