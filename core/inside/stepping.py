@@ -135,10 +135,12 @@ def sublayer_stops(model: nn.Module, stop: Stop, stretch_s: float | None = None)
         if threading.get_ident() == me and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
             hidden.register_hook(lambda grad: due())
 
-    hooks = [hook for m in sublayers(model) for hook in (m.register_forward_pre_hook(before),
-                                                         m.register_forward_hook(after))]
+    hooks = []
     _HERE.due = due
     try:
+        for m in sublayers(model):  # hundreds of hooks: setting them up may stop too
+            hooks += (m.register_forward_pre_hook(before), m.register_forward_hook(after))
+            due()
         yield stop_now
     finally:
         _HERE.due = None
