@@ -8,7 +8,8 @@ of those once its stretch has run its length (the worker sends one with every st
 `Stretch`), so a stretch lasts that long plus one sublayer at most, however long the text and whatever the layer
 sizes, on as many of torch's threads as the worker says (one while chats run). Each step of the generator lets the
 thread run one stretch. The two threads never compute at the same time: the worker waits while the pass thread runs,
-and the pass thread waits while the worker decodes. Closing the generator (a cancelled view) ends the pass at its next stop.
+and the pass thread waits while the worker decodes. Closing the generator (a cancelled view) ends the pass at its
+next stop.
 
     weights = yield from stepped(model, attention_weights(model, ids))    # a view's passes, in short stretches
 """
