@@ -172,6 +172,55 @@ def test_an_inspection_beside_a_chat_waits_its_share_and_a_cancelled_one_is_drop
         engine.close()
 
 
+def test_a_view_never_cuts_in_between_a_new_chats_first_token_and_its_next(request, bundled):
+    """A request that arrives while a prompt is read is taken in before the next decoding step (first tokens
+    first); a view's step waits until after that decoding step, so a chat starting beside a view pauses after its
+    first token no longer than it must."""
+    engine = chat_engine(request, "onnx", bundled, max_batch=4, prefix_cache_mb=0, share=FairShare(0.3))
+    events: list[str] = []
+    settings = GenerationSettings(temperature=0, max_new_tokens=4)
+
+    def view(_loaded):
+        for i in range(10_000):  # short steps until the test cancels it
+            time.sleep(0.001)
+            events.append("view")
+            yield i, 10_000, "stepping"
+
+    token = CancelToken()
+
+    def inspect() -> None:
+        with current_token(token), pytest.raises(Cancelled):
+            engine.inspect(view)
+
+    viewer = threading.Thread(target=inspect)
+    try:
+        viewer.start()
+        for _ in range(int(HOLD_S / 0.01)):
+            if events:
+                break
+            time.sleep(0.01)
+        chat = engine.chat("Say hello.", [], "", settings)
+        later = []
+        push = chat.push
+
+        def recorded(token_ids: list[int]) -> None:
+            events.append("token")
+            if not later:  # on the first token, still inside the prompt's read: another request arrives
+                later.append(engine.chat("Say goodbye.", [], "", settings))
+            push(token_ids)
+
+        chat.push = recorded  # looked up at each token; the prompt waits behind the view's steps by now
+        collect(chat)
+        assert later and collect(later[0])
+        tokens = [i for i, event in enumerate(events) if event == "token"]
+        assert len(tokens) >= 2 and "view" in events[:tokens[0]]
+        assert "view" not in events[tokens[0]:tokens[1]], "a view's step ran between the first token and the next"
+    finally:
+        token.cancel()
+        viewer.join(HOLD_S)
+        engine.close()
+
+
 def test_the_share_is_a_flag_and_an_environment_variable():
     from core.config import AppConfig
 

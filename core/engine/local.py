@@ -244,9 +244,11 @@ class ChatEngine(Engine):
         self._warm_up(decoder)
         active: list[Running] = []
         groups: list[PrefillGroup] = []
+        admitting = False  # this turn takes in requests that came during a prefill, before the decoding step
         while True:
             self.share.set_chatting(bool(active or groups))
-            stepped = self._inspect_step()
+            stepped = not admitting and self._inspect_step()  # a view's step never cuts in before that decoding step
+            admitting = False
             idle = not active and not groups
             room = self.max_batch - len(active) - sum(len(group.pairs) for group in groups)
             # idle with an inspection that must wait for another heavy step: look at the queue now and then
@@ -265,6 +267,7 @@ class ChatEngine(Engine):
             if started:
                 active = self._settle(decoder, active + started)
                 if len(active) < self.max_batch and not self._queue.empty():
+                    admitting = True
                     continue  # more arrived during that prefill: admit them before decoding, first tokens first
             if not active:
                 continue
