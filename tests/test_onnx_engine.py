@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from core.config import AppConfig, RequestLimits
+from core.engine.batch_decoder import Slot
 from core.engine.heap import HeapTrimmer
 from core.engine.local import ChatEngine
+from core.engine.onnx_decoder import OnnxBatchDecoder
 from core.engine.onnx_model import load_onnx_model
 from core.engine.settings import GenerationSettings
 from core.engine.stream import END_OF_TURN, STOPPED
@@ -142,6 +144,24 @@ def test_a_new_cache_is_zeros_and_touches_no_memory_until_written(bundled_onnx):
     assert faults < pages // 20, f"{faults} page faults laying out {pages} pages"
     assert all(a.flags.c_contiguous and a.flags.writeable and not a.any() for a in arrays)
     assert kept.all()
+
+
+def test_a_lone_chat_decodes_in_the_cache_its_prompt_was_read_in(bundled, bundled_onnx):
+    """With no rows running, a new row's keys stay where its prompt was read (no copy between its first token and
+    its next), and it decodes on from there as a chat does."""
+    model, _ = bundled_onnx
+    decoder = OnnxBatchDecoder(model, [bundled.tokenizer.eos_token_id])
+    emitted: list[int] = []
+    prompt = bundled.tokenizer.encode("The capital of France is")
+    slot = Slot(prompt_ids=prompt, params=GREEDY, max_new_tokens=8, emit=emitted.append)
+    group = decoder.begin([slot])
+    assert decoder.prefill(group)
+    assert decoder.cache is group.caches[0] and decoder.cache.capacity > len(prompt)
+    for _ in range(3):
+        decoder.step()
+    assert len(emitted) == 4 and slot.finish_reason is None  # the first token, then one per step
+    engine_answer = bundled.tokenizer.decode(emitted)
+    assert engine_answer.strip().startswith("Paris"), engine_answer
 
 
 def test_rows_of_different_lengths_answer_as_alone_and_a_late_one_joins(engine, monkeypatch):

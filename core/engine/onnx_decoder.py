@@ -6,10 +6,10 @@ Rows sit in one cache, right-aligned at position 0 (ONNX Runtime's attention tak
 so there is no padding to mask and a row's answer never depends on the rows beside it. A new request's prompt is
 read in its own one-row cache, a chunk per turn of the worker's loop (this ONNX Runtime refuses several multi-token
 rows over a cache); a prefix found in the prefix cache is copied in first and only the rest is read. When every
-prompt of a group is read, the group's rows are copied into the running batch's cache, which is re-laid whenever its
-rows change or its longest row needs more columns; each decoding step writes one column per layer in place. The
-prefix cache keeps prompts' keys (read in runs, never one token at a time), so an answer never depends on what the
-cache held.
+prompt of a group is read, the group's rows are copied into the running batch's cache (a lone row with none running
+keeps its own), which is re-laid whenever its rows change or its longest row needs more columns; each decoding step
+writes one column per layer in place. The prefix cache keeps prompts' keys (read in runs, never one token at a
+time), so an answer never depends on what the cache held.
 
     decoder = OnnxBatchDecoder(OnnxModel(folder, threads=2), stop_ids=[2], prefix_cache=PrefixCache(256 << 20))
     decoder.admit([slot]); decoder.step()
@@ -64,7 +64,7 @@ class OnnxBatchDecoder(Decoder):
             slot.sampler_setup(self.device)
             reused, kv = self._lookup(slot.prompt_ids)
             reused = max(0, min(reused, len(slot.prompt_ids) - MIN_RUN))
-            cache = self.model.cache(1, len(slot.prompt_ids))  # copied into the batch's cache once read
+            cache = self._lay_out(1, len(slot.prompt_ids))  # with room to decode in, if it runs alone (`_join`)
             for layer, (k, v) in enumerate(kv):
                 cache.keys[layer][0, :, :reused] = k[:, :reused].numpy()
                 cache.values[layer][0, :, :reused] = v[:, :reused].numpy()
@@ -111,8 +111,12 @@ class OnnxBatchDecoder(Decoder):
         return self.model.cache(rows, _capacity(longest))
 
     def _join(self, group: OnnxPrefill) -> None:
-        """Copy the group's rows into a new cache after the running rows."""
+        """Copy the group's rows into a new cache after the running rows; a lone row with none running decodes in
+        the cache it was read in (no copy between its first token and its next)."""
         lengths = np.concatenate([self.lengths, np.asarray(group.lengths, np.int64)])
+        if not self.slots and len(group.caches) == 1:
+            self.cache, self.lengths, self.slots = group.caches[0], lengths, list(group.slots)
+            return
         cache = self._lay_out(len(lengths), int(lengths.max()))
         if self.cache is not None and len(self.slots):
             cache.copy_rows(self.cache, list(range(len(self.slots))), 0, int(self.lengths.max()))
