@@ -299,6 +299,8 @@ def table_of(lat: dict, steps: dict[int, dict], runs: list[dict]) -> list[tuple[
     alone_gaps = [r["alone"]["median_gap_s"] * 1000 for r in runs]
     table += [
         ("chat alone: normal step (median gap between tokens), ms, each round", _each(alone_gaps, ".1f")),
+        ("chat alone: its own longest pause ÷ normal step, each round (this machine's noise)",
+         _each([r["alone"]["longest_gap_s"] / r["alone"]["median_gap_s"] for r in runs], ".1f")),
         (f"chat beside {VIEWS} attribution views: longest pause, ms, each round",
          _each([r["beside"]["longest_gap_s"] * 1000 for r in runs], ",.0f")),
         ("longest pause ÷ normal step, each round (target ≤ 2)", _each([r["pause_ratio"] for r in runs], ".1f")),
