@@ -295,7 +295,7 @@ def build_embeddings_tab(host: ModelHost) -> None:
         # imported here: the map's module uses this one's formatting helpers
         from demo.vocabulary_map_view import build_vocabulary_map
 
-        build_vocabulary_map(host, k, positive, negative)
+        build_vocabulary_map(host, tab, k, positive, negative)
 
     n_inputs = [query, k, metric, exact, group, hide]
     n_outputs = [resolved, table, vec_info, vec_plot, nmap]

@@ -13,6 +13,7 @@ import base64
 import functools
 import html
 import json
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -178,9 +179,34 @@ BIND_CLICKS_JS = """
 """
 
 
-def build_vocabulary_map(host: ModelHost, k: gr.Slider, positive: gr.Textbox, negative: gr.Textbox) -> None:
-    """The map's accordion and the /vocabulary_map endpoint, inside the Embeddings tab; `k` and the analogy's
-    boxes are the tab's own."""
+def plotly_module() -> str | None:
+    """The file name of the plotly.js module gradio's Plot loads on its first plotly figure (a hashed name that
+    changes with each gradio release), or None where this gradio ships none."""
+    assets = Path(gr.__file__).parent / "templates" / "frontend" / "assets"
+    found = sorted(assets.glob("PlotlyPlot-*.js"))
+    return found[0].name if len(found) == 1 else None
+
+
+def preload_js(module: str | None) -> str:
+    """Loads plotly.js in the background as the tab opens, from the folder of gradio's own main module: loading and
+    running its 4.6 MB is most of the time the first map takes to appear, and gradio only starts it once the figure
+    has arrived. Nothing happens where either module is not found."""
+    return rf"""
+() => {{
+  const module = {json.dumps(module)};
+  const main = performance.getEntriesByType('resource').map(e => e.name).find(n => /\/index-[^/]*\.js$/.test(n));
+  if (module && main && !window.__tokenLabPlotly) {{
+    window.__tokenLabPlotly = import(main.replace(/[^/]*$/, module)).catch(() => {{ window.__tokenLabPlotly = null; }});
+  }}
+  return [];
+}}
+"""
+
+
+def build_vocabulary_map(host: ModelHost, tab: gr.Tab, k: gr.Slider, positive: gr.Textbox,
+                         negative: gr.Textbox) -> None:
+    """The map's accordion and the /vocabulary_map endpoint, inside the Embeddings tab (`tab`); `k` and the
+    analogy's boxes are the tab's own."""
 
     def vmap() -> VocabularyMap:
         return host.vocabulary_map()
@@ -275,3 +301,4 @@ def build_vocabulary_map(host: ModelHost, k: gr.Slider, positive: gr.Textbox, ne
     on_map.click(analogy_on_map, [positive, negative, k, projection, dims], found_outputs, **common)
     reset.click(clear, [projection, dims], found_outputs, **common)
     plot.change(None, None, None, js=BIND_CLICKS_JS)
+    tab.select(None, None, None, js=preload_js(plotly_module()))

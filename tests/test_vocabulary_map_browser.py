@@ -35,6 +35,21 @@ def lit_labels(page) -> list[str]:
     return page.evaluate("() => [...document.querySelectorAll('#vmap-plot .textpoint text')].map(t => t.textContent)")
 
 
+def test_the_tab_loads_plotly_before_the_map_is_opened(browser_page):
+    """Opening the Embeddings tab starts loading gradio's plotly.js module (most of the first map's wait), from the
+    folder gradio serves its own modules from; the map, opened later, draws with it."""
+    page = browser_page.page
+    plotly = "() => performance.getEntriesByType('resource').some(e => /PlotlyPlot-[^/]*\\.js$/.test(e.name))"
+    assert not page.evaluate(plotly)
+    browser_page.open_tab("Embeddings")
+    page.wait_for_function("() => window.__tokenLabPlotly")
+    assert page.evaluate("() => window.__tokenLabPlotly.then(m => typeof m.default)") == "function"
+    assert page.evaluate(plotly)
+    assert not page.locator("#vmap-plot canvas").count()  # the map itself is not drawn until it is opened
+    open_map(browser_page)
+    assert not browser_page.page_errors
+
+
 def test_map_draws_searches_and_clicks(browser_page):
     page = browser_page.page
     open_map(browser_page)
