@@ -16,6 +16,7 @@ dialog (alert/confirm/prompt: dismissed at once), uncaught page error and consol
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,13 +88,13 @@ def browser() -> Iterator[Any]:
         playwright.stop()
 
 
-@pytest.fixture
-def browser_page(browser: Any, app_url: str) -> Iterator[BrowserPage]:
-    """The app open in a fresh browser context, loaded and ready."""
+@contextlib.contextmanager
+def page_at(browser: Any, url: str) -> Iterator[BrowserPage]:
+    """The app at `url` open in a fresh browser context, loaded and ready."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(LOAD_TIMEOUT_MS)
-    session = BrowserPage(page=page, url=app_url)
+    session = BrowserPage(page=page, url=url)
 
     def on_dialog(dialog: Any) -> None:
         session.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -103,8 +104,15 @@ def browser_page(browser: Any, app_url: str) -> Iterator[BrowserPage]:
     page.on("pageerror", lambda exc: session.page_errors.append(str(exc)))
     page.on("console", lambda msg: session.console_errors.append(msg.text) if msg.type == "error" else None)
     try:
-        page.goto(app_url, wait_until="domcontentloaded")
+        page.goto(url, wait_until="domcontentloaded")
         page.wait_for_selector("[role=tab]", timeout=LOAD_TIMEOUT_MS)
         yield session
     finally:
         context.close()
+
+
+@pytest.fixture
+def browser_page(browser: Any, app_url: str) -> Iterator[BrowserPage]:
+    """The session's app (`app_url`) open in a fresh browser context, loaded and ready."""
+    with page_at(browser, app_url) as session:
+        yield session

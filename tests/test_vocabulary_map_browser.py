@@ -1,15 +1,23 @@
 """The map of the whole vocabulary in a real browser (Debian's Chromium through Playwright), on the bundled model:
 drawn with WebGL, searched, clicked, and given a hostile query that must stay text. The session's app opens it on
-PCA, so no test run starts the whole vocabulary's UMAP (bench/bench_vocab_map.py times that)."""
+PCA; one test starts the whole vocabulary's UMAP on an app of its own (about a minute), to see the map show PCA
+until it is ready and then switch (bench/bench_vocab_map.py times it)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
+from core.config import AppConfig
+from core.host import ModelHost
+from tests.browser import page_at
+from tests.servers import launched
 from tests.test_embeddings_browser import wait_for_text
 
 pytestmark = pytest.mark.browser
 HOSTILE = "<img src=x onerror=alert(1)>"
+UMAP_WAIT_MS = 600_000  # the whole vocabulary's UMAP: about a minute on two cores, in a process at lower priority
 POINT_XY = """([name, label]) => {
   const gd = document.querySelector('#vmap-plot .js-plotly-plot');
   const trace = gd._fullData.findIndex(t => t.name === name);
@@ -86,3 +94,37 @@ def test_hostile_query_stays_text(browser_page):
     assert page.locator("img[src='x']").count() == 0
     page.wait_for_timeout(300)  # an onerror handler would have run by now
     assert not browser_page.dialogs and not browser_page.page_errors
+
+
+@pytest.fixture(scope="module")
+def umap_app(bundled, tmp_path_factory):
+    """The app on the bundled model over an empty cache folder, its map on UMAP (the app's default): opening the
+    map starts the whole vocabulary's projection in the background. Chats run on torch (no conversion to make)."""
+    if importlib.util.find_spec("umap") is None:
+        pytest.skip("umap-learn is not installed (requirements.txt)")
+    config = AppConfig(model="bundled", cache_dir=tmp_path_factory.mktemp("umap-app"), engine="torch",
+                       map_projection="umap")
+    host = ModelHost.from_loaded(bundled, config)
+    try:
+        with launched(host) as url:
+            yield url
+    finally:
+        host.close()
+
+
+def test_the_map_shows_pca_while_umap_computes_then_switches_to_it(browser, umap_app):
+    """Until the projection is ready the map says so and shows PCA, the page asking again every few seconds; then
+    it shows UMAP without a click."""
+    with page_at(browser, umap_app) as session:
+        page = session.page
+        session.open_tab("Embeddings")
+        page.locator("#vmap").get_by_text("The whole vocabulary on one map").click()
+        wait_for_text(page, "#vmap-note", "UMAP is being computed in the background")
+        wait_for_text(page, "#vmap-note", "Showing PCA")
+        page.wait_for_function("() => /PC1/.test(document.querySelector('#vmap-plot .xtitle')?.textContent || '')")
+        page.wait_for_function("() => /UMAP of/.test(document.querySelector('#vmap-note textarea')?.value || '')",
+                               timeout=UMAP_WAIT_MS)
+        page.wait_for_function("() => /UMAP 1/.test(document.querySelector('#vmap-plot .xtitle')?.textContent "
+                               "|| '')")
+        page.wait_for_function("() => (document.querySelector('#vmap-plot canvas')?.width || 0) > 300")
+        assert not session.dialogs and not session.page_errors
