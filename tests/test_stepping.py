@@ -151,12 +151,12 @@ def test_each_stretch_computes_on_the_threads_the_worker_gives_it():
         return "done"
 
     steps = in_steps(work, (0, 1, "working"))
-    next(steps)  # the first stretch runs as a chat's until the worker says otherwise
-    steps.send(IDLE_STRETCH)
+    next(steps)  # the first stretch, before the worker says how: on the default threads
+    steps.send(CHAT_STRETCH)
     with pytest.raises(StopIteration) as end:
-        steps.send(CHAT_STRETCH)
+        steps.send(IDLE_STRETCH)
     assert end.value.value == "done"
-    assert seen == [1, default, 1]
+    assert seen == [default, 1, default]
     assert torch.get_num_threads() == default
 
 

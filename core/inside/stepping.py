@@ -31,7 +31,9 @@ from core.work.fair_share import CHAT_STRETCH, Stretch
 
 T = TypeVar("T")
 Stop = Callable[[], float]  # called in the pass thread where it stops; returns the seconds the next stretch may run
-STRETCH = CHAT_STRETCH  # how a stretch runs until the worker says otherwise (it sends one with every step)
+# How the first stretch runs, before the worker has sent one (it sends one with every step): short, as if chats ran,
+# on torch's default threads, as when none do (a view's numbers then depend only on whether chats ran meanwhile).
+STRETCH = Stretch(CHAT_STRETCH.seconds)
 _HERE = threading.local()  # in a pass thread inside `sublayer_stops`: its `due` (see `pause_point`)
 
 

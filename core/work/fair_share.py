@@ -44,8 +44,9 @@ class Stretch:
 
 # While chats run: a small share of a decoding step, so that a decoding step plus one stretch stays within twice a
 # decoding step, and on one thread: a second torch thread spins on after the stretch, on the core the next decoding
-# step needs. With none running: long enough that stopping costs little, short enough that a chat arriving
-# meanwhile starts at once, on every thread.
+# step needs (a view computed while chats run may then differ in its last bits from the same view computed idle:
+# another summation order). With none running: long enough that stopping costs little, short enough that a chat
+# arriving meanwhile starts at once, on every thread.
 CHAT_STRETCH, IDLE_STRETCH = Stretch(0.001, threads=1), Stretch(0.02)
 
 
