@@ -160,8 +160,8 @@ def test_a_lone_chat_decodes_in_the_cache_its_prompt_was_read_in(bundled, bundle
     for _ in range(3):
         decoder.step()
     assert len(emitted) == 4 and slot.finish_reason is None  # the first token, then one per step
-    engine_answer = bundled.tokenizer.decode(emitted)
-    assert engine_answer.strip().startswith("Paris"), engine_answer
+    answer = bundled.tokenizer.decode(emitted)
+    assert answer.strip().startswith("Paris"), answer
 
 
 def test_rows_of_different_lengths_answer_as_alone_and_a_late_one_joins(engine, monkeypatch):

@@ -293,11 +293,10 @@ def baseline_id(tokenizer: Any) -> int:
     return int(pad)
 
 
-def baseline_ids(tokenizer: Any, ids: list[int], word: int | None = None) -> list[int]:
-    """Integrated gradients' baseline for `ids`: the first token and the special tokens as they are, `word` (None:
-    `baseline_id`) in place of every other token."""
+def baseline_ids(tokenizer: Any, ids: list[int], word: int) -> list[int]:
+    """Integrated gradients' baseline for `ids`: the first token and the special tokens as they are, `word` (the
+    caller's `baseline_id`) in place of every other token."""
     keep = special_ids(tokenizer)
-    word = baseline_id(tokenizer) if word is None else word
     return [t if i == 0 or t in keep else word for i, t in enumerate(ids)]
 
 
