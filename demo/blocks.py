@@ -16,6 +16,7 @@ from demo.inside_tab import build_inside_tab
 from demo.rest_defaults import RestDefaults
 from demo.security import ContentSecurityPolicy
 from demo.tokens_tab import build_tokens_tab
+from demo.vocabulary_map_view import plotly_module, prefetch_head
 
 TITLE = "Token Lab"
 QUEUE_POLL_S = 0.01  # how often gradio's idle queue looks for a new event (see build_demo)
@@ -44,7 +45,8 @@ def launch_options(config: AppConfig) -> dict[str, Any]:
     session_hash opens a new session, so gradio's default bound would let anonymous calls hold gigabytes.
     The middleware adds the page's Content-Security-Policy and completes REST calls that leave out trailing values.
     With `config.mcp` (also set by gradio's GRADIO_MCP_SERVER=true) the app's own MCP server (demo/mcp_server.py) is
-    mounted at /gradio_api/mcp; gradio's stays off, whatever that variable says."""
+    mounted at /gradio_api/mcp; gradio's stays off, whatever that variable says. The page's head asks the browser to
+    download the vocabulary map's plotly.js once the page has loaded (demo/vocabulary_map_view.py)."""
     app_kwargs: dict[str, Any] = {"middleware": [Middleware(ContentSecurityPolicy), Middleware(RestDefaults)]}
     if config.mcp:
         from demo.mcp_server import McpServer  # imports the mcp package only when it is served
@@ -53,7 +55,8 @@ def launch_options(config: AppConfig) -> dict[str, Any]:
         app_kwargs["middleware"].append(mcp.middleware)
         app_kwargs["lifespan"] = mcp.lifespan
     return {"server_name": config.host, "server_port": config.port, "share": config.share,
-            "state_session_capacity": config.max_sessions, "app_kwargs": app_kwargs, "mcp_server": False}
+            "state_session_capacity": config.max_sessions, "app_kwargs": app_kwargs, "mcp_server": False,
+            "head": prefetch_head(plotly_module())}
 
 
 def build_demo(host: ModelHost, config: AppConfig | None = None) -> gr.Blocks:

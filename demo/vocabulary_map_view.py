@@ -3,9 +3,11 @@
 tokens and their nearest neighbours, an analogy's terms and answers, and a click on a point that searches it; plus
 the /vocabulary_map endpoint. Positions and categories come from core.embeddings.vocabulary_map.
 
-The figure is written as plotly JSON directly (numbers as base64 typed arrays, which keeps the payload small), so the
-plotly Python package is not needed. Plotly reads hover and label text as a few HTML-like tags; every piece goes
-through `plotly_text`, which escapes `&`, `<` and `>`, so a piece such as `<img src=x>` shows as those characters.
+The figure is written as plotly JSON directly, so the plotly Python package is not needed. Its size is what a remote
+visitor waits for (gradio's event stream is not compressed): numbers go as base64 typed arrays, text as UTF-8 rather
+than `\\u` escapes, and a hover's id and category come from the numbers and trace names (HOVER_TEMPLATE).
+Plotly reads hover and label text as a few HTML-like tags; every piece goes through `plotly_text`, which escapes `&`,
+`<` and `>`, so a piece such as `<img src=x>` shows as those characters.
 No `from __future__ import annotations` here: gr.api reads the return annotations as real types.
 """
 
@@ -71,16 +73,21 @@ def typed(values: np.ndarray, dtype: str) -> dict:
     return {"dtype": dtype, "bdata": base64.b64encode(data.tobytes()).decode("ascii")}
 
 
+# A point's hover: its piece (`hovertext`), its id (`customdata`) and its trace's name, the category. The figure
+# carries only the pieces as text: the id and the name come from numbers and names it holds anyway.
+HOVER_TEMPLATE = "%{hovertext} · #%{customdata}<extra>%{fullData.name}</extra>"
+
+
 @functools.lru_cache(maxsize=4)
 def _groups(vmap: VocabularyMap) -> list[tuple[str, np.ndarray, list[str]]]:
-    """Per category in legend order: its token ids and their hover lines (`␣king · #4197`), built once per map."""
+    """Per category in legend order: its token ids and their pieces as shown (`␣king`), built once per map."""
     vocabulary = vmap.index.vocabulary
     by_category: dict[str, list[int]] = {}
     for tid, cat in enumerate(vmap.categories):
         by_category.setdefault(cat, []).append(tid)
     return [(cat, np.asarray(by_category[cat], dtype=np.int32),
-             [plotly_text(f"{piece_shown(vocabulary.texts[i], vocabulary.pieces[i])} · #{i}")
-              for i in by_category[cat]]) for cat in vmap.legend]
+             [plotly_text(piece_shown(vocabulary.texts[i], vocabulary.pieces[i])) for i in by_category[cat]])
+            for cat in vmap.legend]
 
 
 def _color(category: str, scripts: list[str]) -> str:
@@ -124,7 +131,7 @@ def map_figure(vmap: VocabularyMap, layout: MapLayout, result: NeighborResult | 
     traces = []
     for cat, ids, hover in _groups(vmap):
         trace = {"type": kind, "mode": "markers", "name": f"{cat} ({len(ids):,})", "hovertext": hover,
-                 "hoverinfo": "text+name", "customdata": typed(ids, "i4"),
+                 "hovertemplate": HOVER_TEMPLATE, "customdata": typed(ids, "i4"),
                  "marker": {"size": POINT_SIZE[layout.dims], "color": _color(cat, scripts), "opacity": opacity}}
         for j, axis in enumerate("xyz"[:layout.dims]):
             trace[axis] = typed(coords[ids, j], "f4")
@@ -135,8 +142,8 @@ def map_figure(vmap: VocabularyMap, layout: MapLayout, result: NeighborResult | 
             continue
         labels = [plotly_text(piece_shown(vocabulary.texts[i], vocabulary.pieces[i])) for i in ids]
         trace = {"type": "scatter3d" if three else "scatter", "mode": "markers+text", "name": name,
-                 "text": labels, "hovertext": [f"{label} · #{i}" for label, i in zip(labels, ids, strict=True)],
-                 "hoverinfo": "text+name", "textposition": "top center", "customdata": ids,
+                 "text": labels, "hovertext": labels, "hovertemplate": HOVER_TEMPLATE,
+                 "textposition": "top center", "customdata": ids,
                  "textfont": {"size": 13, "color": style["color"]},
                  "marker": {**style, "line": {"width": 1.5, "color": "#111111"}}}
         for j, axis in enumerate("xyz"[:layout.dims]):
@@ -149,7 +156,7 @@ def map_figure(vmap: VocabularyMap, layout: MapLayout, result: NeighborResult | 
         figure_layout["scene"] = _axes(layout)
     else:
         figure_layout.update(_axes(layout))
-    return PlotData(type="plotly", plot=json.dumps({"data": traces, "layout": figure_layout}))
+    return PlotData(type="plotly", plot=json.dumps({"data": traces, "layout": figure_layout}, ensure_ascii=False))
 
 
 # Binds a click on any point to the map's search (plotly's own event; gradio's Plot has none): the token id goes
@@ -185,6 +192,15 @@ def plotly_module() -> str | None:
     assets = Path(gr.__file__).parent / "templates" / "frontend" / "assets"
     found = sorted(assets.glob("PlotlyPlot-*.js"))
     return found[0].name if len(found) == 1 else None
+
+
+def prefetch_head(module: str | None) -> str:
+    """The page head's hint to download the plotly.js module once the page has loaded, at the lowest priority: the
+    network's share of the first map's wait (1.3 MB compressed) is then behind it when the Embeddings tab asks for
+    the module, and nothing runs until then. The path is relative, as gradio's page names its own main module."""
+    if module is None:
+        return ""
+    return f'<link rel="prefetch" href="./assets/{html.escape(module)}" crossorigin="anonymous">'
 
 
 def preload_js(module: str | None) -> str:

@@ -3,6 +3,7 @@ across starts), what a search lights up, the plotly figure, and /vocabulary_map 
 
 from __future__ import annotations
 
+import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -127,7 +128,7 @@ def test_search_lights_up_the_query_and_its_exact_neighbours(parts):
 
 
 def test_figure_is_webgl_by_category_and_escapes_pieces(bundled_host):
-    from demo.vocabulary_map_view import map_figure, plotly_text
+    from demo.vocabulary_map_view import HOVER_TEMPLATE, map_figure, plotly_text
 
     vmap = bundled_host.vocabulary_map()
     layout = vmap.layout("pca", 2)
@@ -141,7 +142,10 @@ def test_figure_is_webgl_by_category_and_escapes_pieces(bundled_host):
     assert plotly_text(HOSTILE) == "&lt;img src=x onerror=alert(1)&gt;"
     hover = [h for t in base for h in t["hovertext"]]
     assert not any("<" in h or ">" in h for h in hover)  # every piece's markup characters are entities
-    assert "&lt;|im_end|&gt; · #2" in hover
+    special = next(t for t in base if t["name"].startswith("special"))
+    ids = np.frombuffer(base64.b64decode(special["customdata"]["bdata"]), "<i4").tolist()
+    assert special["hovertext"][ids.index(2)] == "&lt;|im_end|&gt;"  # each piece beside its id
+    assert {t["hovertemplate"] for t in figure["data"]} == {HOVER_TEMPLATE}  # piece · #id, the category beside
     three = json.loads(map_figure(vmap, vmap.layout("pca", 3)).plot)
     assert {t["type"] for t in three["data"]} == {"scatter3d"} and "z" in three["data"][0]
 

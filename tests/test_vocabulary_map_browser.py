@@ -20,8 +20,8 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 UMAP_WAIT_MS = 600_000  # the whole vocabulary's UMAP: about a minute on two cores, in a process at lower priority
 POINT_XY = """([name, label]) => {
   const gd = document.querySelector('#vmap-plot .js-plotly-plot');
-  const trace = gd._fullData.findIndex(t => t.name === name);
-  const data = gd.data[trace], box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+  const trace = gd._fullData.findIndex(t => t.name === name || t.name.startsWith(name + ' ('));
+  const data = gd._fullData[trace], box = gd.querySelector('.nsewdrag').getBoundingClientRect();
   const j = data.text.indexOf(label), L = gd._fullLayout;
   return [box.left + L.xaxis.l2p(data.x[j]), box.top + L.yaxis.l2p(data.y[j]), data.customdata[j]];
 }"""
@@ -43,16 +43,22 @@ def lit_labels(page) -> list[str]:
     return page.evaluate("() => [...document.querySelectorAll('#vmap-plot .textpoint text')].map(t => t.textContent)")
 
 
-def test_the_tab_loads_plotly_before_the_map_is_opened(browser_page):
-    """Opening the Embeddings tab starts loading gradio's plotly.js module (most of the first map's wait), from the
-    folder gradio serves its own modules from; the map, opened later, draws with it."""
+def test_the_page_fetches_plotly_and_the_tab_runs_it_before_the_map_is_opened(browser_page):
+    """Once the page has loaded, its head's prefetch hint downloads gradio's plotly.js module without running it;
+    opening the Embeddings tab runs it from the browser's cache (no second download), and the map, opened later,
+    draws with it."""
     page = browser_page.page
-    plotly = "() => performance.getEntriesByType('resource').some(e => /PlotlyPlot-[^/]*\\.js$/.test(e.name))"
-    assert not page.evaluate(plotly)
+    fetched = ("() => performance.getEntriesByType('resource').filter(e => /PlotlyPlot-[^/]*\\.js$/.test(e.name))"
+               ".map(e => [e.initiatorType, e.transferSize])")
+    page.wait_for_function(f"() => ({fetched})().length > 0")
+    [(initiator, size)] = page.evaluate(fetched)
+    assert initiator == "link" and size > 500_000  # the module itself, compressed, by the head's hint
+    assert page.evaluate("() => typeof window.Plotly") == "undefined"  # fetched, not run
     browser_page.open_tab("Embeddings")
     page.wait_for_function("() => window.__tokenLabPlotly")
     assert page.evaluate("() => window.__tokenLabPlotly.then(m => typeof m.default)") == "function"
-    assert page.evaluate(plotly)
+    assert page.evaluate("() => typeof window.Plotly") == "object"
+    assert [size for initiator, size in page.evaluate(fetched) if initiator != "link"] == [0]  # from the cache
     assert not page.locator("#vmap-plot canvas").count()  # the map itself is not drawn until it is opened
     open_map(browser_page)
     assert not browser_page.page_errors
@@ -79,6 +85,20 @@ def test_map_draws_searches_and_clicks(browser_page):
     page.wait_for_function("() => [...document.querySelectorAll('#vmap-plot .textpoint text')]"
                            ".some(t => t.textContent === '␣king')")  # the query ␣queen's neighbour now
     assert not browser_page.dialogs and not browser_page.page_errors
+
+
+def test_hovering_a_point_shows_its_piece_id_and_category(browser_page):
+    """A point's hover reads `piece · #id` beside its category: the id and the category come from the figure's
+    numbers and trace names, the piece from its text."""
+    page = browser_page.page
+    open_map(browser_page)
+    page.evaluate("() => document.querySelector('#vmap-plot').scrollIntoView({block: 'center'})")
+    x, y, king = page.evaluate(POINT_XY.replace("data.text", "data.hovertext"), ["word-initial", "␣king"])
+    page.mouse.move(x, y)
+    page.wait_for_function("() => document.querySelector('#vmap-plot .hoverlayer .hovertext')")
+    hover = page.evaluate("() => document.querySelector('#vmap-plot .hoverlayer .hovertext').textContent")
+    assert f"␣king · #{king}" in hover and "word-initial (" in hover
+    assert not browser_page.page_errors
 
 
 def test_hostile_query_stays_text(browser_page):
