@@ -8,7 +8,10 @@ model's 49,152 × 576 embedding matrix, on this machine's cores:
 2. A chat's tokens/s (ONNX engine, two chats together, greedy) while the app's UMAP process runs ÷ alone.
 3. The figure's payload (JSON, and gzipped as the server may send it), and the time from opening the map until the
    browser has drawn it with UMAP cached (Debian's Chromium, software WebGL), first and median of the next ones; the
-   map opened 0.5 s after the Embeddings tab, and 2 s after (the tab starts loading plotly.js as it opens).
+   map opened 0.5 s after the Embeddings tab, and 2 s after (the tab runs plotly.js as it opens), on this machine's
+   loopback and on an emulated remote network (the page downloads plotly.js once loaded). Then the 2D map's time per
+   zoom step, the time until the 3D map is drawn once picked (UMAP 3D, computed first like 2D), and its time per
+   step turning it around.
 4. Memory: the app process's allocations for the map (tracemalloc) and the UMAP process's peak RSS; the install size
    of the packages UMAP brings.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import statistics
 import sys
 import tempfile
@@ -56,11 +60,11 @@ def installed_mib(names: tuple[str, ...]) -> dict[str, float]:
     return sizes
 
 
-def timed_umap(vmap: VocabularyMap) -> tuple[float, float]:
+def timed_umap(vmap: VocabularyMap, dims: int = 2) -> tuple[float, float]:
     """Seconds until the map's UMAP process has written its result, and that process's peak RSS in MiB."""
     start = time.perf_counter()
-    vmap.umap_state(2)
-    job = vmap._jobs[2]
+    vmap.umap_state(dims)
+    job = vmap._jobs[dims]
     peak = [0]
 
     def watch() -> None:
@@ -74,7 +78,7 @@ def timed_umap(vmap: VocabularyMap) -> tuple[float, float]:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    state = vmap.wait(2, TIMEOUT_S)
+    state = vmap.wait(dims, TIMEOUT_S)
     watcher.join()
     if state != "ready":
         raise RuntimeError(f"UMAP: {state}")
@@ -82,38 +86,102 @@ def timed_umap(vmap: VocabularyMap) -> tuple[float, float]:
 
 
 AFTER_TAB_S = (0.5, 2.0)  # a click right after the tab opens, and one after reading it
+# A remote Space seen from a home connection (Chrome DevTools' emulation): 20 Mbit/s down, 5 up, 40 ms round trip.
+REMOTE = {"offline": False, "latency": 40, "downloadThroughput": 20e6 / 8, "uploadThroughput": 5e6 / 8}
+READING_S = 3.0  # on the remote network: time on the Chat tab before opening Embeddings (the page's idle time)
+DRAWN_2D = ("() => /word-initial \\(/.test(document.querySelector('#vmap-plot .legend')?.textContent || '') "
+            "&& (document.querySelector('#vmap-plot canvas')?.width || 0) > 300 && "
+            "/UMAP of/.test(document.querySelector('#vmap-note textarea')?.value || '')")
+DRAWN_3D = ("() => { const gd = document.querySelector('#vmap-plot .js-plotly-plot'); return !!gd?._fullLayout?.scene "
+            "&& (gd.querySelector('.gl-container canvas')?.width || 0) > 300 "
+            "&& /word-initial \\(/.test(gd.querySelector('.legend')?.textContent || ''); }")
+NEXT_FRAMES = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+# Mean milliseconds per view change, `steps` in a row: zooming the 2D map in, or turning the 3D one around.
+VIEW_STEPS = """async ([steps, three]) => {
+  const gd = document.querySelector('#vmap-plot .js-plotly-plot'), L = gd._fullLayout;
+  const frame = () => new Promise(done => requestAnimationFrame(() => done()));
+  const [x0, x1] = three ? [0, 0] : L.xaxis.range, [y0, y1] = three ? [0, 0] : L.yaxis.range;
+  const start = performance.now();
+  for (let i = 1; i <= steps; i++) {
+    const a = 2 * Math.PI * i / steps, f = 1 - 0.6 * i / steps, cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+    await window.Plotly.relayout(gd, three ? {'scene.camera.eye': {x: 1.8 * Math.cos(a), y: 1.8 * Math.sin(a), z: 0.8}}
+      : {'xaxis.range': [cx - f * (x1 - x0) / 2, cx + f * (x1 - x0) / 2],
+         'yaxis.range': [cy - f * (y1 - y0) / 2, cy + f * (y1 - y0) / 2]});
+    await frame(); await frame();
+  }
+  return (performance.now() - start) / steps;
+}"""
 
 
-def browser_times(host, views: int, after_tab_s: float) -> list[float]:
+def open_embeddings(page, url: str, network: dict | None) -> object:
+    """Load the app (over `network`'s emulated conditions when given), open the Embeddings tab; the map's header."""
+    if network is not None:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", network)
+    page.goto(url)
+    if network is not None:
+        page.wait_for_timeout(READING_S * 1000)
+    page.get_by_role("tab", name="Embeddings", exact=True).click()
+    header = page.locator("#vmap").get_by_text("The whole vocabulary on one map")
+    header.wait_for()
+    return header
+
+
+def browser_times(browser, url: str, views: int, after_tab_s: float, network: dict | None = None) -> list[float]:
     """Seconds from a click on the map's accordion (UMAP selected, already cached), `after_tab_s` after the tab's
     content appeared, until the browser has drawn the map with its legend, once per fresh page."""
+    times = []
+    for _ in range(views):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        header = open_embeddings(page, url, network)
+        page.wait_for_timeout(after_tab_s * 1000)
+        start = time.perf_counter()
+        header.click()
+        page.wait_for_function(DRAWN_2D)
+        page.evaluate(NEXT_FRAMES)
+        times.append(time.perf_counter() - start)
+        page.close()
+    return times
+
+
+def browser_3d(browser, url: str, views: int) -> dict[str, list[float]]:
+    """Per fresh page, with the 2D map drawn: the mean time per zoom step of it (10 steps), the seconds from picking
+    3D until the 3D map is drawn (UMAP 3D cached), and the mean time per step turning it around (12 steps)."""
+    out: dict[str, list[float]] = {"zoom_2d_step_ms": [], "draw_3d_s": [], "turn_3d_step_ms": []}
+    for _ in range(views):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        open_embeddings(page, url, None).click()
+        page.wait_for_function(DRAWN_2D)
+        page.evaluate(NEXT_FRAMES)
+        out["zoom_2d_step_ms"].append(page.evaluate(VIEW_STEPS, [10, False]))
+        start = time.perf_counter()
+        page.locator("#vmap").get_by_label("3D").check()
+        page.wait_for_function(DRAWN_3D)
+        page.evaluate(NEXT_FRAMES)
+        out["draw_3d_s"].append(time.perf_counter() - start)
+        out["turn_3d_step_ms"].append(page.evaluate(VIEW_STEPS, [12, True]))
+        page.close()
+    return out
+
+
+def in_browser(host, views: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The map's times in Debian's Chromium (software WebGL), on the app launched around `host`."""
     from playwright.sync_api import sync_playwright
 
     from tests.browser import CHROMIUM, CHROMIUM_ARGS
     from tests.servers import launched
 
-    times = []
     with launched(host) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        for _ in range(views):
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(120_000)
-            page.goto(url)
-            page.get_by_role("tab", name="Embeddings", exact=True).click()
-            header = page.locator("#vmap").get_by_text("The whole vocabulary on one map")
-            header.wait_for()
-            page.wait_for_timeout(after_tab_s * 1000)
-            start = time.perf_counter()
-            header.click()
-            page.wait_for_function(
-                "() => /word-initial \\(/.test(document.querySelector('#vmap-plot .legend')?.textContent || '') "
-                "&& (document.querySelector('#vmap-plot canvas')?.width || 0) > 300 && "
-                "/UMAP of/.test(document.querySelector('#vmap-note textarea')?.value || '')")
-            page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
-            times.append(time.perf_counter() - start)
-            page.close()
+        opened = {f"{wait:g} s after the tab": browser_times(browser, url, views, wait) for wait in AFTER_TAB_S}
+        opened[f"{AFTER_TAB_S[-1]:g} s after the tab, remote network (20 Mbit/s, 40 ms)"] = browser_times(
+            browser, url, views, AFTER_TAB_S[-1], REMOTE)
+        steps = browser_3d(browser, url, max(2, views // 2))
         browser.close()
-    return times
+    return opened, steps
 
 
 def main() -> None:
@@ -161,6 +229,8 @@ def main() -> None:
     umap_s, umap_peak_mib = box["umap"]
     first[f"UMAP as the app runs it (background process, {PROJECTION_THREADS} thread(s), nice 10, seeded)"] = umap_s
     print(f"UMAP (app) {umap_s:.1f} s, chats alone {alone}, during {during}", flush=True)
+    umap3_s, umap3_peak_mib = timed_umap(vmap, 3)
+    first[f"UMAP 3D as the app runs it (picked in the map; {PROJECTION_THREADS} thread(s), nice 10, seeded)"] = umap3_s
 
     fast = VocabularyMap(index, folder / "unseeded", settings=UmapSettings(seed=None),
                          threads=len(psutil.Process().cpu_affinity()))
@@ -183,17 +253,20 @@ def main() -> None:
     from demo.vocabulary_map_view import map_figure
 
     payload = {}
-    for method, dims in (("umap", 2), ("pca", 2), ("pca", 3)):
+    for method, dims in (("umap", 2), ("umap", 3), ("pca", 2), ("pca", 3)):
         start = time.perf_counter()
-        body = map_figure(vmap, vmap.layout(method, dims)).plot.encode()
-        payload[f"{method} {dims}D"] = {"bytes": len(body), "gzip_bytes": len(gzip.compress(body, 6)),
-                                        "build_s": time.perf_counter() - start}
+        plot = map_figure(vmap, vmap.layout(method, dims)).plot
+        build_s = time.perf_counter() - start
+        body = plot.encode()
+        sent = json.dumps(plot, ensure_ascii=False).encode()  # a string in gradio's message: quotes escaped again
+        payload[f"{method} {dims}D"] = {"bytes": len(body), "sent_bytes": len(sent),
+                                        "gzip_bytes": len(gzip.compress(body, 6)), "build_s": build_s}
 
     from core.host import ModelHost
 
     host = ModelHost.from_loaded(loaded, AppConfig(model="bundled", cache_dir=folder))
     try:
-        views = {wait: browser_times(host, args.views, wait) for wait in AFTER_TAB_S}
+        views, steps = in_browser(host, args.views)
     finally:
         host.close()
     vmap.close()
@@ -206,14 +279,22 @@ def main() -> None:
         ("chat while UMAP runs ÷ alone (medians)", f"{statistics.median(during) / statistics.median(alone):.2f}"
          if during else "n/a"),
     ]
-    table += [(f"payload, {name}: JSON / gzip", f"{p['bytes'] / 2**20:.2f} MiB / {p['gzip_bytes'] / 2**20:.2f} MiB "
+    table += [(f"payload, {name}: as sent (gradio's event stream, not compressed) / JSON / gzip",
+               f"{p['sent_bytes'] / 2**20:.2f} / {p['bytes'] / 2**20:.2f} / {p['gzip_bytes'] / 2**20:.2f} MiB "
                f"(built in {p['build_s']:.2f} s)") for name, p in payload.items()]
-    table += [(f"map drawn in Chromium after a click {wait:g} s after the tab opened, UMAP cached: first / median of "
-               "the next (target ≤ 2 s)", f"{times[0]:.2f} s / {statistics.median(times[1:] or times):.2f} s")
-              for wait, times in views.items()]
+    table += [(f"map drawn in Chromium after a click {when}, UMAP cached: first / median of the next (target ≤ 2 s)",
+               f"{times[0]:.2f} s / {statistics.median(times[1:] or times):.2f} s") for when, times in views.items()]
+    table += [
+        ("2D map, UMAP: mean time per zoom step (10 steps), median of pages",
+         f"{statistics.median(steps['zoom_2d_step_ms']):.0f} ms"),
+        ("3D map drawn after picking 3D, UMAP 3D cached: each page",
+         ", ".join(f"{t:.2f} s" for t in steps["draw_3d_s"])),
+        ("3D map: mean time per step turning it around (12 steps), median of pages",
+         f"{statistics.median(steps['turn_3d_step_ms']):.0f} ms"),
+    ]
     table += [
         ("memory the app holds for the map (categories, PCA 2D+3D; tracemalloc)", f"{held_mib:.0f} MiB"),
-        ("UMAP process's peak RSS", f"{umap_peak_mib:.0f} MiB"),
+        ("UMAP process's peak RSS, 2D / 3D", f"{umap_peak_mib:.0f} MiB / {umap3_peak_mib:.0f} MiB"),
         ("install size UMAP adds (" + ", ".join(f"{k} {v}" for k, v in sizes.items()) + " MiB)",
          f"{sum(sizes.values()):.0f} MiB"),
     ]
@@ -222,8 +303,9 @@ def main() -> None:
                       f"{alternative_mib:.0f} MiB"))
     write_results("vocab_map", {"first_projection_s": first, "chat_alone_tokens_per_s": alone,
                                 "chat_during_umap_tokens_per_s": during, "umap_wall_s_with_chats": umap_s,
-                                "payload": payload, "browser_views_s": views, "map_memory_mib": held_mib,
-                                "umap_peak_rss_mib": umap_peak_mib, "install_mib": sizes,
+                                "payload": payload, "browser_views_s": views, "browser_view_steps": steps,
+                                "map_memory_mib": held_mib, "umap_peak_rss_mib": umap_peak_mib,
+                                "umap_3d_peak_rss_mib": umap3_peak_mib, "install_mib": sizes,
                                 "projection_threads": PROJECTION_THREADS, "runner": note,
                                 "opentsne_install_mib": alternative_mib, "umap_started_at": umap_start}, table)
 
