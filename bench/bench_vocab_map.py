@@ -10,7 +10,7 @@ model's 49,152 × 576 embedding matrix, on this machine's cores:
    browser has drawn it with UMAP cached (Debian's Chromium, software WebGL), first and median of the next ones; the
    map opened 0.5 s after the Embeddings tab, and 2 s after (the tab runs plotly.js as it opens), on this machine's
    loopback and on an emulated remote network (the page downloads plotly.js once loaded); a freshly started
-   browser's first page apart, since its own start-up (WebGL's among it) is in it. Then the 2D map's time per
+   browser's first page apart, since the browser's own start-up is in it. Then the 2D map's time per
    zoom step, the time until the 3D map is drawn once picked (UMAP 3D, computed first like 2D), and its time per
    step turning it around.
 4. Memory: the app process's allocations for the map (tracemalloc) and the UMAP process's peak RSS; the install size
@@ -177,7 +177,7 @@ def in_browser(host, views: int) -> tuple[dict[str, list[float]], dict[str, list
 
     with launched(host) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        # a browser's first page also starts its WebGL (shader compilation and all): counted apart from the rest
+        # a freshly started browser's first page also carries the browser's own start-up: counted apart
         opened = {f"{AFTER_TAB_S[0]:g} s after the tab, the browser's first page": browser_times(
             browser, url, 1, AFTER_TAB_S[0])}
         opened |= {f"{wait:g} s after the tab": browser_times(browser, url, views, wait) for wait in AFTER_TAB_S}
