@@ -114,8 +114,11 @@ VIEW_STEPS = """async ([steps, three]) => {
 }"""
 
 
-def open_embeddings(page, url: str, network: dict | None) -> object:
-    """Load the app (over `network`'s emulated conditions when given), open the Embeddings tab; the map's header."""
+def open_embeddings(browser, url: str, network: dict | None) -> tuple[object, object]:
+    """A fresh page with the app loaded (over `network`'s emulated conditions when given) and its Embeddings tab
+    open; the page and the map's header."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)
     if network is not None:
         cdp = page.context.new_cdp_session(page)
         cdp.send("Network.enable")
@@ -126,7 +129,7 @@ def open_embeddings(page, url: str, network: dict | None) -> object:
     page.get_by_role("tab", name="Embeddings", exact=True).click()
     header = page.locator("#vmap").get_by_text("The whole vocabulary on one map")
     header.wait_for()
-    return header
+    return page, header
 
 
 def browser_times(browser, url: str, views: int, after_tab_s: float, network: dict | None = None) -> list[float]:
@@ -134,9 +137,7 @@ def browser_times(browser, url: str, views: int, after_tab_s: float, network: di
     content appeared, until the browser has drawn the map with its legend, once per fresh page."""
     times = []
     for _ in range(views):
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(120_000)
-        header = open_embeddings(page, url, network)
+        page, header = open_embeddings(browser, url, network)
         page.wait_for_timeout(after_tab_s * 1000)
         start = time.perf_counter()
         header.click()
@@ -152,9 +153,8 @@ def browser_3d(browser, url: str, views: int) -> dict[str, list[float]]:
     3D until the 3D map is drawn (UMAP 3D cached), and the mean time per step turning it around (12 steps)."""
     out: dict[str, list[float]] = {"zoom_2d_step_ms": [], "draw_3d_s": [], "turn_3d_step_ms": []}
     for _ in range(views):
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(120_000)
-        open_embeddings(page, url, None).click()
+        page, header = open_embeddings(browser, url, None)
+        header.click()
         page.wait_for_function(DRAWN_2D)
         page.evaluate(NEXT_FRAMES)
         out["zoom_2d_step_ms"].append(page.evaluate(VIEW_STEPS, [10, False]))

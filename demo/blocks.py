@@ -16,7 +16,7 @@ from demo.inside_tab import build_inside_tab
 from demo.rest_defaults import RestDefaults
 from demo.security import ContentSecurityPolicy
 from demo.tokens_tab import build_tokens_tab
-from demo.vocabulary_map_view import plotly_module, prefetch_head
+from demo.vocabulary_map_view import prefetch_head
 
 TITLE = "Token Lab"
 QUEUE_POLL_S = 0.01  # how often gradio's idle queue looks for a new event (see build_demo)
@@ -56,7 +56,7 @@ def launch_options(config: AppConfig) -> dict[str, Any]:
         app_kwargs["lifespan"] = mcp.lifespan
     return {"server_name": config.host, "server_port": config.port, "share": config.share,
             "state_session_capacity": config.max_sessions, "app_kwargs": app_kwargs, "mcp_server": False,
-            "head": prefetch_head(plotly_module())}
+            "head": prefetch_head()}
 
 
 def build_demo(host: ModelHost, config: AppConfig | None = None) -> gr.Blocks:

@@ -33,6 +33,7 @@ from core.embeddings.token_categories import (
     WHITESPACE,
     WORD_INITIAL,
 )
+from core.embeddings.vocabulary import Vocabulary
 from core.embeddings.vocabulary_map import MapLayout, VocabularyMap
 from core.host import ModelHost
 from demo.embeddings_tab import API_CONCURRENCY, NEIGHBOR_HEADERS, neighbors_frame, resolved_text
@@ -59,7 +60,7 @@ HIGHLIGHT_STYLES = {  # kind of highlighted point → marker
 MAP_HEIGHT = 640
 POINT_SIZE = {2: 3, 3: 1.6}
 # scatter3d draws each marker as a WebGL mesh of its symbol's outline: a square is a few triangles where a circle is
-# many, which at 1.6 px looks the same and draws and turns several times faster in software WebGL
+# many, which at this size looks the same and draws and turns faster where WebGL runs in software
 POINT_SYMBOL = {2: "circle", 3: "square"}
 POLL_S = 2.0  # how often the page asks whether a background projection is ready
 
@@ -88,9 +89,13 @@ def _groups(vmap: VocabularyMap) -> list[tuple[str, np.ndarray, list[str]]]:
     by_category: dict[str, list[int]] = {}
     for tid, cat in enumerate(vmap.categories):
         by_category.setdefault(cat, []).append(tid)
-    return [(cat, np.asarray(by_category[cat], dtype=np.int32),
-             [plotly_text(piece_shown(vocabulary.texts[i], vocabulary.pieces[i])) for i in by_category[cat]])
+    return [(cat, np.asarray(by_category[cat], dtype=np.int32), [_label(vocabulary, i) for i in by_category[cat]])
             for cat in vmap.legend]
+
+
+def _label(vocabulary: Vocabulary, tid: int) -> str:
+    """Token `tid` as the map shows it, in hovers and labels: its piece with whitespace made visible, as text."""
+    return plotly_text(piece_shown(vocabulary.texts[tid], vocabulary.pieces[tid]))
 
 
 def _color(category: str, scripts: list[str]) -> str:
@@ -144,7 +149,7 @@ def map_figure(vmap: VocabularyMap, layout: MapLayout, result: NeighborResult | 
         ids = [tid for tid, k in lit if k == name]
         if not ids:
             continue
-        labels = [plotly_text(piece_shown(vocabulary.texts[i], vocabulary.pieces[i])) for i in ids]
+        labels = [_label(vocabulary, i) for i in ids]
         trace = {"type": "scatter3d" if three else "scatter", "mode": "markers+text", "name": name,
                  "text": labels, "hovertext": labels, "hovertemplate": HOVER_TEMPLATE,
                  "textposition": "top center", "customdata": ids,
@@ -190,33 +195,33 @@ BIND_CLICKS_JS = """
 """
 
 
-def plotly_module() -> str | None:
-    """The file name of the plotly.js module gradio's Plot loads on its first plotly figure (a hashed name that
-    changes with each gradio release), or None where this gradio ships none."""
+@functools.cache
+def plotly_href() -> str | None:
+    """Where the page finds the plotly.js module gradio's Plot loads on its first plotly figure: relative to the
+    page, as gradio's page names its own main module (`./assets/index-….js`); None where this gradio ships none.
+    The module's name is hashed and changes with each gradio release, so it is looked up in gradio's assets."""
     assets = Path(gr.__file__).parent / "templates" / "frontend" / "assets"
     found = sorted(assets.glob("PlotlyPlot-*.js"))
-    return found[0].name if len(found) == 1 else None
+    return f"./assets/{found[0].name}" if len(found) == 1 else None
 
 
-def prefetch_head(module: str | None) -> str:
-    """The page head's hint to download the plotly.js module once the page has loaded, at the lowest priority: the
-    network's share of the first map's wait (1.3 MB compressed) is then behind it when the Embeddings tab asks for
-    the module, and nothing runs until then. The path is relative, as gradio's page names its own main module."""
-    if module is None:
-        return ""
-    return f'<link rel="prefetch" href="./assets/{html.escape(module)}" crossorigin="anonymous">'
+def prefetch_head() -> str:
+    """The page head's hint to download plotly.js once the page has loaded, at the lowest priority, running
+    nothing: when the Embeddings tab asks for it (`preload_js`), the network's share of the wait is behind it."""
+    href = plotly_href()
+    return "" if href is None else f'<link rel="prefetch" href="{html.escape(href)}" crossorigin="anonymous">'
 
 
-def preload_js(module: str | None) -> str:
-    """Loads plotly.js in the background as the tab opens, from the folder of gradio's own main module: loading and
-    running its 4.6 MB is most of the time the first map takes to appear, and gradio only starts it once the figure
-    has arrived. Nothing happens where either module is not found."""
+def preload_js() -> str:
+    """Runs plotly.js in the background as the tab opens, from the same address as the head's hint (so from the
+    browser's cache): loading and running it is most of the time the first map takes to appear, and gradio only
+    starts it once the figure has arrived. Nothing happens where gradio ships no such module."""
     return rf"""
 () => {{
-  const module = {json.dumps(module)};
-  const main = performance.getEntriesByType('resource').map(e => e.name).find(n => /\/index-[^/]*\.js$/.test(n));
-  if (module && main && !window.__tokenLabPlotly) {{
-    window.__tokenLabPlotly = import(main.replace(/[^/]*$/, module)).catch(() => {{ window.__tokenLabPlotly = null; }});
+  const href = {json.dumps(plotly_href())};
+  if (href && !window.__tokenLabPlotly) {{
+    window.__tokenLabPlotly = import(new URL(href, document.baseURI).href)
+      .catch(() => {{ window.__tokenLabPlotly = null; }});
   }}
   return [];
 }}
@@ -321,4 +326,4 @@ def build_vocabulary_map(host: ModelHost, tab: gr.Tab, k: gr.Slider, positive: g
     on_map.click(analogy_on_map, [positive, negative, k, projection, dims], found_outputs, **common)
     reset.click(clear, [projection, dims], found_outputs, **common)
     plot.change(None, None, None, js=BIND_CLICKS_JS)
-    tab.select(None, None, None, js=preload_js(plotly_module()))
+    tab.select(None, None, None, js=preload_js())

@@ -18,11 +18,11 @@ from tests.test_embeddings_browser import wait_for_text
 pytestmark = pytest.mark.browser
 HOSTILE = "<img src=x onerror=alert(1)>"
 UMAP_WAIT_MS = 600_000  # the whole vocabulary's UMAP: about a minute on two cores, in a process at lower priority
-POINT_XY = """([name, label]) => {
+POINT_XY = """([name, label, field = 'text']) => {
   const gd = document.querySelector('#vmap-plot .js-plotly-plot');
   const trace = gd._fullData.findIndex(t => t.name === name || t.name.startsWith(name + ' ('));
   const data = gd._fullData[trace], box = gd.querySelector('.nsewdrag').getBoundingClientRect();
-  const j = data.text.indexOf(label), L = gd._fullLayout;
+  const j = data[field].indexOf(label), L = gd._fullLayout;
   return [box.left + L.xaxis.l2p(data.x[j]), box.top + L.yaxis.l2p(data.y[j]), data.customdata[j]];
 }"""
 
@@ -93,7 +93,7 @@ def test_hovering_a_point_shows_its_piece_id_and_category(browser_page):
     page = browser_page.page
     open_map(browser_page)
     page.evaluate("() => document.querySelector('#vmap-plot').scrollIntoView({block: 'center'})")
-    x, y, king = page.evaluate(POINT_XY.replace("data.text", "data.hovertext"), ["word-initial", "␣king"])
+    x, y, king = page.evaluate(POINT_XY, ["word-initial", "␣king", "hovertext"])
     page.mouse.move(x, y)
     page.wait_for_function("() => document.querySelector('#vmap-plot .hoverlayer .hovertext')")
     hover = page.evaluate("() => document.querySelector('#vmap-plot .hoverlayer .hovertext').textContent")
